@@ -1,0 +1,25 @@
+"""keras_tempered_dp: tempered sigmoids and DP-SGD for Keras.
+
+Papernot et al. (AAAI 2021): bounded activations ``s * sigmoid(T * x) - o``
+train better than ReLU under differentially private SGD.
+"""
+
+from keras_tempered_dp.activations import (
+    get_activation,
+    list_activations,
+    make_tempered_sigmoid,
+    register_activation,
+    tempered_sigmoid,
+)
+from keras_tempered_dp.callbacks import EpsilonCallback
+from keras_tempered_dp.layers import TemperedSigmoid
+from keras_tempered_dp.models import cifar10_cnn, mnist_cnn
+from keras_tempered_dp.privacy import (
+    DPConfig,
+    calibrate_noise_multiplier,
+    compile_dp,
+    compute_epsilon,
+    privacy_statement,
+)
+
+__version__ = "0.1.0"

@@ -1,0 +1,232 @@
+"""The tempered-sigmoid math and the activation-name registry.
+
+The tempered sigmoid of Papernot et al. (AAAI 2021, arXiv:2007.14191) is
+
+    phi_{s,T,o}(x) = s * sigmoid(T * x) - o = s / (1 + exp(-T * x)) - o
+
+with scale ``s``, inverse temperature ``T`` and offset ``o``. Its output lies
+in ``(-o, s - o)`` and its slope is at most ``s * T / 4``, which keeps
+activations and per-example gradient norms small under DP-SGD. ``(2, 2, 1)`` is
+exactly ``tanh`` and ``(1, 1, 0)`` is the logistic sigmoid.
+
+The registry maps names to activation functions and makes every registered
+name usable wherever Keras takes an activation string, e.g.
+``tf.keras.layers.Conv2D(16, 3, activation="tempered_sigmoid")``. Models built
+that way save and load once this module has been imported.
+"""
+
+import math
+import numbers
+
+import tensorflow as tf
+
+__all__ = [
+    "tempered_sigmoid",
+    "make_tempered_sigmoid",
+    "register_activation",
+    "get_activation",
+    "list_activations",
+]
+
+
+def _check_parameter(name, value, positive):
+    """Returns ``value`` as a float or raises a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"{name}={value!r}: must be a real number (a Python or NumPy "
+            "scalar), not a tensor or another type."
+        )
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name}={value!r}: must be finite.")
+    if positive and value <= 0:
+        raise ValueError(
+            f"{name}={value!r}: must be > 0 (s is the output scale, T the "
+            "inverse temperature; the paper's default is s=2, T=2, o=1)."
+        )
+    return value
+
+
+def check_tempered_sigmoid_parameters(s, T, o):
+    """Validates (s, T, o) and returns them as floats.
+
+    Raises:
+        ValueError: if ``s <= 0``, ``T <= 0`` or any argument is not finite;
+            the message names the argument.
+    """
+    return (
+        _check_parameter("s", s, positive=True),
+        _check_parameter("T", T, positive=True),
+        _check_parameter("o", o, positive=False),
+    )
+
+
+def tempered_sigmoid(x, s=2.0, T=2.0, o=1.0):
+    """Tempered sigmoid ``s * sigmoid(T * x) - o``, elementwise.
+
+    Computed through ``tf.math.sigmoid``, so values and gradients stay finite
+    for any finite input (the sigmoid saturates instead of overflowing).
+
+    Args:
+        x: a float tensor (float16, bfloat16, float32 or float64).
+        s: output scale, > 0.
+        T: inverse temperature, > 0.
+        o: offset (any finite number).
+
+    Returns:
+        A tensor of the dtype and shape of ``x``.
+
+    Raises:
+        ValueError: if ``s <= 0``, ``T <= 0`` or an argument is not finite.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> y = tempered_sigmoid(tf.constant([0.0, 1.0]), s=2, T=2, o=1)
+    >>> bool(abs(float(y[1]) - 0.7615942) < 1e-6)  # tanh(1)
+    True
+    """
+    s, T, o = check_tempered_sigmoid_parameters(s, T, o)
+    x = tf.convert_to_tensor(x)
+    dtype = x.dtype
+    return (
+        tf.cast(s, dtype) * tf.math.sigmoid(tf.cast(T, dtype) * x)
+        - tf.cast(o, dtype)
+    )
+
+
+def make_tempered_sigmoid(s=2.0, T=2.0, o=1.0, name=None):
+    """Returns a plain function ``x -> tempered_sigmoid(x, s, T, o)``.
+
+    The function's ``__name__`` is ``name`` (by default
+    ``tempered_sigmoid_s{s}_T{T}_o{o}``), which is what Keras writes into a
+    saved model; register it with :func:`register_activation` under that name
+    so the model loads again.
+
+    Example:
+
+    >>> fn = make_tempered_sigmoid(s=3, T=1, o=1.5)
+    >>> fn.__name__
+    'tempered_sigmoid_s3_T1_o1.5'
+    """
+    s, T, o = check_tempered_sigmoid_parameters(s, T, o)
+
+    def fn(x):
+        return tempered_sigmoid(x, s=s, T=T, o=o)
+
+    fn.__name__ = name or "tempered_sigmoid_s{:g}_T{:g}_o{:g}".format(s, T, o)
+    fn.__qualname__ = fn.__name__
+    fn.__doc__ = f"Tempered sigmoid with s={s:g}, T={T:g}, o={o:g}."
+    fn.tempered_sigmoid_parameters = (s, T, o)
+    return fn
+
+
+_REGISTRY = {}
+
+
+def register_activation(name, fn, force=False):
+    """Registers ``fn`` under ``name`` for this package and for Keras.
+
+    After registration ``get_activation(name)`` returns ``fn`` and Keras layers
+    accept ``activation=name``. Keras stores the name in saved models, so the
+    registration must run again (import the module that does it) before such a
+    model is loaded in a new process.
+
+    Args:
+        name: a non-empty string.
+        fn: a callable taking and returning a tensor. A plain Python function
+            is renamed to ``name`` so that Keras serializes it by that name;
+            any other callable (a layer instance, a ``functools.partial``) is
+            wrapped in such a function.
+        force: replace an existing registration instead of raising.
+
+    Returns:
+        The registered function.
+
+    Raises:
+        ValueError: if the name is empty, ``fn`` is not callable, or the name
+            is taken and ``force`` is False.
+
+    Example:
+
+    >>> fn = register_activation("ts_soft", make_tempered_sigmoid(2, 1, 1),
+    ...                          force=True)
+    >>> get_activation("ts_soft") is fn
+    True
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name={name!r}: must be a non-empty string.")
+    if not callable(fn):
+        raise ValueError(f"fn={fn!r}: must be callable (tensor -> tensor).")
+    if name in _REGISTRY and not force:
+        raise ValueError(
+            f"name={name!r}: an activation is already registered under this "
+            "name. Pass force=True to replace it, or choose another name."
+        )
+    if not (hasattr(fn, "__code__") and getattr(fn, "__name__", None) == name):
+        inner = fn
+
+        def fn(x):
+            return inner(x)
+
+        fn.__doc__ = getattr(inner, "__doc__", None)
+        if hasattr(inner, "tempered_sigmoid_parameters"):
+            fn.tempered_sigmoid_parameters = inner.tempered_sigmoid_parameters
+        fn.__name__ = name
+        fn.__qualname__ = name
+    _REGISTRY[name] = fn
+    tf.keras.utils.get_custom_objects()[name] = fn
+    return fn
+
+
+def get_activation(identifier):
+    """Resolves an activation given by name or as a callable.
+
+    Args:
+        identifier: a registered name (see :func:`list_activations`), or any
+            callable (returned unchanged), e.g. a ``TemperedSigmoid`` layer.
+
+    Returns:
+        A callable.
+
+    Raises:
+        ValueError: for an unknown name; the message lists the known ones.
+
+    Example:
+
+    >>> get_activation("tempered_sigmoid").tempered_sigmoid_parameters
+    (2.0, 2.0, 1.0)
+    """
+    if callable(identifier):
+        return identifier
+    if isinstance(identifier, str):
+        if identifier in _REGISTRY:
+            return _REGISTRY[identifier]
+        raise ValueError(
+            f"activation={identifier!r} is not a known activation. Known: "
+            f"{', '.join(list_activations())}. Register your own with "
+            "keras_tempered_dp.register_activation(name, fn)."
+        )
+    raise ValueError(
+        f"activation={identifier!r}: expected a registered name or a "
+        "callable."
+    )
+
+
+def list_activations():
+    """Returns the registered activation names, sorted."""
+    return sorted(_REGISTRY)
+
+
+# Keras' own functions keep their Keras names, so models stay loadable
+# without this package for these three.
+_REGISTRY["relu"] = tf.keras.activations.relu
+_REGISTRY["tanh"] = tf.keras.activations.tanh
+_REGISTRY["sigmoid"] = tf.keras.activations.sigmoid
+register_activation(
+    "tempered_sigmoid", make_tempered_sigmoid(2.0, 2.0, 1.0, "tempered_sigmoid")
+)
+register_activation(
+    "tempered_sigmoid_logistic",
+    make_tempered_sigmoid(1.0, 1.0, 0.0, "tempered_sigmoid_logistic"),
+)

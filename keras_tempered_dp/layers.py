@@ -1,0 +1,56 @@
+"""Keras layers: thin wrappers over the math in :mod:`activations`."""
+
+import tensorflow as tf
+
+from keras_tempered_dp.activations import (
+    check_tempered_sigmoid_parameters,
+    tempered_sigmoid,
+)
+
+# Written into every saved model: never rename.
+PACKAGE = "keras_tempered_dp"
+
+
+@tf.keras.utils.register_keras_serializable(package=PACKAGE)
+class TemperedSigmoid(tf.keras.layers.Layer):
+    """Tempered sigmoid activation ``s * sigmoid(T * x) - o`` as a layer.
+
+    Papernot et al., "Tempered Sigmoid Activations for Deep Learning with
+    Differential Privacy", AAAI 2021. Bounded activations lose less of each
+    gradient to DP-SGD's clipping and noise than ReLU; ``(s, T, o) = (2, 2, 1)``
+    is tanh, the setting the paper recommends.
+
+    Args:
+        s: output scale, > 0. The output lies in ``(-o, s - o)``.
+        T: inverse temperature, > 0. The slope is at most ``s * T / 4``.
+        o: offset.
+        **kwargs: forwarded to ``tf.keras.layers.Layer`` (name, dtype, ...).
+
+    Raises:
+        ValueError: if ``s <= 0``, ``T <= 0`` or an argument is not finite.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> model = tf.keras.Sequential([tf.keras.Input((4,)),
+    ...                              tf.keras.layers.Dense(3),
+    ...                              TemperedSigmoid(s=2, T=2, o=1)])
+    >>> model(tf.zeros((1, 4))).shape
+    TensorShape([1, 3])
+    """
+
+    def __init__(self, s=2.0, T=2.0, o=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.s, self.T, self.o = check_tempered_sigmoid_parameters(s, T, o)
+        self.supports_masking = True
+
+    def call(self, inputs):
+        return tempered_sigmoid(inputs, self.s, self.T, self.o)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"s": self.s, "T": self.T, "o": self.o})
+        return config

@@ -1,0 +1,14 @@
+"""DP-SGD for Keras: settings, refusals, the optimizers' glue and accounting."""
+
+from keras_tempered_dp.privacy.accounting import (
+    calibrate_noise_multiplier,
+    compute_epsilon,
+    privacy_statement,
+)
+from keras_tempered_dp.privacy.checks import (
+    check_microbatches,
+    check_no_batch_mixing,
+)
+from keras_tempered_dp.privacy.compile import compile_dp
+from keras_tempered_dp.privacy.config import DPConfig
+from keras_tempered_dp.privacy.losses import per_example_loss

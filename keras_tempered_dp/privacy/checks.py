@@ -1,0 +1,76 @@
+"""Refusals that protect the privacy guarantee, each explaining why."""
+
+import tensorflow as tf
+
+# Layers whose training-mode output for one example depends on the others.
+_BATCH_MIXING = (tf.keras.layers.BatchNormalization,)
+try:  # Keras 2.15 keeps the v1 layer in a separate class.
+    from keras.src.layers.normalization.batch_normalization_v1 import (
+        BatchNormalization as _BatchNormalizationV1,
+    )
+    _BATCH_MIXING += (_BatchNormalizationV1,)
+except ImportError:  # pragma: no cover - depends on the Keras build
+    pass
+
+
+def iter_layers(model):
+    """Yields every layer of ``model``, descending into nested models."""
+    for layer in model.layers if hasattr(model, "layers") else ():
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from iter_layers(layer)
+
+
+def check_no_batch_mixing(model):
+    """Raises if ``model`` has a layer that mixes examples of a batch.
+
+    Raises:
+        ValueError: naming the layer, saying why it breaks the guarantee and
+            what to use instead.
+    """
+    for layer in iter_layers(model):
+        if isinstance(layer, _BATCH_MIXING):
+            raise ValueError(
+                f"Layer {layer.name!r} ({type(layer).__name__}) cannot be "
+                "trained with DP-SGD. Batch normalization normalizes each "
+                "example with the mean and variance of the whole batch, so "
+                "one example's data reaches every other example's output and "
+                "gradient; clipping each example's gradient then no longer "
+                "bounds that example's influence, and the privacy guarantee "
+                "does not hold. Use tf.keras.layers.GroupNormalization or "
+                "LayerNormalization (per-example statistics) instead, or no "
+                "normalization, as in the paper's models."
+            )
+
+
+def check_microbatches(num_microbatches, batch_size=None, num_examples=None):
+    """Checks that ``num_microbatches`` divides every batch of an epoch.
+
+    TF Privacy reshapes each batch into ``num_microbatches`` equal parts, so
+    it fails (deep inside a reshape) on the first batch it does not divide,
+    often the last, partial batch of the epoch.
+
+    Raises:
+        ValueError: naming the sizes and suggesting sizes that work.
+    """
+    if num_microbatches is None:
+        return
+    if batch_size is not None and batch_size % num_microbatches:
+        raise ValueError(
+            f"num_microbatches={num_microbatches} does not divide "
+            f"batch_size={batch_size}. Choose a batch size that is a multiple "
+            "of num_microbatches, or num_microbatches=None for per-example "
+            "clipping."
+        )
+    if batch_size is not None and num_examples is not None:
+        last = num_examples % batch_size
+        if last and last % num_microbatches:
+            raise ValueError(
+                f"The last batch of each epoch holds {last} examples "
+                f"({num_examples} examples, batch_size={batch_size}), which "
+                f"num_microbatches={num_microbatches} does not divide. Drop "
+                "the remainder (e.g. dataset.batch(batch_size, "
+                f"drop_remainder=True), or use the first "
+                f"{num_examples - last} examples), or pick a batch size that "
+                f"divides {num_examples}."
+            )

@@ -1,0 +1,49 @@
+"""Per-example losses: DP-SGD clips each example's own gradient."""
+
+import tensorflow as tf
+
+NONE = tf.keras.losses.Reduction.NONE
+
+
+class _FunctionLoss(tf.keras.losses.Loss):
+    """A loss function ``(y_true, y_pred) -> per-example loss`` as a Loss."""
+
+    def __init__(self, fn, name):
+        super().__init__(reduction=NONE, name=name)
+        self.fn = fn
+
+    def call(self, y_true, y_pred):
+        return self.fn(y_true, y_pred)
+
+
+def per_example_loss(loss=None):
+    """Returns a Keras loss with ``reduction=NONE`` (one value per example).
+
+    Args:
+        loss: None (sparse categorical cross-entropy on logits, what the
+            package's models need), a Keras loss name, a ``tf.keras.losses.Loss``
+            instance (copied with reduction NONE) or a function
+            ``(y_true, y_pred) -> per-example loss``.
+
+    Example:
+
+    >>> per_example_loss("mse").reduction
+    'none'
+    """
+    if loss is None:
+        return tf.keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction=NONE)
+    if isinstance(loss, str):
+        resolved = tf.keras.losses.get(loss)
+    else:
+        resolved = loss
+    if isinstance(resolved, tf.keras.losses.Loss):
+        config = dict(resolved.get_config(), reduction=NONE)
+        return resolved.__class__.from_config(config)
+    if callable(resolved):
+        name = getattr(resolved, "__name__", "loss")
+        return _FunctionLoss(resolved, name=name)
+    raise ValueError(
+        f"loss={loss!r}: expected None, a Keras loss name, a "
+        "tf.keras.losses.Loss or a function (y_true, y_pred) -> loss."
+    )

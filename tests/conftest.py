@@ -1,0 +1,50 @@
+import os
+import subprocess
+import sys
+import textwrap
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    """Seeds Python, NumPy and TensorFlow before every test."""
+    tf.keras.utils.set_random_seed(1234)
+    yield
+    tf.keras.backend.clear_session()
+
+
+def run_fresh_python(code, timeout=300):
+    """Runs ``code`` in a new Python process; returns its stdout.
+
+    Used to prove that saved models load where nothing was registered by
+    hand, only the package imported.
+    """
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=timeout, env=env)
+    if result.returncode != 0:
+        raise AssertionError(
+            f"fresh process failed:\n{result.stdout}\n{result.stderr[-4000:]}")
+    return result.stdout
+
+
+@pytest.fixture
+def fresh_python():
+    return run_fresh_python
+
+
+@pytest.fixture
+def digits():
+    from keras_tempered_dp.data import load_digits
+    return load_digits()
+
+
+def assert_close(a, b, rtol=1e-6, atol=1e-6):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol,
+                               atol=atol)

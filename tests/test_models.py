@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_tempered_dp.layers import TemperedSigmoid
+from keras_tempered_dp.models import cifar10_cnn, digits_cnn, mnist_cnn
+from keras_tempered_dp.privacy.checks import iter_layers
+
+
+def test_parameter_counts_pinned():
+    assert mnist_cnn().count_params() == 26010
+    assert cifar10_cnn().count_params() == 550570
+    assert digits_cnn().count_params() == 9258
+
+
+def test_mnist_architecture_shapes():
+    model = mnist_cnn("relu")
+    shapes = [tuple(layer.output_shape[1:]) for layer in model.layers]
+    assert shapes[0] == (14, 14, 16)
+    assert (13, 13, 16) in shapes and (5, 5, 32) in shapes
+    assert (4, 4, 32) in shapes and shapes[-1] == (10,)
+
+
+@pytest.mark.parametrize("builder", [mnist_cnn, cifar10_cnn, digits_cnn])
+def test_no_normalization_or_dropout(builder):
+    for layer in iter_layers(builder()):
+        assert "Normalization" not in type(layer).__name__
+        assert "Dropout" not in type(layer).__name__
+
+
+@pytest.mark.parametrize("activation", [
+    "tanh", "relu", "tempered_sigmoid", tf.nn.tanh,
+    TemperedSigmoid(s=2, T=2, o=1)])
+def test_tanh_equivalent_activations_agree(activation):
+    # All tanh spellings give the same function on the same weights.
+    reference = mnist_cnn("tanh")
+    model = mnist_cnn(activation)
+    model.set_weights(reference.get_weights())
+    x = np.random.default_rng(0).uniform(size=(3, 28, 28, 1))
+    if activation == "relu":
+        assert not np.allclose(model(x), reference(x), atol=1e-4)
+    else:
+        np.testing.assert_allclose(model(x), reference(x), atol=1e-5)
+
+
+def test_activation_layer_is_copied_per_position():
+    act = TemperedSigmoid(s=3, T=1, o=1)
+    model = mnist_cnn(act)
+    copies = [layer for layer in model.layers
+              if isinstance(layer, TemperedSigmoid)]
+    assert len(copies) == 3 and len({id(c) for c in copies}) == 3
+    assert all(c.s == 3 for c in copies)
+
+
+def test_unknown_activation_name():
+    with pytest.raises(ValueError, match="not a known activation"):
+        mnist_cnn("swishy")
+
+
+@pytest.mark.parametrize("fmt", ["keras", "savedmodel"])
+def test_registered_name_model_saves_and_loads(tmp_path, fresh_python, fmt):
+    model = mnist_cnn("tempered_sigmoid")
+    x = np.random.default_rng(1).uniform(size=(2, 28, 28, 1))
+    path = tmp_path / ("m.keras" if fmt == "keras" else "m_savedmodel")
+    model.save(str(path))
+    np.save(tmp_path / "x.npy", x)
+    fresh_python(f"""
+        import numpy as np, tensorflow as tf
+        import keras_tempered_dp
+        model = tf.keras.models.load_model({str(path)!r})
+        np.save({str(tmp_path / 'y.npy')!r},
+                model.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0))
+    """)
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"),
+                                  model.predict(x, verbose=0))

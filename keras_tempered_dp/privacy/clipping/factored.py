@@ -1,0 +1,82 @@
+"""Per-example gradient norms of layers whose weight gradient is a sum of
+outer products: ``grad_W = sum_p a_p^T g_p`` over positions p.
+
+Dense layers (p: the positions of a sequence, or one position), convolutions
+(p: output pixels, a_p: the input patch) and friends all have this form. Two
+exact ways to get ``||grad_W||^2`` for every example:
+
+* materialize: form ``sum_p a_p^T g_p`` per example, ``[B, D_in, D_out]``;
+  costs ``B * P * D_in * D_out``, and the clipped sum is then a cheap
+  weighted sum of those;
+* ghost norm (Goodfellow 2015, Li et al. 2022): ``||sum_p a_p^T g_p||^2 =
+  sum_{p,q} (a_p . a_q)(g_p . g_q)``; costs ``B * P^2 * (D_in + D_out)``, and
+  the clipped sum is one matmul with re-weighted ``g``.
+
+The cheaper one is chosen per layer from the static shapes (Bu et al. 2022,
+"mixed ghost clipping").
+"""
+
+import tensorflow as tf
+
+
+def group(tensor, num_groups):
+    """``[B, P, D] -> [G, (B / G) * P, D]``: examples of a group side by side."""
+    return tf.reshape(tensor, [num_groups, -1, tensor.shape[-1]])
+
+
+def factored_sq_norms(a, g, num_groups, bias=False):
+    """Squared norms of per-group weight (and bias) gradients.
+
+    Args:
+        a: ``[B, P, D_in]`` layer inputs per position.
+        g: ``[B, P, D_out]`` gradients of the summed loss wrt the outputs.
+        num_groups: G dividing B; each group's gradient is the mean of its
+            examples' gradients.
+        bias: include the bias gradient ``sum_p g_p``.
+
+    Returns:
+        ``(sq_norms, clipped_sum)``: ``[G]`` squared norms, and a function
+        ``factors -> [kernel_grad [D_in, D_out], bias_grad [D_out]]`` (no bias
+        entry when ``bias`` is False) giving ``sum_m factors[m] * grad_m``.
+    """
+    d_in, d_out = a.shape[-1], g.shape[-1]
+    per_group = tf.shape(a)[0] // num_groups
+    g = group(g, num_groups) / tf.cast(per_group, g.dtype)
+    a = group(a, num_groups)
+    positions = a.shape[1]  # per group; static when B / G is static
+    bias_grads = tf.reduce_sum(g, axis=1) if bias else None
+
+    if positions is None or positions == 1 \
+            or positions * (d_in + d_out) < d_in * d_out:
+        if positions == 1:
+            norms = (tf.reduce_sum(tf.square(a), axis=[1, 2])
+                     * tf.reduce_sum(tf.square(g), axis=[1, 2]))
+        else:
+            gram_a = tf.matmul(a, a, transpose_b=True)
+            gram_g = tf.matmul(g, g, transpose_b=True)
+            norms = tf.reduce_sum(gram_a * gram_g, axis=[1, 2])
+
+        def kernel_sum(factors):
+            scaled = g * tf.cast(factors, g.dtype)[:, None, None]
+            return tf.matmul(tf.reshape(a, [-1, d_in]),
+                             tf.reshape(scaled, [-1, d_out]),
+                             transpose_a=True)
+    else:
+        per_example = tf.matmul(a, g, transpose_a=True)  # [G, D_in, D_out]
+        norms = tf.reduce_sum(tf.square(per_example), axis=[1, 2])
+
+        def kernel_sum(factors):
+            return tf.tensordot(tf.cast(factors, per_example.dtype),
+                                per_example, axes=1)
+
+    if bias:
+        norms += tf.reduce_sum(tf.square(bias_grads), axis=1)
+
+    def clipped_sum(factors):
+        grads = [kernel_sum(factors)]
+        if bias:
+            grads.append(tf.tensordot(tf.cast(factors, bias_grads.dtype),
+                                      bias_grads, axes=1))
+        return grads
+
+    return norms, clipped_sum

@@ -1,0 +1,85 @@
+"""Taps: record each trainable layer's input and pre-activation output.
+
+During the engine's forward pass every layer that owns trainable weights
+has its ``call`` replaced by one that computes the layer without its
+activation (``z``), records ``(inputs, z)`` and applies the activation to
+``z``. The gradient of the summed loss with respect to each ``z`` then holds
+every example's gradient signal for that layer; the layer's norm function
+turns it into per-example gradient norms.
+"""
+
+import contextlib
+
+import tensorflow as tf
+
+from keras_tempered_dp.privacy.checks import iter_layers
+
+_LINEAR = tf.keras.activations.linear
+
+
+def _leaf_layers_with_weights(model):
+    for layer in iter_layers(model):
+        sublayers = list(layer._flatten_layers(include_self=False,
+                                               recursive=False))
+        if layer.trainable_weights and not sublayers:
+            yield layer
+
+
+class Tap:
+    """Wraps one layer's ``call`` while recording."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.records = []
+        self._call = None
+
+    def linear_call(self, inputs, *args, **kwargs):
+        """The layer's own call with its activation switched off."""
+        call = self._call or self.layer.call
+        activation = getattr(self.layer, "activation", None)
+        if activation is None or activation is _LINEAR:
+            return call(inputs, *args, **kwargs)
+        self.layer.activation = _LINEAR
+        try:
+            return call(inputs, *args, **kwargs)
+        finally:
+            self.layer.activation = activation
+
+    @tf.autograph.experimental.do_not_convert
+    def recording_call(self, inputs, *args, **kwargs):
+        z = self.linear_call(inputs, *args, **kwargs)
+        self.records.append((inputs, args, kwargs, z))
+        activation = getattr(self.layer, "activation", None)
+        return z if activation is None else activation(z)
+
+    @contextlib.contextmanager
+    def installed(self):
+        self.records = []
+        self._call = self.layer.call
+        self.layer.call = self.recording_call
+        try:
+            yield self
+        finally:
+            del self.layer.call  # back to the class's method
+            self._call = None
+
+
+def find_taps(model):
+    """Taps for every layer holding trainable weights.
+
+    Raises:
+        ValueError: if some trainable variable belongs to no leaf layer (a
+            custom layer that owns weights and sublayers at once), naming it.
+    """
+    taps = [Tap(layer) for layer in _leaf_layers_with_weights(model)]
+    covered = {id(w) for tap in taps for w in tap.layer.trainable_weights}
+    missing = [w.name for w in model.trainable_weights
+               if id(w) not in covered]
+    if missing:
+        raise ValueError(
+            "The clipping engine cannot see which layer uses these trainable "
+            f"variables: {missing}. It computes per-example gradients layer "
+            "by layer and needs every trainable weight to belong to a layer "
+            "without sublayers. Move such weights into a layer of their own, "
+            "or use compile_dp(..., optimizer='dp_keras_sgd').")
+    return taps

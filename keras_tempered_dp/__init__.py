@@ -19,6 +19,7 @@ from keras_tempered_dp.privacy import (
     calibrate_noise_multiplier,
     compile_dp,
     compute_epsilon,
+    make_private,
     privacy_statement,
 )
 

@@ -9,6 +9,6 @@ from keras_tempered_dp.privacy.checks import (
     check_microbatches,
     check_no_batch_mixing,
 )
-from keras_tempered_dp.privacy.compile import compile_dp
+from keras_tempered_dp.privacy.compile import compile_dp, make_private
 from keras_tempered_dp.privacy.config import DPConfig
 from keras_tempered_dp.privacy.losses import per_example_loss

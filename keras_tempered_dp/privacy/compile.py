@@ -1,5 +1,6 @@
-"""compile_dp: the one entry point that makes a Keras model train with DP-SGD."""
+"""compile_dp and make_private: the entry points that make ``fit`` DP-SGD."""
 
+import tensorflow as tf
 from tensorflow_privacy import (
     DPKerasSGDOptimizer,
     VectorizedDPKerasSGDOptimizer,
@@ -9,6 +10,7 @@ from keras_tempered_dp.privacy.checks import (
     check_microbatches,
     check_no_batch_mixing,
 )
+from keras_tempered_dp.privacy.clipping import ClippingEngine
 from keras_tempered_dp.privacy.config import DPConfig
 from keras_tempered_dp.privacy.losses import per_example_loss
 
@@ -21,27 +23,31 @@ _TFP_OPTIMIZERS = {
 def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
                momentum=0.0, num_microbatches=None, optimizer=None,
                loss=None, metrics=("accuracy",), batch_size=None,
-               num_examples=None, **compile_kwargs):
+               num_examples=None, expected_batch_size=None, noise_seed=None,
+               **compile_kwargs):
     """Compiles ``model`` for DP-SGD training with ``model.fit``.
 
-    Each example's gradient is clipped to ``l2_norm_clip``, the clipped
-    gradients are summed, Gaussian noise of std
+    Each example's gradient (all layers together) is clipped to
+    ``l2_norm_clip``, the clipped gradients are summed, Gaussian noise of std
     ``noise_multiplier * l2_norm_clip`` is added once per step and the sum is
-    divided by the batch size. The loss is made per-example (reduction NONE)
-    here, so pass an ordinary Keras loss.
+    divided by the batch size; then an SGD step (with ``momentum``).
 
     Args:
         model: a built or unbuilt Keras model without batch-mixing layers.
         l2_norm_clip, noise_multiplier, learning_rate, momentum,
-        num_microbatches: see :class:`DPConfig`.
-        optimizer: "dp_keras_sgd" (TF Privacy's ``DPKerasSGDOptimizer``, the
-            default) or "vectorized_dp_keras_sgd".
+        num_microbatches, noise_seed: see :class:`DPConfig`.
+        optimizer: "fast" (default: this package's clipping engine, exact
+            and close to ordinary training speed), "dp_keras_sgd" (TF
+            Privacy's ``DPKerasSGDOptimizer``) or "vectorized_dp_keras_sgd".
         loss: None (sparse categorical cross-entropy on logits), a Keras loss
-            name, instance or function; see :func:`per_example_loss`.
+            name, instance or function. Pass an ordinary loss: the DP step
+            makes it per-example itself.
         metrics: forwarded to ``model.compile``.
-        batch_size, num_examples: optional; when given, the microbatch split of
-            every batch, the last partial batch included, is checked now
+        batch_size, num_examples: optional; when given, the microbatch split
+            of every batch, the last partial batch included, is checked now
             instead of failing in the middle of training.
+        expected_batch_size: "fast" only: divide by this instead of the
+            actual batch size (Poisson sampling, where batch sizes vary).
         **compile_kwargs: forwarded to ``model.compile``.
 
     Returns:
@@ -59,7 +65,7 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
     >>> config = compile_dp(mnist_cnn(), l2_norm_clip=1.0,
     ...                     noise_multiplier=1.1, learning_rate=0.15)
     >>> config.optimizer
-    'dp_keras_sgd'
+    'fast'
     """
     config = DPConfig(
         l2_norm_clip=l2_norm_clip,
@@ -67,12 +73,27 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
         learning_rate=learning_rate,
         momentum=momentum,
         num_microbatches=num_microbatches,
+        noise_seed=noise_seed,
         **({} if optimizer is None else {"optimizer": optimizer}),
     )
     check_no_batch_mixing(model)
     check_microbatches(config.num_microbatches, batch_size, num_examples)
-    optimizer_class = _TFP_OPTIMIZERS[config.optimizer]
-    dp_optimizer = optimizer_class(
+    if config.optimizer == "fast":
+        if loss is None:
+            loss = tf.keras.losses.SparseCategoricalCrossentropy(
+                from_logits=True)
+        model.compile(
+            optimizer=tf.keras.optimizers.SGD(
+                learning_rate=config.learning_rate,
+                momentum=config.momentum),
+            loss=loss, metrics=list(metrics or []), **compile_kwargs)
+        _install_engine(model, config, expected_batch_size)
+        return config
+    if expected_batch_size is not None:
+        raise ValueError(
+            "expected_batch_size= needs optimizer='fast': TF Privacy's "
+            "optimizers always divide by the actual number of microbatches.")
+    dp_optimizer = _TFP_OPTIMIZERS[config.optimizer](
         l2_norm_clip=config.l2_norm_clip,
         noise_multiplier=config.noise_multiplier,
         num_microbatches=config.num_microbatches,
@@ -83,3 +104,50 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
                   metrics=list(metrics or []), **compile_kwargs)
     model.dp_config = config
     return config
+
+
+def make_private(model, *, l2_norm_clip, noise_multiplier,
+                 num_microbatches=None, expected_batch_size=None,
+                 noise_seed=None):
+    """Makes an already compiled model train with DP-SGD, keeping its optimizer.
+
+    Use it for optimizers other than SGD (DP holds for any optimizer: it
+    only post-processes the noised gradient) and to continue training a
+    loaded model with its optimizer state.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> from keras_tempered_dp.models import mnist_cnn
+    >>> model = mnist_cnn()
+    >>> model.compile(optimizer=tf.keras.optimizers.Adam(1e-3),
+    ...               loss=tf.keras.losses.SparseCategoricalCrossentropy(
+    ...                   from_logits=True))
+    >>> make_private(model, l2_norm_clip=1.0, noise_multiplier=1.1).optimizer
+    'fast'
+    """
+    config = DPConfig(l2_norm_clip=l2_norm_clip,
+                      noise_multiplier=noise_multiplier, learning_rate=None,
+                      num_microbatches=num_microbatches, optimizer="fast",
+                      noise_seed=noise_seed)
+    check_no_batch_mixing(model)
+    if model.optimizer is None:
+        raise ValueError("make_private needs a compiled model: call "
+                         "model.compile(optimizer=..., loss=...) first, or "
+                         "use compile_dp.")
+    if type(model.optimizer).__module__.startswith("tensorflow_privacy"):
+        raise ValueError(
+            "The model is compiled with a TF Privacy DP optimizer, which "
+            "already clips and noises: adding the engine would do both "
+            "twice. Compile with an ordinary optimizer first.")
+    _install_engine(model, config, expected_batch_size)
+    return config
+
+
+def _install_engine(model, config, expected_batch_size):
+    ClippingEngine(
+        config.l2_norm_clip, config.noise_multiplier,
+        num_microbatches=config.num_microbatches,
+        expected_batch_size=expected_batch_size,
+        seed=config.noise_seed).install(model)
+    model.dp_config = config

@@ -5,8 +5,9 @@ import math
 import numbers
 from typing import Optional
 
-# Names a user can pass as `optimizer=` to compile_dp.
-OPTIMIZERS = ("dp_keras_sgd", "vectorized_dp_keras_sgd")
+# Names a user can pass as `optimizer=` to compile_dp: the package's own
+# clipping engine (default) and TF Privacy's two Keras optimizers.
+OPTIMIZERS = ("fast", "dp_keras_sgd", "vectorized_dp_keras_sgd")
 
 
 def _number(name, value):
@@ -30,12 +31,17 @@ class DPConfig:
     Args:
         l2_norm_clip: clipping norm C, > 0.
         noise_multiplier: sigma, >= 0 (0 means no privacy, only clipping).
-        learning_rate: SGD learning rate, > 0.
+        learning_rate: SGD learning rate, > 0; None when the model was
+            compiled with an optimizer of the user's choice (make_private).
         momentum: SGD momentum in [0, 1).
         num_microbatches: None for per-example clipping; otherwise the batch
             is split into this many microbatches whose mean gradients are
             clipped (TF Privacy's semantics). Must divide every batch.
-        optimizer: which implementation runs the step; see ``OPTIMIZERS``.
+        optimizer: which implementation runs the step: "fast" (this
+            package's clipping engine), "dp_keras_sgd" or
+            "vectorized_dp_keras_sgd" (TF Privacy).
+        noise_seed: seeds the engine's noise generator; None (default) seeds
+            it from the operating system. TF Privacy's optimizers ignore it.
 
     Raises:
         ValueError: naming the field and the bad value.
@@ -49,10 +55,11 @@ class DPConfig:
 
     l2_norm_clip: float
     noise_multiplier: float
-    learning_rate: float = 0.15
+    learning_rate: Optional[float] = 0.15
     momentum: float = 0.0
     num_microbatches: Optional[int] = None
     optimizer: str = OPTIMIZERS[0]
+    noise_seed: Optional[int] = None
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
@@ -69,8 +76,10 @@ class DPConfig:
                 f"noise_multiplier={self.noise_multiplier!r}: must be >= 0; "
                 "it is the noise standard deviation in units of l2_norm_clip."
             )
-        set_("learning_rate", _number("learning_rate", self.learning_rate))
-        if self.learning_rate <= 0:
+        if self.learning_rate is not None:
+            set_("learning_rate",
+                 _number("learning_rate", self.learning_rate))
+        if self.learning_rate is not None and self.learning_rate <= 0:
             raise ValueError(
                 f"learning_rate={self.learning_rate!r}: must be > 0.")
         set_("momentum", _number("momentum", self.momentum))

@@ -16,11 +16,40 @@ from keras_tempered_dp.privacy.losses import per_example_loss
 def test_compile_dp_uses_tf_privacy_and_per_example_loss():
     model = mnist_cnn()
     config = compile_dp(model, l2_norm_clip=0.5, noise_multiplier=1.3,
-                        learning_rate=0.1, momentum=0.9)
+                        learning_rate=0.1, momentum=0.9,
+                        optimizer="dp_keras_sgd")
     assert isinstance(model.optimizer, GenericDPSGDOptimizer)
     assert model.loss.reduction == "none"
     assert model.dp_config is config and config.noise_multiplier == 1.3
     assert model.optimizer._dp_sum_query._stddev == pytest.approx(0.65)
+
+
+def test_fast_engine_is_the_default():
+    model = mnist_cnn()
+    config = compile_dp(model, l2_norm_clip=0.5, noise_multiplier=1.3,
+                        learning_rate=0.1, momentum=0.9)
+    assert config.optimizer == "fast"
+    assert type(model.optimizer).__name__ == "SGD"
+    assert float(model.optimizer.momentum) == pytest.approx(0.9)
+    assert model.dp_engine.noise_multiplier == 1.3
+    assert model.dp_engine.l2_norm_clip == 0.5
+
+
+def test_make_private_refuses_tf_privacy_optimizer_and_uncompiled():
+    from keras_tempered_dp.privacy.compile import make_private
+    model = mnist_cnn()
+    with pytest.raises(ValueError, match="needs a compiled model"):
+        make_private(model, l2_norm_clip=1.0, noise_multiplier=1.0)
+    compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.0,
+               optimizer="dp_keras_sgd")
+    with pytest.raises(ValueError, match="twice"):
+        make_private(model, l2_norm_clip=1.0, noise_multiplier=1.0)
+
+
+def test_expected_batch_size_needs_fast():
+    with pytest.raises(ValueError, match="needs optimizer='fast'"):
+        compile_dp(mnist_cnn(), l2_norm_clip=1.0, noise_multiplier=1.0,
+                   optimizer="dp_keras_sgd", expected_batch_size=64)
 
 
 def test_vectorized_selectable():

@@ -23,7 +23,11 @@ import contextlib
 
 import tensorflow as tf
 
+# Importing these modules registers their norm functions.
 from keras_tempered_dp.privacy.clipping import layers as _layers  # noqa: F401
+from keras_tempered_dp.privacy.clipping import (  # noqa: F401
+    normalization as _normalization,
+)
 from keras_tempered_dp.privacy.clipping.generic import generic_sq_norms
 from keras_tempered_dp.privacy.clipping.registry import lookup_norm_fn
 from keras_tempered_dp.privacy.clipping.tap import find_taps
@@ -84,7 +88,13 @@ class ClippingEngine:
         engine = self
 
         def train_step(data):
-            return engine.train_step(data)
+            try:
+                return engine.train_step(data)
+            except Exception:
+                # A step that failed while being traced leaves a half-built
+                # tf.function behind; drop it so the next fit starts clean.
+                model.train_function = None
+                raise
 
         model.train_step = train_step
         model.train_function = None  # rebuild with the new step
@@ -175,11 +185,20 @@ class ClippingEngine:
         batch = tf.shape(losses)[0]
         groups = self.num_microbatches or batch
         if self.num_microbatches:
-            tf.debugging.assert_equal(
-                batch % groups, 0, message=(
-                    f"num_microbatches={self.num_microbatches} does not "
-                    "divide this batch's size; see "
-                    "keras_tempered_dp.privacy.check_microbatches"))
+            message = (f"num_microbatches={self.num_microbatches} does not "
+                       "divide this batch's size; drop the remainder "
+                       "(drop_remainder=True) or see keras_tempered_dp."
+                       "privacy.check_microbatches")
+            static = losses.shape[0]
+            if static is not None and static % self.num_microbatches:
+                raise ValueError(f"{message} ({static}).")
+            # Everything below reshapes by groups: make it wait for the check.
+            with tf.control_dependencies([tf.debugging.assert_equal(
+                    batch % groups, 0, message=message)]):
+                batch = tf.identity(batch)
+                grad_outputs = [tf.identity(g) for g in grad_outputs]
+                records = [(tf.identity(inputs), args, kwargs, z)
+                           for inputs, args, kwargs, z in records]
         clip = tf.constant(self.l2_norm_clip, tf.float32)
         sq_norms, clipped_sums = self.per_group_sq_norms(
             records, grad_outputs, groups)

@@ -17,32 +17,17 @@ def _flatten_positions(tensor):
     return tf.reshape(tensor, [tf.shape(tensor)[0], -1, tensor.shape[-1]])
 
 
-def _reshaped_to_weights(layer, clipped_sum):
-    """Wraps ``clipped_sum`` so its kernel has the layer's kernel shape."""
-    def fn(factors):
-        grads = clipped_sum(factors)
-        grads[0] = tf.reshape(grads[0], layer.kernel.shape)
-        return grads
-    return fn
-
-
-def _factored_layer(layer, a, grad_outputs, num_groups):
-    if [id(w) for w in layer.trainable_weights] != [
-            id(w) for w in [layer.kernel] + ([layer.bias]
-                                            if layer.use_bias else [])]:
-        return None  # e.g. a frozen kernel with a trainable bias
-    norms, clipped_sum = factored_sq_norms(
-        a, _flatten_positions(grad_outputs), num_groups, bias=layer.use_bias)
-    return norms, _reshaped_to_weights(layer, clipped_sum)
-
-
 @register_norm_fn(layers.Dense)
 def dense_sq_norms(layer, inputs, grad_outputs, num_groups, call):
     """Dense on ``[B, D_in]`` or ``[B, ..., D_in]`` (a sequence)."""
+    trainable = [id(w) for w in layer.trainable_weights]
+    full = [id(layer.kernel)] + ([id(layer.bias)] if layer.use_bias else [])
+    if trainable != full:  # e.g. a frozen kernel with a trainable bias
+        return generic_sq_norms(layer, inputs, grad_outputs, num_groups,
+                                call)
     a = _flatten_positions(tf.cast(inputs, grad_outputs.dtype))
-    return (_factored_layer(layer, a, grad_outputs, num_groups)
-            or generic_sq_norms(layer, inputs, grad_outputs, num_groups,
-                                call))
+    return factored_sq_norms(a, _flatten_positions(grad_outputs), num_groups,
+                             bias=layer.use_bias)
 
 
 def conv2d_patches(layer, inputs):
@@ -58,16 +43,38 @@ def conv2d_patches(layer, inputs):
 
 @register_norm_fn(layers.Conv2D)
 def conv2d_sq_norms(layer, inputs, grad_outputs, num_groups, call):
-    """Conv2D, channels_last, groups=1: any strides, padding, dilation.
+    """Conv2D, channels_last: any strides, padding, dilation and groups.
 
-    Other configurations take the exact generic route.
+    A grouped convolution is ``groups`` independent convolutions over
+    channel slices; its norm is the sum of theirs. channels_first and a
+    frozen kernel with a trainable bias take the exact generic route.
     """
-    if layer.data_format == "channels_last" and layer.groups == 1:
-        a = conv2d_patches(layer, tf.cast(inputs, grad_outputs.dtype))
-        result = _factored_layer(layer, a, grad_outputs, num_groups)
-        if result is not None:
-            return result
-    return generic_sq_norms(layer, inputs, grad_outputs, num_groups, call)
+    trainable = [id(w) for w in layer.trainable_weights]
+    full = [id(layer.kernel)] + ([id(layer.bias)] if layer.use_bias else [])
+    if layer.data_format != "channels_last" or trainable != full:
+        return generic_sq_norms(layer, inputs, grad_outputs, num_groups,
+                                call)
+    x = tf.cast(inputs, grad_outputs.dtype)
+    n = layer.groups
+    c_in, c_out = x.shape[-1] // n, grad_outputs.shape[-1] // n
+    parts = [
+        factored_sq_norms(
+            conv2d_patches(layer, x[..., i * c_in:(i + 1) * c_in]),
+            _flatten_positions(grad_outputs[..., i * c_out:(i + 1) * c_out]),
+            num_groups, bias=layer.use_bias)
+        for i in range(n)]
+    kernel_shape = layer.kernel.shape
+
+    def clipped_sum(factors):
+        sums = [part[1](factors) for part in parts]
+        kernel = tf.concat(
+            [tf.reshape(s[0], list(kernel_shape[:3]) + [c_out])
+             for s in sums], axis=-1)
+        if layer.use_bias:
+            return [kernel, tf.concat([s[1] for s in sums], axis=0)]
+        return [kernel]
+
+    return tf.add_n([part[0] for part in parts]), clipped_sum
 
 
 @register_norm_fn(layers.Embedding)
@@ -86,8 +93,3 @@ def embedding_sq_norms(layer, inputs, grad_outputs, num_groups, call):
                           axis=[1, 2])
     return norms, None
 
-
-# Layers whose weights act per feature: exact through the generic route,
-# which is cheap for them (their per-example gradients are small).
-for _cls in (layers.LayerNormalization, layers.GroupNormalization):
-    register_norm_fn(_cls)(generic_sq_norms)

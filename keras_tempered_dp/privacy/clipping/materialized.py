@@ -1,0 +1,34 @@
+"""Norms and clipped sums from materialized per-example gradients.
+
+For layers whose per-example gradients are small (normalization layers:
+one gain and one bias per channel), forming them outright is the cheapest
+exact route.
+"""
+
+import tensorflow as tf
+
+
+def materialized_sq_norms(per_example_grads, num_groups):
+    """Squared norms and clipped-sum function from ``[B, ...]`` gradients.
+
+    Args:
+        per_example_grads: one ``[B, *weight_shape]`` tensor per weight: the
+            gradient of each example's loss.
+        num_groups: G; a group's gradient is the mean over its examples.
+
+    Returns:
+        ``(sq_norms [G], clipped_sum)`` as the registry expects.
+    """
+    grouped = []
+    for g in per_example_grads:
+        shape = tf.concat([[num_groups, -1], tf.shape(g)[1:]], axis=0)
+        grouped.append(tf.reduce_mean(tf.reshape(g, shape), axis=1))
+    norms = tf.add_n([
+        tf.reduce_sum(tf.reshape(tf.square(g), [num_groups, -1]), axis=1)
+        for g in grouped])
+
+    def clipped_sum(factors):
+        return [tf.tensordot(tf.cast(factors, g.dtype), g, axes=1)
+                for g in grouped]
+
+    return norms, clipped_sum

@@ -1,0 +1,60 @@
+"""Exact per-example gradients of LayerNormalization and GroupNormalization.
+
+Both compute ``z = gamma * xhat + beta`` with ``xhat`` normalized per example,
+so each example's gradients are ``sum dz * xhat`` (gamma) and ``sum dz``
+(beta) over the axes the weights are broadcast along.
+"""
+
+import tensorflow as tf
+
+from keras_tempered_dp.privacy.clipping.materialized import (
+    materialized_sq_norms,
+)
+from keras_tempered_dp.privacy.clipping.registry import register_norm_fn
+
+layers = tf.keras.layers
+
+
+def _weight_grads(layer, xhat, dz, param_axes):
+    """Per-example gamma/beta gradients, in trainable-weight order."""
+    rank = dz.shape.rank
+    reduce_axes = [a for a in range(1, rank) if a not in param_axes]
+    wanted = {}
+    if layer.scale:
+        wanted[id(layer.gamma)] = tf.reduce_sum(dz * xhat, axis=reduce_axes)
+    if layer.center:
+        wanted[id(layer.beta)] = tf.reduce_sum(dz, axis=reduce_axes)
+    return [wanted[id(w)] for w in layer.trainable_weights]
+
+
+@register_norm_fn(layers.LayerNormalization)
+def layer_norm_sq_norms(layer, inputs, grad_outputs, num_groups, call):
+    x = tf.cast(inputs, tf.float32)
+    axes = sorted(a % x.shape.rank for a in layer.axis)
+    mean, variance = tf.nn.moments(x, axes, keepdims=True)
+    xhat = (x - mean) * tf.math.rsqrt(variance + layer.epsilon)
+    dz = tf.cast(grad_outputs, tf.float32)
+    return materialized_sq_norms(_weight_grads(layer, xhat, dz, axes),
+                                 num_groups)
+
+
+@register_norm_fn(layers.GroupNormalization)
+def group_norm_sq_norms(layer, inputs, grad_outputs, num_groups, call):
+    x = tf.cast(inputs, tf.float32)
+    rank = x.shape.rank
+    axis = layer.axis % rank
+    channels = x.shape[axis]
+    groups = layer.groups
+    # [B, ..., C, ...] -> [B, ..., G, C/G, ...]; statistics over everything
+    # but the batch and the group index.
+    shape = tf.shape(x)
+    grouped_shape = tf.concat(
+        [shape[:axis], [groups, channels // groups], shape[axis + 1:]], 0)
+    grouped = tf.reshape(x, grouped_shape)
+    stat_axes = [a for a in range(1, rank + 1) if a != axis]
+    mean, variance = tf.nn.moments(grouped, stat_axes, keepdims=True)
+    xhat = tf.reshape((grouped - mean) * tf.math.rsqrt(
+        variance + layer.epsilon), shape)
+    dz = tf.cast(grad_outputs, tf.float32)
+    return materialized_sq_norms(_weight_grads(layer, xhat, dz, [axis]),
+                                 num_groups)

@@ -1,0 +1,147 @@
+"""Step time and peak memory of DP-SGD implementations, side by side.
+
+    python benchmarks/clipping_speed.py            # the full table (~15 min)
+    python benchmarks/clipping_speed.py --quick    # MNIST CNN at batch 256
+
+Each (model, batch size, method) runs in its own Python process, so peak
+memory (the process's high-water mark, VmHWM) is not shared between them.
+A process builds the model, compiles it, takes warm-up steps (tracing), then
+times single ``train_on_batch`` steps on a fixed random batch and reports
+the median. Methods:
+
+    ordinary     tf.keras SGD, mean loss (no privacy): the baseline
+    engine       keras_tempered_dp's clipping engine (compile_dp default)
+    dp_keras     TF Privacy DPKerasSGDOptimizer
+    vectorized   TF Privacy VectorizedDPKerasSGDOptimizer
+    dp_sequential TF Privacy DPSequential (fast clipping; its registry
+                 covers Dense and Embedding only, so convolutional models fall
+                 back to per-example gradients), use_xla as shipped (True)
+
+It measures and prints; it asserts nothing.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+CONFIGS = [("mnist_cnn", 256), ("mnist_cnn", 1024), ("cifar10_cnn", 256)]
+METHODS = ["ordinary", "engine", "dp_keras", "vectorized", "dp_sequential"]
+
+
+def _rss_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return -1
+
+
+def measure(model_name, batch_size, method, steps):
+    """Runs in the child process; returns a dict of measurements."""
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_tempered_dp import models
+    from keras_tempered_dp.privacy import compile_dp
+
+    tf.keras.utils.set_random_seed(0)
+    build = models.MODELS[model_name]
+    shape = (28, 28, 1) if model_name == "mnist_cnn" else (32, 32, 3)
+    x = tf.constant(np.random.default_rng(0).uniform(
+        size=(batch_size,) + shape).astype("float32"))
+    y = tf.constant(np.arange(batch_size) % 10)
+    dp = dict(l2_norm_clip=1.0, noise_multiplier=1.1, learning_rate=0.1)
+    if method == "dp_sequential":
+        from tensorflow_privacy import DPSequential
+        from tensorflow_privacy.privacy.fast_gradient_clipping import (
+            layer_registry,
+        )
+        reference = build("tanh")
+        model = DPSequential(
+            l2_norm_clip=1.0, noise_multiplier=1.1,
+            layer_registry=layer_registry.make_default_layer_registry(),
+            layers=[tf.keras.Input(shape)] + reference.layers)
+        model.compile(optimizer=tf.keras.optimizers.SGD(0.1),
+                      loss=tf.keras.losses.SparseCategoricalCrossentropy(
+                          from_logits=True, reduction="none"))
+    else:
+        model = build("tanh")
+        if method == "ordinary":
+            model.compile(optimizer=tf.keras.optimizers.SGD(0.1),
+                          loss=tf.keras.losses.SparseCategoricalCrossentropy(
+                              from_logits=True))
+        else:
+            optimizer = {"engine": "fast", "dp_keras": "dp_keras_sgd",
+                         "vectorized": "vectorized_dp_keras_sgd"}[method]
+            compile_dp(model, optimizer=optimizer, metrics=(), **dp)
+    baseline = _rss_kib("VmRSS")
+    start = time.perf_counter()
+    model.train_on_batch(x, y)  # traces
+    first = time.perf_counter() - start
+    model.train_on_batch(x, y)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        model.train_on_batch(x, y)
+        times.append(time.perf_counter() - start)
+    return {"step_s": float(np.median(times)), "first_step_s": first,
+            "peak_mib": _rss_kib("VmHWM") / 1024,
+            "train_mib": (_rss_kib("VmHWM") - baseline) / 1024}
+
+
+def run_child(model_name, batch_size, method, steps):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", model_name, str(batch_size),
+         method, str(steps)], capture_output=True, text=True, env=env)
+    if out.returncode:
+        return {"error": out.stderr.strip().splitlines()[-1][:120]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="only the MNIST CNN at batch 256")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    args = parser.parse_args()
+    if args.child:
+        name, batch, method, steps = args.child
+        print(json.dumps(measure(name, int(batch), method, int(steps))))
+        return
+    import tensorflow as tf
+    import tensorflow_privacy
+    print(f"# {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPU cores, Python {platform.python_version()}, "
+          f"tensorflow {tf.__version__}, tensorflow-privacy "
+          f"{tensorflow_privacy.__version__}")
+    print("| model | batch | method | step (s) | x ordinary | peak RSS (MiB) "
+          "| training memory (MiB) | x ordinary |")
+    print("|---|---|---|---|---|---|---|---|")
+    configs = CONFIGS[:1] if args.quick else CONFIGS
+    for name, batch in configs:
+        base = None
+        for method in args.methods.split(","):
+            slow = method in ("dp_keras", "vectorized", "dp_sequential")
+            result = run_child(name, batch, method, 3 if slow else 10)
+            if "error" in result:
+                print(f"| {name} | {batch} | {method} | failed: "
+                      f"{result['error']} | | | | |", flush=True)
+                continue
+            if method == "ordinary":
+                base = result
+            ratio = result["step_s"] / base["step_s"] if base else float("nan")
+            mem = (result["train_mib"] / base["train_mib"]
+                   if base and base["train_mib"] > 0 else float("nan"))
+            print(f"| {name} | {batch} | {method} | {result['step_s']:.4f} | "
+                  f"{ratio:.2f} | {result['peak_mib']:.0f} | "
+                  f"{result['train_mib']:.0f} | {mem:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

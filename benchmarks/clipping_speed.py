@@ -99,7 +99,8 @@ def run_child(model_name, batch_size, method, steps):
         [sys.executable, __file__, "--child", model_name, str(batch_size),
          method, str(steps)], capture_output=True, text=True, env=env)
     if out.returncode:
-        return {"error": out.stderr.strip().splitlines()[-1][:120]}
+        lines = out.stderr.strip().splitlines() or [f"exit {out.returncode}"]
+        return {"error": lines[-1][:120]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -109,6 +110,11 @@ def main():
                         help="only the MNIST CNN at batch 256")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--configs", default=None,
+                        help="e.g. mnist_cnn:256,cifar10_cnn:256")
+    parser.add_argument("--slow_steps", type=int, default=3,
+                        help="timed steps for TF Privacy's methods (each "
+                        "takes seconds to minutes)")
     args = parser.parse_args()
     if args.child:
         name, batch, method, steps = args.child
@@ -124,11 +130,15 @@ def main():
           "| training memory (MiB) | x ordinary |")
     print("|---|---|---|---|---|---|---|---|")
     configs = CONFIGS[:1] if args.quick else CONFIGS
+    if args.configs:
+        configs = [(c.split(":")[0], int(c.split(":")[1]))
+                   for c in args.configs.split(",")]
     for name, batch in configs:
         base = None
         for method in args.methods.split(","):
             slow = method in ("dp_keras", "vectorized", "dp_sequential")
-            result = run_child(name, batch, method, 3 if slow else 10)
+            result = run_child(name, batch, method,
+                               args.slow_steps if slow else 10)
             if "error" in result:
                 print(f"| {name} | {batch} | {method} | failed: "
                       f"{result['error']} | | | | |", flush=True)

@@ -1,13 +1,61 @@
-"""Datasets. The embedded one: scikit-learn's 8x8 digits, no download."""
+"""Datasets: MNIST, Fashion-MNIST and CIFAR-10 through tensorflow-datasets,
+and scikit-learn's bundled 8x8 digits, which need no download.
+
+Offline, TFDS prepares a dataset from a folder that holds its original files
+(``manual_dir``). The folder where Debian's ``dataset-fashion-mnist`` package
+puts Fashion-MNIST (``/usr/share/datasets/fashion-mnist``) is searched
+automatically; ``manual_dir=`` (the CLI's ``--manual_dir``) names any other.
+Pixels are scaled to [0, 1] as in the paper; labels are int32.
+"""
+
+import dataclasses
+import os
+from typing import Optional, Tuple
 
 import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    tfds_name: Optional[str]
+    shape: Tuple[int, int, int]
+    files: Tuple[str, ...] = ()
+    search_dirs: Tuple[str, ...] = ()
+    provider: str = ""
+
+
+_IDX = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+DATASETS = {
+    "digits": DatasetSpec(None, (8, 8, 1), provider="scikit-learn"),
+    "mnist": DatasetSpec(
+        "mnist", (28, 28, 1), _IDX,
+        ("/usr/share/datasets/mnist",),
+        "a download by TFDS (online), or --manual_dir=<folder with the "
+        "four original MNIST files>"),
+    "fashion_mnist": DatasetSpec(
+        "fashion_mnist", (28, 28, 1), _IDX,
+        ("/usr/share/datasets/fashion-mnist",),
+        "`apt-get install dataset-fashion-mnist` (Debian; installs them in "
+        "/usr/share/datasets/fashion-mnist), a download by TFDS (online), "
+        "or --manual_dir=<folder with the four original files>"),
+    "cifar10": DatasetSpec(
+        "cifar10", (32, 32, 3), ("cifar-10-binary.tar.gz",), (),
+        "a download by TFDS (online), or --manual_dir=<folder with "
+        "cifar-10-binary.tar.gz>"),
+}
+
+
+class DataUnavailableError(RuntimeError):
+    """The dataset is neither prepared, nor in a folder, nor downloadable."""
 
 
 def load_digits(test_fraction=0.2, seed=0):
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images).
 
     Pixels are scaled from [0, 16] to [0, 1], images shaped (8, 8, 1), labels
-    int32 in 0..9. The split is stratified-free but seeded and disjoint.
+    int32 in 0..9. The split is seeded and disjoint.
 
     Returns:
         ``((x_train, y_train), (x_test, y_test))`` as NumPy arrays.
@@ -29,3 +77,83 @@ def load_digits(test_fraction=0.2, seed=0):
     n_test = int(round(len(x) * test_fraction))
     test, train = order[:n_test], order[n_test:]
     return (x[train], y[train]), (x[test], y[test])
+
+
+def find_manual_dir(name, manual_dir=None):
+    """The first folder holding all of ``name``'s original files, or None.
+
+    Raises:
+        DataUnavailableError: if ``manual_dir`` is given but lacks files.
+    """
+    spec = DATASETS[name]
+    if manual_dir is not None:
+        missing = [f for f in spec.files
+                   if not os.path.exists(os.path.join(manual_dir, f))]
+        if missing:
+            raise DataUnavailableError(
+                f"manual_dir={manual_dir!r} does not hold {', '.join(missing)} "
+                f"(needed for {name}: {', '.join(spec.files)}).")
+        return manual_dir
+    for folder in spec.search_dirs:
+        if all(os.path.exists(os.path.join(folder, f)) for f in spec.files):
+            return folder
+    return None
+
+
+def _prepare(builder, name, manual_dir, download):
+    import tensorflow_datasets as tfds
+
+    spec = DATASETS[name]
+    folder = find_manual_dir(name, manual_dir)
+    if folder is not None:
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=folder))
+        return
+    looked = list(spec.search_dirs) + [str(builder.data_dir)]
+    how = (f"{name} needs its original files ({', '.join(spec.files)}). "
+           f"Looked in: {', '.join(looked)}. Get them with {spec.provider}.")
+    if not download:
+        raise DataUnavailableError(how + " (Downloading was not allowed.)")
+    try:
+        builder.download_and_prepare()
+    except Exception as error:  # network errors come in many types
+        raise DataUnavailableError(
+            f"{how} The download failed: {type(error).__name__}: "
+            f"{str(error)[:300]}") from error
+
+
+def load_dataset(name, data_dir=None, manual_dir=None, download=True):
+    """Loads a dataset as NumPy arrays scaled to [0, 1].
+
+    Args:
+        name: "digits", "mnist", "fashion_mnist" or "cifar10".
+        data_dir: TFDS data folder (default ``~/tensorflow_datasets``); a
+            dataset prepared there once loads offline afterwards.
+        manual_dir: a folder holding the dataset's original files.
+        download: allow TFDS to download when no folder has the files.
+
+    Returns:
+        ``((x_train, y_train), (x_test, y_test))``: float32 images
+        ``[N, H, W, C]`` in [0, 1] and int32 labels.
+
+    Raises:
+        ValueError: for an unknown name.
+        DataUnavailableError: saying which files are needed, where they were
+            looked for, and what provides them.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"dataset={name!r}: must be one of "
+                         f"{', '.join(DATASETS)}.")
+    if name == "digits":
+        return load_digits()
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(DATASETS[name].tfds_name, data_dir=data_dir)
+    if not builder.is_prepared():
+        _prepare(builder, name, manual_dir, download)
+    splits = builder.as_dataset(split=["train", "test"], batch_size=-1,
+                                as_supervised=True)
+    (x, y), (xt, yt) = tfds.as_numpy(splits)
+    scale = np.float32(1 / 255)
+    return ((x.astype("float32") * scale, y.astype("int32")),
+            (xt.astype("float32") * scale, yt.astype("int32")))

@@ -84,3 +84,54 @@ class TemperedSigmoidHyperModel(keras_tuner.HyperModel):
             optimizer=self.optimizer,
         )
         return model
+
+
+TUNING_PRIVACY_NOTE = (
+    "Note: every trial trained on the private data, so the search as a "
+    "whole spends more privacy than one trial's epsilon. Account for the "
+    "search (e.g. Papernot & Steinke, ICLR 2022) or tune on public data of "
+    "the same kind.")
+
+
+def search(*, dataset="digits", target_epsilon=3.0, max_trials=10, epochs=5,
+           batch_size=64, delta=None, validation_fraction=0.1, seed=0,
+           output_dir="runs/tune", data_dir=None, manual_dir=None,
+           download=True, verbose=0):
+    """A keras-tuner random search over (s, T, o, learning rate, clip).
+
+    Every trial trains for ``epochs`` with the noise calibrated so that the
+    trial ends at ``target_epsilon`` (Poisson accounting); trials are scored
+    on a validation split of the training set, never on the test set.
+
+    Returns:
+        ``(best_hyperparameters_dict, noise_multiplier)``.
+    """
+    import numpy as np
+
+    from keras_tempered_dp.data import load_dataset
+    from keras_tempered_dp.privacy.accounting import (
+        calibrate_noise_multiplier,
+    )
+    from keras_tempered_dp.training import DEFAULT_MODEL
+    from keras_tempered_dp.models import MODELS
+
+    (x, y), _ = load_dataset(dataset, data_dir=data_dir,
+                             manual_dir=manual_dir, download=download)
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_val = int(len(x) * validation_fraction)
+    val, tr = order[:n_val], order[n_val:]
+    n = len(tr) - len(tr) % batch_size
+    tr = tr[:n]
+    delta = delta or min(1e-5, 1 / (10 * n))
+    noise = calibrate_noise_multiplier(target_epsilon, n, batch_size,
+                                       epochs=epochs, delta=delta)
+    hypermodel = TemperedSigmoidHyperModel(
+        noise_multiplier=noise, model_fn=MODELS[DEFAULT_MODEL[dataset]],
+        input_shape=x.shape[1:], num_classes=int(y.max()) + 1, momentum=0.9)
+    tuner = keras_tuner.RandomSearch(
+        hypermodel, objective="val_accuracy", max_trials=max_trials,
+        seed=seed, directory=output_dir, project_name=dataset,
+        overwrite=True)
+    tuner.search(x[tr], y[tr], validation_data=(x[val], y[val]),
+                 batch_size=batch_size, epochs=epochs, verbose=verbose)
+    return tuner.get_best_hyperparameters()[0].values, noise

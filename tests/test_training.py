@@ -25,3 +25,67 @@ def test_dp_fit_on_digits_beats_chance_clearly(digits):
     epsilon = history.history["epsilon"][-1]
     assert np.isfinite(epsilon) and epsilon < 10
     assert accuracy > 0.6, accuracy  # chance is 0.1
+
+
+def _small_train(tmp_path, **kwargs):
+    from keras_tempered_dp.training import train
+    args = dict(dataset="digits", epochs=4, batch_size=64, noise_multiplier=1.0,
+                output_dir=str(tmp_path / "run"), verbose=0, noise_seed=3)
+    args.update(kwargs)
+    return train(**args)
+
+
+def test_train_writes_every_output(tmp_path):
+    import json
+    import os
+
+    from keras_tempered_dp.privacy.accounting import compute_epsilon
+    results = _small_train(tmp_path)
+    folder = tmp_path / "run"
+    for name in ("results.json", "log.csv", "model.keras"):
+        assert (folder / name).exists(), name
+    assert any((folder / "tensorboard" / "train").iterdir())
+    saved = json.loads((folder / "results.json").read_text())
+    assert saved["config"]["dataset"] == "digits"
+    assert [round(e["epoch"]) for e in saved["epochs"]] == [0, 1, 2, 3]
+    steps = 4 * round(1438 / 64)
+    expected = compute_epsilon(1438, 64, 1.0, steps=steps, delta=1e-5)
+    assert saved["epsilon"] == expected
+    assert saved["epochs"][-1]["epsilon"] == expected
+    assert 0.5 < saved["test_accuracy"] <= 1
+    assert "Poisson" in saved["privacy"] and saved["wall_time_s"] > 0
+    assert os.path.exists(folder / "checkpoint" / "model.keras")
+    assert results == saved
+
+
+def test_target_epsilon_is_met(tmp_path):
+    results = _small_train(tmp_path, epochs=2, noise_multiplier=None,
+                           target_epsilon=2.0)
+    assert 1.99 < results["epsilon"] <= 2.0
+
+
+def test_resume_ends_with_the_same_epsilon(tmp_path):
+    uninterrupted = _small_train(tmp_path / "a", epochs=4)
+    # An "interrupted" run: 2 epochs, then resumed to 4.
+    _small_train(tmp_path / "b", epochs=2)
+    resumed = _small_train(tmp_path / "b", epochs=4, resume=True)
+    assert resumed["resumed_from_epoch"] == 2
+    assert resumed["epsilon"] == uninterrupted["epsilon"]
+    assert [e["epsilon"] for e in resumed["epochs"]] == \
+        [e["epsilon"] for e in uninterrupted["epochs"]]
+    assert len(resumed["epochs"]) == 4
+
+
+def test_shuffled_sampling_says_what_its_epsilon_assumes(tmp_path):
+    results = _small_train(tmp_path, epochs=1, sampling="shuffle")
+    assert "not a proof for shuffling" in results["privacy"]
+
+
+def test_train_argument_errors(tmp_path):
+    import pytest
+    with pytest.raises(ValueError, match="exactly one of noise_multiplier"):
+        _small_train(tmp_path, target_epsilon=1.0)
+    with pytest.raises(ValueError, match="sampling='random'"):
+        _small_train(tmp_path, sampling="random")
+    with pytest.raises(ValueError, match="not a known activation"):
+        _small_train(tmp_path, activation="swishy")

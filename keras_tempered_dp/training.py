@@ -1,0 +1,176 @@
+"""One DP training run, end to end: data, model, DP-SGD, epsilon, outputs.
+
+:func:`train` is what ``keras-tempered-dp train`` runs; it is importable and
+takes keyword arguments only. It writes into ``output_dir``:
+
+    results.json     configuration, per-epoch loss / accuracy / epsilon,
+                     final test accuracy, wall time, the privacy statement
+    log.csv          Keras CSVLogger (epsilon included)
+    tensorboard/     TensorBoard logs (epoch_epsilon included)
+    model.keras      the trained model
+    checkpoint/      the last finished epoch, for --resume
+"""
+
+import json
+import os
+import time
+
+import tensorflow as tf
+
+from keras_tempered_dp.activations import get_activation
+from keras_tempered_dp.callbacks import EpsilonCallback
+from keras_tempered_dp.data import DATASETS, load_dataset
+from keras_tempered_dp.layers import TemperedSigmoid
+from keras_tempered_dp.models import MODELS
+from keras_tempered_dp.privacy.accounting import (
+    calibrate_noise_multiplier,
+    privacy_statement,
+)
+from keras_tempered_dp.privacy.compile import compile_dp, make_private
+from keras_tempered_dp.privacy.sampling import (
+    poisson_batches,
+    shuffled_batches,
+    steps_per_epoch,
+)
+
+DEFAULT_MODEL = {"digits": "digits_cnn", "mnist": "mnist_cnn",
+                 "fashion_mnist": "mnist_cnn", "cifar10": "cifar10_cnn"}
+
+
+def make_activation(activation, s=2.0, T=2.0, o=1.0):
+    """"tempered_sigmoid" with (s, T, o) -> a layer; other names as they are."""
+    if activation == "tempered_sigmoid":
+        return TemperedSigmoid(s=s, T=T, o=o)
+    get_activation(activation)  # unknown names fail here, listing known ones
+    return activation
+
+
+class _EpochState(tf.keras.callbacks.Callback):
+    """Saves the model (with optimizer state) and the epoch after each epoch."""
+
+    def __init__(self, folder):
+        super().__init__()
+        self.folder = folder
+
+    def on_epoch_end(self, epoch, logs=None):
+        os.makedirs(self.folder, exist_ok=True)
+        self.model.save(os.path.join(self.folder, "model.keras"))
+        with open(os.path.join(self.folder, "state.json"), "w") as f:
+            json.dump({"epochs_done": epoch + 1}, f)
+
+
+def train(*, dataset="digits", model=None, activation="tempered_sigmoid",
+          s=2.0, T=2.0, o=1.0, epochs=15, batch_size=64, learning_rate=0.05,
+          momentum=0.9, l2_norm_clip=1.0, noise_multiplier=None,
+          target_epsilon=None, delta=None, sampling="poisson", seed=0,
+          noise_seed=None, output_dir="runs/train", resume=False,
+          data_dir=None, manual_dir=None, download=True, verbose=1,
+          data=None):
+    """Trains one model with DP-SGD and writes its outputs.
+
+    Give ``noise_multiplier`` or ``target_epsilon`` (the noise is then
+    calibrated so the whole run ends at that epsilon). ``delta`` defaults to
+    1e-5, or ``1 / (10 N)`` when that is smaller (it must stay below 1 / N).
+    ``seed`` seeds initialization; noise and Poisson sampling draw from the
+    operating system unless ``noise_seed`` is given (for tests and exact
+    reproductions only: a known seed makes the noise predictable).
+
+    Returns:
+        The results dictionary also written to ``results.json``.
+    """
+    start = time.time()
+    if (noise_multiplier is None) == (target_epsilon is None):
+        raise ValueError("Give exactly one of noise_multiplier= and "
+                         "target_epsilon=.")
+    if sampling not in ("poisson", "shuffle"):
+        raise ValueError(f"sampling={sampling!r}: must be 'poisson' or "
+                         "'shuffle'.")
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset={dataset!r}: must be one of "
+                         f"{', '.join(DATASETS)}.")
+    tf.keras.utils.set_random_seed(seed)
+    (x, y), (x_test, y_test) = data or load_dataset(
+        dataset, data_dir=data_dir, manual_dir=manual_dir, download=download)
+    n = len(x)
+    if delta is None:
+        delta = min(1e-5, 1 / (10 * n))
+    steps = steps_per_epoch(n, batch_size, sampling)
+    if target_epsilon is not None:  # Poisson accounting, see results.privacy
+        noise_multiplier = calibrate_noise_multiplier(
+            target_epsilon, n, batch_size, steps=steps * epochs, delta=delta)
+    model_name = model or DEFAULT_MODEL[dataset]
+    dp = dict(l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier,
+              noise_seed=noise_seed)
+    expected = batch_size if sampling == "poisson" else None
+
+    checkpoint = os.path.join(output_dir, "checkpoint")
+    state_file = os.path.join(checkpoint, "state.json")
+    epochs_done = 0
+    if resume and os.path.exists(state_file):
+        with open(state_file) as f:
+            epochs_done = json.load(f)["epochs_done"]
+        network = tf.keras.models.load_model(
+            os.path.join(checkpoint, "model.keras"))
+        make_private(network, expected_batch_size=expected, **dp)
+    else:
+        if resume:
+            print(f"No checkpoint in {checkpoint}: starting from epoch 0.")
+        network = MODELS[model_name](
+            activation=make_activation(activation, s, T, o),
+            input_shape=x.shape[1:], num_classes=int(y.max()) + 1)
+        compile_dp(network, learning_rate=learning_rate, momentum=momentum,
+                   expected_batch_size=expected, **dp)
+
+    batches = (poisson_batches(x, y, batch_size, seed=noise_seed)
+               if sampling == "poisson" else
+               shuffled_batches(x, y, batch_size, seed=seed))
+    os.makedirs(output_dir, exist_ok=True)
+    epsilon = EpsilonCallback(n, batch_size, delta=delta,
+                              steps_per_epoch=steps,
+                              initial_steps=epochs_done * steps)
+    history = network.fit(
+        batches, epochs=epochs, initial_epoch=epochs_done,
+        steps_per_epoch=steps, validation_data=(x_test, y_test),
+        verbose=verbose,
+        callbacks=[
+            epsilon,
+            tf.keras.callbacks.CSVLogger(os.path.join(output_dir, "log.csv"),
+                                         append=epochs_done > 0),
+            tf.keras.callbacks.TensorBoard(
+                os.path.join(output_dir, "tensorboard")),
+            _EpochState(checkpoint),
+        ])
+    _, test_accuracy = network.evaluate(x_test, y_test, verbose=0)
+    network.save(os.path.join(output_dir, "model.keras"))
+
+    per_epoch = _read_log(os.path.join(output_dir, "log.csv"))
+    results = {
+        "config": dict(
+            dataset=dataset, model=model_name, activation=activation,
+            s=s, T=T, o=o, epochs=epochs, batch_size=batch_size,
+            learning_rate=learning_rate, momentum=momentum,
+            l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier,
+            target_epsilon=target_epsilon, delta=delta, sampling=sampling,
+            seed=seed, num_examples=n),
+        "epochs": per_epoch,
+        "epsilon": epsilon.epsilon_after(epochs * steps),
+        "test_accuracy": float(test_accuracy),
+        "privacy": privacy_statement(
+            n, batch_size, noise_multiplier, steps=epochs * steps,
+            delta=delta) + (
+            "" if sampling == "poisson" else
+            " Training used shuffled fixed-size batches: this epsilon is "
+            "the Poisson number by convention, not a proof for shuffling."),
+        "wall_time_s": time.time() - start,
+        "resumed_from_epoch": epochs_done,
+    }
+    with open(os.path.join(output_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    return results
+
+
+def _read_log(path):
+    import csv
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return [{k: float(v) for k, v in row.items()} for row in rows]

@@ -1,0 +1,45 @@
+"""Models trained with the engine save, load and train further."""
+
+import numpy as np
+import pytest
+
+from keras_tempered_dp.models import mnist_cnn
+from keras_tempered_dp.privacy.compile import compile_dp
+
+
+@pytest.mark.parametrize("fmt", ["keras", "savedmodel"])
+def test_trained_model_saves_loads_and_trains_further(tmp_path, fresh_python,
+                                                      fmt):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(32, 28, 28, 1)).astype("float32")
+    y = np.arange(32) % 10
+    model = mnist_cnn("tempered_sigmoid")
+    compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.0,
+               learning_rate=0.1, momentum=0.9)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    path = tmp_path / ("m.keras" if fmt == "keras" else "m_savedmodel")
+    model.save(str(path))
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    out = fresh_python(f"""
+        import numpy as np, tensorflow as tf
+        import keras_tempered_dp as kdp
+        model = tf.keras.models.load_model({str(path)!r})
+        x, y = np.load({str(tmp_path / 'x.npy')!r}), np.load(
+            {str(tmp_path / 'y.npy')!r})
+        np.save({str(tmp_path / 'pred.npy')!r}, model.predict(x, verbose=0))
+        steps_before = int(model.optimizer.iterations)
+        before = model.get_weights()
+        # Continue with DP-SGD and the restored optimizer (momentum) state.
+        kdp.make_private(model, l2_norm_clip=1.0, noise_multiplier=1.0)
+        history = model.fit(x, y, batch_size=16, epochs=1, verbose=0,
+                            callbacks=[kdp.EpsilonCallback(32, 16,
+                                                           delta=1e-3)])
+        changed = any(np.abs(a - b).max() > 0
+                      for a, b in zip(before, model.get_weights()))
+        print(steps_before, int(model.optimizer.iterations), changed,
+              history.history["epsilon"][0] > 0)
+    """)
+    np.testing.assert_array_equal(np.load(tmp_path / "pred.npy"),
+                                  model.predict(x, verbose=0))
+    assert out.split()[-4:] == ["2", "4", "True", "True"]

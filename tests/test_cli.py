@@ -1,0 +1,64 @@
+"""The keras-tempered-dp command, run as a user runs it."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+
+from keras_tempered_dp.reproduce import reproduce
+from keras_tempered_dp.tuning import search
+
+
+def _cli(*args, cwd):
+    exe = shutil.which("keras-tempered-dp") or shutil.which(
+        "keras-tempered-dp", path=os.path.dirname(sys.executable))
+    assert exe, "the console script is not installed"
+    return subprocess.run([exe, *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+
+
+def test_usage_error_lists_commands(tmp_path):
+    out = _cli("fly", cwd=tmp_path)
+    assert out.returncode != 0
+    assert "train|reproduce|tune|plot-activations" in out.stderr + out.stdout
+
+
+def test_plot_activations(tmp_path):
+    out = _cli("plot-activations", "--triples=2,2,1;1,1,0", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    png = tmp_path / "runs" / "plot-activations" / "tempered_sigmoids.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_command(tmp_path):
+    out = _cli("train", "--epochs=2", "--output_dir=out", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "epsilon" in out.stdout and "test accuracy" in out.stdout
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["config"]["epochs"] == 2
+    bad = _cli("train", "--s=-1", "--output_dir=bad", cwd=tmp_path)
+    assert bad.returncode != 0 and "s=-1.0: must be > 0" in bad.stderr
+
+
+def test_reproduce_writes_table_and_plot(tmp_path):
+    rows = reproduce(dataset="digits", output_dir=str(tmp_path), epochs=2,
+                     verbose=0, command="keras-tempered-dp reproduce "
+                     "--dataset=digits")
+    assert [r["activation"] for r in rows] == ["tanh", "relu"]
+    assert all(2.99 < r["epsilon"] <= 3.0 for r in rows)
+    table = (tmp_path / "digits" / "table.md").read_text()
+    assert "| tanh |" in table and "| relu |" in table
+    assert "keras-tempered-dp reproduce --dataset=digits" in table
+    png = tmp_path / "digits" / "accuracy_vs_epsilon.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tune_search_two_trials(tmp_path):
+    best, noise = search(dataset="digits", target_epsilon=3.0, max_trials=2,
+                         epochs=1, output_dir=str(tmp_path))
+    assert set(best) == {"s", "T", "o", "learning_rate", "l2_norm_clip"}
+    assert noise > 0
+    assert 0.5 <= best["s"] <= 4 and 0.25 <= best["T"] <= 8

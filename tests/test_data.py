@@ -1,0 +1,62 @@
+import os
+
+import numpy as np
+import pytest
+
+from keras_tempered_dp.data import (
+    DataUnavailableError,
+    find_manual_dir,
+    load_dataset,
+    load_digits,
+)
+
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+def test_digits_scaled_split_and_disjoint():
+    (x, y), (xt, yt) = load_dataset("digits")
+    assert x.shape == (1438, 8, 8, 1) and xt.shape == (359, 8, 8, 1)
+    assert x.dtype == np.float32 and 0 <= x.min() and x.max() == 1.0
+    assert y.dtype == np.int32 and set(np.unique(y)) == set(range(10))
+    rows = {r.tobytes() for r in x.reshape(len(x), -1)}
+    # Different images may coincide; the split itself must not repeat rows
+    # more than the source data does.
+    assert len(rows) > 1300
+
+
+def test_digits_bad_fraction():
+    with pytest.raises(ValueError, match="test_fraction=1.5"):
+        load_digits(test_fraction=1.5)
+
+
+def test_unknown_dataset():
+    with pytest.raises(ValueError, match="dataset='svhn'.*fashion_mnist"):
+        load_dataset("svhn")
+
+
+def test_manual_dir_missing_files_named(tmp_path):
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    with pytest.raises(DataUnavailableError,
+                       match="does not hold train-labels-idx1-ubyte.gz"):
+        find_manual_dir("fashion_mnist", str(tmp_path))
+
+
+def test_unavailable_data_says_what_where_and_how(tmp_path):
+    # CIFAR-10 has no offline folder here and downloads are refused.
+    with pytest.raises(DataUnavailableError) as info:
+        load_dataset("cifar10", data_dir=str(tmp_path), download=False)
+    message = str(info.value)
+    assert "cifar-10-binary.tar.gz" in message
+    assert str(tmp_path) in message and "--manual_dir" in message
+
+
+def test_fashion_mnist_error_names_the_debian_package(tmp_path):
+    with pytest.raises(DataUnavailableError) as info:
+        load_dataset("fashion_mnist", data_dir=str(tmp_path),
+                     manual_dir=str(tmp_path), download=False)
+    assert "train-images-idx3-ubyte.gz" in str(info.value)
+    if not os.path.isdir(FASHION_DIR):
+        with pytest.raises(DataUnavailableError,
+                           match="apt-get install dataset-fashion-mnist"):
+            load_dataset("fashion_mnist", data_dir=str(tmp_path),
+                         download=False)

@@ -265,3 +265,20 @@ def test_microbatches_must_divide_the_batch_at_run_time():
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match="num_microbatches=4 does not divide"):
         model.fit(data, epochs=1, verbose=0)
+
+
+def test_unknown_batch_size_when_traced_matches_reference():
+    # Keras traces fit's step with an unknown batch dimension.
+    model = mnist_cnn("tempered_sigmoid")
+    engine = _install(model)
+    x = RNG.uniform(size=(6, 28, 28, 1)).astype("float32")
+    y = _labels(6, 10)
+    engine.l2_norm_clip = _median_clip(model, engine, x, y)
+    step = tf.function(engine.compute_gradients, input_signature=[
+        tf.TensorSpec([None, 28, 28, 1]), tf.TensorSpec([None], tf.int32)])
+    grads, _ = step(tf.constant(x), tf.constant(y))
+    expected, scales = clipped_mean(model, engine.loss_fn, x, y,
+                                    engine.l2_norm_clip)
+    for got, want, scale in zip(grads, expected, scales):
+        np.testing.assert_allclose(np.asarray(got) / scale, want / scale,
+                                   rtol=0, atol=1e-5)

@@ -200,8 +200,10 @@ class ClippingEngine:
                 records = [(tf.identity(inputs), args, kwargs, z)
                            for inputs, args, kwargs, z in records]
         clip = tf.constant(self.l2_norm_clip, tf.float32)
+        # None = per example: keeps static shapes, which choose the
+        # cheaper norm method per layer even when the batch size varies.
         sq_norms, clipped_sums = self.per_group_sq_norms(
-            records, grad_outputs, groups)
+            records, grad_outputs, self.num_microbatches)
         norms = tf.sqrt(sq_norms)
         factors = clip / tf.maximum(norms, clip)
         per_group = batch // groups

@@ -20,8 +20,21 @@ import tensorflow as tf
 
 
 def group(tensor, num_groups):
-    """``[B, P, D] -> [G, (B / G) * P, D]``: examples of a group side by side."""
+    """``[B, P, D] -> [G, (B / G) * P, D]``: examples of a group side by side.
+
+    ``num_groups=None`` means one group per example: nothing to do, and the
+    static shape (which picks the cheaper norm method) is kept.
+    """
+    if num_groups is None:
+        return tensor
     return tf.reshape(tensor, [num_groups, -1, tensor.shape[-1]])
+
+
+def group_size(tensor, num_groups):
+    """Examples per group, as a tensor of ``tensor``'s dtype."""
+    if num_groups is None:
+        return tf.ones([], tensor.dtype)
+    return tf.cast(tf.shape(tensor)[0] // num_groups, tensor.dtype)
 
 
 def factored_sq_norms(a, g, num_groups, bias=False):
@@ -31,7 +44,7 @@ def factored_sq_norms(a, g, num_groups, bias=False):
         a: ``[B, P, D_in]`` layer inputs per position.
         g: ``[B, P, D_out]`` gradients of the summed loss wrt the outputs.
         num_groups: G dividing B; each group's gradient is the mean of its
-            examples' gradients.
+            examples' gradients. None: one group per example.
         bias: include the bias gradient ``sum_p g_p``.
 
     Returns:
@@ -40,8 +53,7 @@ def factored_sq_norms(a, g, num_groups, bias=False):
         entry when ``bias`` is False) giving ``sum_m factors[m] * grad_m``.
     """
     d_in, d_out = a.shape[-1], g.shape[-1]
-    per_group = tf.shape(a)[0] // num_groups
-    g = group(g, num_groups) / tf.cast(per_group, g.dtype)
+    g = group(g, num_groups) / group_size(g, num_groups)
     a = group(a, num_groups)
     positions = a.shape[1]  # per group; static when B / G is static
     bias_grads = tf.reduce_sum(g, axis=1) if bias else None

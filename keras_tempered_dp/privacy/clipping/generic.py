@@ -21,6 +21,8 @@ def generic_sq_norms(layer, inputs, grad_outputs, num_groups, call):
         recomputation with per-example weights on ``grad_outputs``.
     """
     weights = layer.trainable_weights
+    if num_groups is None:
+        num_groups = tf.shape(grad_outputs)[0]
 
     def regroup(t):
         return tf.reshape(t, tf.concat([[num_groups, -1],

@@ -5,6 +5,7 @@ import tensorflow as tf
 from keras_tempered_dp.privacy.clipping.factored import (
     factored_sq_norms,
     group,
+    group_size,
 )
 from keras_tempered_dp.privacy.clipping.generic import generic_sq_norms
 from keras_tempered_dp.privacy.clipping.registry import register_norm_fn
@@ -85,9 +86,8 @@ def embedding_sq_norms(layer, inputs, grad_outputs, num_groups, call):
     equality mask). The clipped sum is left to the generic recomputation.
     """
     g = _flatten_positions(grad_outputs)
-    per_group = tf.shape(g)[0] // num_groups
-    g = group(g, num_groups) / tf.cast(per_group, g.dtype)
-    ids = tf.reshape(tf.cast(inputs, tf.int64), [num_groups, -1])
+    g = group(g, num_groups) / group_size(g, num_groups)
+    ids = tf.reshape(tf.cast(inputs, tf.int64), [tf.shape(g)[0], -1])
     same = tf.cast(tf.equal(ids[:, :, None], ids[:, None, :]), g.dtype)
     norms = tf.reduce_sum(same * tf.matmul(g, g, transpose_b=True),
                           axis=[1, 2])

@@ -15,16 +15,19 @@ def materialized_sq_norms(per_example_grads, num_groups):
         per_example_grads: one ``[B, *weight_shape]`` tensor per weight: the
             gradient of each example's loss.
         num_groups: G; a group's gradient is the mean over its examples.
+            None: one group per example.
 
     Returns:
         ``(sq_norms [G], clipped_sum)`` as the registry expects.
     """
     grouped = []
     for g in per_example_grads:
-        shape = tf.concat([[num_groups, -1], tf.shape(g)[1:]], axis=0)
-        grouped.append(tf.reduce_mean(tf.reshape(g, shape), axis=1))
+        if num_groups is not None:
+            shape = tf.concat([[num_groups, -1], tf.shape(g)[1:]], axis=0)
+            g = tf.reduce_mean(tf.reshape(g, shape), axis=1)
+        grouped.append(g)
     norms = tf.add_n([
-        tf.reduce_sum(tf.reshape(tf.square(g), [num_groups, -1]), axis=1)
+        tf.reduce_sum(tf.reshape(tf.square(g), [tf.shape(g)[0], -1]), axis=1)
         for g in grouped])
 
     def clipped_sum(factors):

@@ -11,8 +11,8 @@ without its activation, for functions that recompute. ``clipped_sum`` is
 None or a function ``factors -> grads`` returning, for each trainable weight
 of the layer in order, ``sum_m factors[m] * grad_m`` (the engine otherwise
 recomputes the layer with re-weighted ``grad_outputs``).
-``num_groups == batch`` is per-example clipping; fewer groups are TF
-Privacy's microbatches.
+``num_groups=None`` is per-example clipping (one group per example); an
+integer G is TF Privacy's microbatches.
 
 Lookup is by exact class (``Conv2DTranspose`` subclasses ``Conv2D`` but is not
 the same operation); a class without an entry uses the exact generic
@@ -36,6 +36,8 @@ def register_norm_fn(layer_class):
     >>> @register_norm_fn(Scale)
     ... def scale_sq_norms(layer, inputs, grad_outputs, num_groups, call):
     ...     per_example = tf.reduce_sum(inputs * grad_outputs, axis=[1])
+    ...     if num_groups is None:  # one group per example
+    ...         return tf.square(per_example), None
     ...     grouped = tf.reshape(per_example, [num_groups, -1])
     ...     return tf.square(tf.reduce_mean(grouped, axis=1)), None
     >>> lookup_norm_fn(Scale()) is scale_sq_norms

@@ -14,7 +14,17 @@ layers = tf.keras.layers
 
 
 def _flatten_positions(tensor):
-    """``[B, ..., D] -> [B, P, D]``."""
+    """``[B, ..., D] -> [B, P, D]``, with P static whenever it is known.
+
+    A static P is what lets the norm code pick the cheaper method when the
+    batch size is unknown at tracing time (as in ``fit``).
+    """
+    inner = tensor.shape[1:-1]
+    if inner.is_fully_defined():
+        positions = 1
+        for size in inner:
+            positions *= size
+        return tf.reshape(tensor, [-1, positions, tensor.shape[-1]])
     return tf.reshape(tensor, [tf.shape(tensor)[0], -1, tensor.shape[-1]])
 
 

@@ -42,4 +42,8 @@ def test_trained_model_saves_loads_and_trains_further(tmp_path, fresh_python,
     """)
     np.testing.assert_array_equal(np.load(tmp_path / "pred.npy"),
                                   model.predict(x, verbose=0))
-    assert out.split()[-4:] == ["2", "4", "True", "True"]
+    # Keras 2.15 restores the optimizer's state (step count, momentum) from
+    # .keras files only; from a SavedModel it silently starts a fresh
+    # optimizer, for plain Keras models as well (docs/sharp_edges.md).
+    steps = ["2", "4"] if fmt == "keras" else ["0", "2"]
+    assert out.split()[-4:] == steps + ["True", "True"]

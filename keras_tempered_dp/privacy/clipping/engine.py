@@ -17,6 +17,21 @@ microbatches are asked for):
 
 Steps 2 to 5 cost about one ordinary backward pass plus the norms, instead
 of one backward pass per example.
+
+Beyond the paper (De et al. 2022; a sound Auto DP-SGD):
+
+* ``augmentation_multiplicity=K``: each example is repeated K times and
+  augmented; the K copies form one group (:mod:`.groups`), so step 4 clips
+  the *mean* gradient over an example's copies and the sensitivity is
+  unchanged;
+* ``clipping="normalize"``: factors ``C / (||g_m|| + gamma)`` instead of
+  ``C / max(||g_m||, C)`` (per-example normalization, Bu et al. 2022): every
+  contribution has norm below C, nothing to tune but gamma;
+* ``physical_batch_size=P``: the (logical) batch is processed in chunks of
+  P examples whose clipped sums are accumulated; noise is added once, to the
+  whole logical batch's sum, so the update equals the one-batch update;
+* the noise multiplier is a variable: a schedule may change it between
+  steps (:mod:`keras_tempered_dp.privacy.schedules` accounts for that).
 """
 
 import contextlib
@@ -28,7 +43,9 @@ from keras_tempered_dp.privacy.clipping import layers as _layers  # noqa: F401
 from keras_tempered_dp.privacy.clipping import (  # noqa: F401
     normalization as _normalization,
 )
+from keras_tempered_dp.augmentation import RandomCropFlip
 from keras_tempered_dp.privacy.clipping.generic import generic_sq_norms
+from keras_tempered_dp.privacy.clipping.groups import GroupsOf
 from keras_tempered_dp.privacy.clipping.registry import lookup_norm_fn
 from keras_tempered_dp.privacy.clipping.tap import find_taps
 from keras_tempered_dp.privacy.losses import per_example_loss
@@ -52,25 +69,101 @@ class ClippingEngine:
         seed: seeds the noise generator; None draws the seed from the
             operating system. The generator's state advances every step, so
             every step gets fresh noise.
+        clipping: "clip" (``C / max(||g||, C)``, TF Privacy's) or
+            "normalize" (``C / (||g|| + gamma)``, per-example normalization).
+        gamma: the stabilizer of "normalize", > 0.
+        augmentation_multiplicity: K >= 1 augmented copies per example,
+            averaged before clipping (needs per-example clipping).
+        augment: ``fn(images, generator) -> images``; default
+            :class:`~keras_tempered_dp.augmentation.RandomCropFlip` when
+            K > 1, none when K == 1.
+        physical_batch_size: process each batch in chunks of this many
+            examples (gradient accumulation); None: all at once.
+
+    Example: a logical batch of 8 in chunks of 4, each example's gradient
+    averaged over 2 augmented copies, normalized rather than clipped.
+
+    >>> from keras_tempered_dp.models import digits_cnn
+    >>> model = digits_cnn()
+    >>> model.compile(optimizer=tf.keras.optimizers.SGD(0.5),
+    ...     loss=tf.keras.losses.SparseCategoricalCrossentropy(
+    ...         from_logits=True))
+    >>> engine = ClippingEngine(1.0, 1.1, clipping="normalize",
+    ...     augmentation_multiplicity=2, physical_batch_size=4).install(
+    ...     model).dp_engine
+    >>> history = model.fit(tf.zeros([8, 8, 8, 1]), tf.zeros([8]),
+    ...                     batch_size=8, verbose=0)
     """
 
     def __init__(self, l2_norm_clip, noise_multiplier, num_microbatches=None,
-                 expected_batch_size=None, seed=None):
+                 expected_batch_size=None, seed=None, clipping="clip",
+                 gamma=0.01, augmentation_multiplicity=1, augment=None,
+                 physical_batch_size=None):
         self.l2_norm_clip = float(l2_norm_clip)
-        self.noise_multiplier = float(noise_multiplier)
         self.num_microbatches = num_microbatches
         if expected_batch_size is not None and num_microbatches is not None:
             raise ValueError(
                 "expected_batch_size= (Poisson sampling) and "
                 "num_microbatches= cannot be combined: use per-example "
                 "clipping (num_microbatches=None) with Poisson sampling.")
+        if clipping not in ("clip", "normalize"):
+            raise ValueError(f"clipping={clipping!r}: must be 'clip' "
+                             "(C / max(||g||, C)) or 'normalize' "
+                             "(C / (||g|| + gamma)).")
+        if not gamma > 0:
+            raise ValueError(f"gamma={gamma!r}: must be > 0 (it keeps "
+                             "C / (||g|| + gamma) finite; 0.01 is usual).")
+        multiplicity = augmentation_multiplicity
+        if isinstance(multiplicity, bool) or not isinstance(multiplicity,
+                                                            int) \
+                or multiplicity < 1:
+            raise ValueError(f"augmentation_multiplicity={multiplicity!r}: "
+                             "must be an integer >= 1.")
+        if physical_batch_size is not None and (
+                isinstance(physical_batch_size, bool)
+                or not isinstance(physical_batch_size, int)
+                or physical_batch_size < 1):
+            raise ValueError(f"physical_batch_size={physical_batch_size!r}:"
+                             " must be a positive integer or None.")
+        if num_microbatches is not None and (
+                multiplicity > 1 or physical_batch_size is not None):
+            raise ValueError(
+                "num_microbatches= cannot be combined with "
+                "augmentation_multiplicity= or physical_batch_size=: both "
+                "need per-example clipping (num_microbatches=None).")
         self.expected_batch_size = expected_batch_size
+        self.clipping, self.gamma = clipping, float(gamma)
+        self.augmentation_multiplicity = multiplicity
+        if augment is None and multiplicity > 1:
+            augment = RandomCropFlip()
+        self.augment = augment
+        self.physical_batch_size = physical_batch_size
         self.seed = seed
         self.generator = (tf.random.Generator.from_non_deterministic_state()
                           if seed is None else
                           tf.random.Generator.from_seed(seed))
+        # Augmentation draws from its own stream: the noise stays the same
+        # whether or not the data is augmented.
+        self.augment_generator = self.generator.split(1)[0]
+        self._noise_multiplier = tf.Variable(0.0, trainable=False,
+                                             dtype=tf.float32,
+                                             name="noise_multiplier")
+        self.noise_multiplier = noise_multiplier
         self.model = None
         self.taps = None
+
+    @property
+    def noise_multiplier(self):
+        """sigma of the next step; assigning it takes effect at once."""
+        return float(self._noise_multiplier.numpy())
+
+    @noise_multiplier.setter
+    def noise_multiplier(self, value):
+        value = float(value)
+        if not value >= 0 or value == float("inf"):
+            raise ValueError(f"noise_multiplier={value!r}: must be a finite "
+                             "number >= 0.")
+        self._noise_multiplier.assign(value)
 
     # -- installation ---------------------------------------------------
     def install(self, model):
@@ -160,21 +253,35 @@ class ClippingEngine:
             records.append(tap.records[0])
         return y_pred, records
 
-    def compute_gradients(self, x, y, sample_weight=None):
-        """The noised, averaged DP-SGD gradient for one batch.
+    def _clip_factors(self, norms):
+        clip = tf.constant(self.l2_norm_clip, tf.float32)
+        if self.clipping == "normalize":
+            return clip / (norms + self.gamma)
+        return clip / tf.maximum(norms, clip)
+
+    def _expand(self, x, y, sample_weight):
+        """Repeats and augments each example K times; its K copies side by
+        side form its group."""
+        k = self.augmentation_multiplicity
+        if self.augment is None:
+            return x, y, sample_weight, self.num_microbatches
+        if k > 1:
+            x, y = tf.repeat(x, k, axis=0), tf.repeat(y, k, axis=0)
+            if sample_weight is not None:
+                sample_weight = tf.repeat(sample_weight, k, axis=0)
+        x = self.augment(x, self.augment_generator)
+        return x, y, sample_weight, (GroupsOf(k) if k > 1
+                                     else self.num_microbatches)
+
+    def clipped_sums(self, x, y, sample_weight=None):
+        """Sum over this batch's groups of each group's clipped gradient.
 
         Returns:
-            ``(gradients, y_pred)``; gradients in the order of
-            ``model.trainable_variables``.
+            ``(sums, y_pred, y, sample_weight)``: sums in the order of
+            ``model.trainable_variables``; ``y_pred``, ``y`` and
+            ``sample_weight`` for the (possibly augmented) rows seen.
         """
-        model = self.model
-        if model.losses:
-            raise ValueError(
-                "The model has regularization losses (kernel_regularizer, "
-                "activity_regularizer or add_loss). Their gradients are not "
-                "per-example losses and the engine does not clip them. Use "
-                "the optimizer's weight_decay= instead of kernel "
-                "regularizers, and remove activity regularizers.")
+        x, y, sample_weight, num_groups = self._expand(x, y, sample_weight)
         with tf.GradientTape() as tape:
             y_pred, records = self._forward(x)
             losses = self.loss_fn(y, y_pred, sample_weight)
@@ -183,53 +290,114 @@ class ClippingEngine:
         grad_outputs = tape.gradient(total, outputs)
 
         batch = tf.shape(losses)[0]
-        groups = self.num_microbatches or batch
-        if self.num_microbatches:
-            message = (f"num_microbatches={self.num_microbatches} does not "
+        if isinstance(num_groups, GroupsOf):
+            per_group = tf.constant(num_groups.size)
+        elif num_groups:
+            message = (f"num_microbatches={num_groups} does not "
                        "divide this batch's size; drop the remainder "
                        "(drop_remainder=True) or see keras_tempered_dp."
                        "privacy.check_microbatches")
             static = losses.shape[0]
-            if static is not None and static % self.num_microbatches:
+            if static is not None and static % num_groups:
                 raise ValueError(f"{message} ({static}).")
             # Everything below reshapes by groups: make it wait for the check.
             with tf.control_dependencies([tf.debugging.assert_equal(
-                    batch % groups, 0, message=message)]):
+                    batch % num_groups, 0, message=message)]):
                 batch = tf.identity(batch)
                 grad_outputs = [tf.identity(g) for g in grad_outputs]
                 records = [(tf.identity(inputs), args, kwargs, z)
                            for inputs, args, kwargs, z in records]
-        clip = tf.constant(self.l2_norm_clip, tf.float32)
+            per_group = batch // num_groups
+        else:
+            per_group = tf.constant(1)
         # None = per example: keeps static shapes, which choose the
         # cheaper norm method per layer even when the batch size varies.
-        sq_norms, clipped_sums = self.per_group_sq_norms(
-            records, grad_outputs, self.num_microbatches)
-        norms = tf.sqrt(sq_norms)
-        factors = clip / tf.maximum(norms, clip)
-        per_group = batch // groups
+        sq_norms, layer_sums = self.per_group_sq_norms(
+            records, grad_outputs, num_groups)
+        factors = self._clip_factors(tf.sqrt(sq_norms))
         example_weights = (tf.repeat(factors, per_group)
                            / tf.cast(per_group, tf.float32))
-        grads = self.clipped_sum(records, grad_outputs, clipped_sums,
+        grads = self.clipped_sum(records, grad_outputs, layer_sums,
                                  factors, example_weights)
+        sums = [grads[id(var)] for var in self.model.trainable_variables]
+        return sums, y_pred, y, sample_weight
 
+    def _accumulated_sums(self, x, y, sample_weight):
+        """:meth:`clipped_sums` over chunks of ``physical_batch_size``."""
+        size = self.physical_batch_size
+        rows = tf.shape(x)[0]
+        chunks = (rows + size - 1) // size
+        variables = self.model.trainable_variables
+
+        def chunk(t, i):
+            return None if t is None else t[i * size:(i + 1) * size]
+
+        def body(i, sums, preds):
+            part, y_pred, _, _ = self.clipped_sums(
+                chunk(x, i), chunk(y, i), chunk(sample_weight, i))
+            return (i + 1, [a + tf.cast(b, a.dtype)
+                            for a, b in zip(sums, part)],
+                    preds.write(i, y_pred))
+
+        _, sums, preds = tf.while_loop(
+            lambda i, *_: i < chunks, body,
+            (tf.constant(0), [tf.zeros_like(v) for v in variables],
+             tf.TensorArray(self.model.outputs[0].dtype if getattr(
+                 self.model, "outputs", None) else tf.float32,
+                 size=chunks, infer_shape=False)))
+        y_pred = preds.concat()
+        k = self.augmentation_multiplicity
+        if self.augment is not None and k > 1:
+            y = tf.repeat(y, k, axis=0)
+            if sample_weight is not None:
+                sample_weight = tf.repeat(sample_weight, k, axis=0)
+        return sums, y_pred, y, sample_weight
+
+    def gradients_and_outputs(self, x, y, sample_weight=None):
+        """Noised averaged gradient, plus the rows the metrics should see."""
+        model = self.model
+        if model.losses:
+            raise ValueError(
+                "The model has regularization losses (kernel_regularizer, "
+                "activity_regularizer or add_loss). Their gradients are not "
+                "per-example losses and the engine does not clip them. Use "
+                "the optimizer's weight_decay= instead of kernel "
+                "regularizers, and remove activity regularizers.")
+        if self.physical_batch_size is None:
+            sums, y_pred, y, sample_weight = self.clipped_sums(
+                x, y, sample_weight)
+        else:
+            sums, y_pred, y, sample_weight = self._accumulated_sums(
+                x, y, sample_weight)
         if self.expected_batch_size is not None:
             denominator = tf.constant(float(self.expected_batch_size))
-        else:
-            denominator = tf.cast(groups, tf.float32)
-        stddev = self.noise_multiplier * self.l2_norm_clip
+        elif self.num_microbatches:
+            denominator = tf.constant(float(self.num_microbatches))
+        else:  # one group per (original, unaugmented) example
+            denominator = tf.cast(tf.shape(x)[0], tf.float32)
+        stddev = self._noise_multiplier * self.l2_norm_clip
         result = []
-        for var in model.trainable_variables:
-            g = grads[id(var)]
-            if stddev > 0:
-                g = g + tf.cast(self.generator.normal(tf.shape(g)) * stddev,
-                                g.dtype)
+        for g in sums:
+            g = g + tf.cast(self.generator.normal(tf.shape(g)) * stddev,
+                            g.dtype)
             result.append(g / tf.cast(denominator, g.dtype))
-        return result, y_pred
+        return result, y_pred, y, sample_weight
+
+    def compute_gradients(self, x, y, sample_weight=None):
+        """The noised, averaged DP-SGD gradient for one batch.
+
+        Returns:
+            ``(gradients, y_pred)``; gradients in the order of
+            ``model.trainable_variables``.
+        """
+        grads, y_pred, _, _ = self.gradients_and_outputs(x, y, sample_weight)
+        return grads, y_pred
 
     def train_step(self, data):
         model = self.model
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
-        grads, y_pred = self.compute_gradients(x, y, sample_weight)
+        grads, y_pred, y, sample_weight = self.gradients_and_outputs(
+            x, y, sample_weight)
         model.optimizer.apply_gradients(zip(grads,
                                             model.trainable_variables))
         model.compiled_loss(y, y_pred, sample_weight)

@@ -18,6 +18,11 @@ The cheaper one is chosen per layer from the static shapes (Bu et al. 2022,
 
 import tensorflow as tf
 
+from keras_tempered_dp.privacy.clipping.groups import (
+    examples_per_group,
+    merge_positions,
+)
+
 
 def group(tensor, num_groups):
     """``[B, P, D] -> [G, (B / G) * P, D]``: examples of a group side by side.
@@ -25,16 +30,12 @@ def group(tensor, num_groups):
     ``num_groups=None`` means one group per example: nothing to do, and the
     static shape (which picks the cheaper norm method) is kept.
     """
-    if num_groups is None:
-        return tensor
-    return tf.reshape(tensor, [num_groups, -1, tensor.shape[-1]])
+    return merge_positions(tensor, num_groups)
 
 
 def group_size(tensor, num_groups):
     """Examples per group, as a tensor of ``tensor``'s dtype."""
-    if num_groups is None:
-        return tf.ones([], tensor.dtype)
-    return tf.cast(tf.shape(tensor)[0] // num_groups, tensor.dtype)
+    return examples_per_group(tensor, num_groups)
 
 
 def factored_sq_norms(a, g, num_groups, bias=False):

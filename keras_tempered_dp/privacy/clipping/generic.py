@@ -10,6 +10,11 @@ weight count times the number of groups.
 
 import tensorflow as tf
 
+from keras_tempered_dp.privacy.clipping.groups import (
+    examples_per_group,
+    regroup,
+)
+
 
 def generic_sq_norms(layer, inputs, grad_outputs, num_groups, call):
     """Squared norms of per-group gradients, by recomputation.
@@ -23,14 +28,9 @@ def generic_sq_norms(layer, inputs, grad_outputs, num_groups, call):
     weights = layer.trainable_weights
     if num_groups is None:
         num_groups = tf.shape(grad_outputs)[0]
-
-    def regroup(t):
-        return tf.reshape(t, tf.concat([[num_groups, -1],
-                                        tf.shape(t)[1:]], axis=0))
-
-    x = regroup(inputs)
-    per_group = tf.shape(grad_outputs)[0] // num_groups
-    dz = regroup(grad_outputs) / tf.cast(per_group, grad_outputs.dtype)
+    x = regroup(inputs, num_groups)
+    dz = (regroup(grad_outputs, num_groups)
+          / examples_per_group(grad_outputs, num_groups))
 
     def one_group(args):
         x_g, dz_g = args

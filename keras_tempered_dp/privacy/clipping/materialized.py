@@ -7,6 +7,8 @@ exact route.
 
 import tensorflow as tf
 
+from keras_tempered_dp.privacy.clipping.groups import regroup
+
 
 def materialized_sq_norms(per_example_grads, num_groups):
     """Squared norms and clipped-sum function from ``[B, ...]`` gradients.
@@ -14,8 +16,8 @@ def materialized_sq_norms(per_example_grads, num_groups):
     Args:
         per_example_grads: one ``[B, *weight_shape]`` tensor per weight: the
             gradient of each example's loss.
-        num_groups: G; a group's gradient is the mean over its examples.
-            None: one group per example.
+        num_groups: see :mod:`.groups`; a group's gradient is the mean
+            over its examples.
 
     Returns:
         ``(sq_norms [G], clipped_sum)`` as the registry expects.
@@ -23,8 +25,7 @@ def materialized_sq_norms(per_example_grads, num_groups):
     grouped = []
     for g in per_example_grads:
         if num_groups is not None:
-            shape = tf.concat([[num_groups, -1], tf.shape(g)[1:]], axis=0)
-            g = tf.reduce_mean(tf.reshape(g, shape), axis=1)
+            g = tf.reduce_mean(regroup(g, num_groups), axis=1)
         grouped.append(g)
     norms = tf.add_n([
         tf.reduce_sum(tf.reshape(tf.square(g), [tf.shape(g)[0], -1]), axis=1)

@@ -12,12 +12,16 @@ None or a function ``factors -> grads`` returning, for each trainable weight
 of the layer in order, ``sum_m factors[m] * grad_m`` (the engine otherwise
 recomputes the layer with re-weighted ``grad_outputs``).
 ``num_groups=None`` is per-example clipping (one group per example); an
-integer G is TF Privacy's microbatches.
+integer G is TF Privacy's microbatches; ``GroupsOf(K)`` groups the K
+augmented copies of each example (:mod:`.groups`, whose ``regroup`` handles
+all three).
 
 Lookup is by exact class (``Conv2DTranspose`` subclasses ``Conv2D`` but is not
 the same operation); a class without an entry uses the exact generic
 fallback in :mod:`.generic`.
 """
+
+from keras_tempered_dp.privacy.clipping.groups import regroup  # noqa: F401
 
 _NORM_FNS = {}
 
@@ -36,9 +40,7 @@ def register_norm_fn(layer_class):
     >>> @register_norm_fn(Scale)
     ... def scale_sq_norms(layer, inputs, grad_outputs, num_groups, call):
     ...     per_example = tf.reduce_sum(inputs * grad_outputs, axis=[1])
-    ...     if num_groups is None:  # one group per example
-    ...         return tf.square(per_example), None
-    ...     grouped = tf.reshape(per_example, [num_groups, -1])
+    ...     grouped = regroup(per_example, num_groups)  # [G, B / G]
     ...     return tf.square(tf.reduce_mean(grouped, axis=1)), None
     >>> lookup_norm_fn(Scale()) is scale_sq_norms
     True

@@ -1,0 +1,69 @@
+"""Data augmentation for augmentation multiplicity: random crops and flips.
+
+De et al. (2022) average each example's gradient over K augmented copies
+(random crop after padding, random horizontal flip) *before* clipping, so
+the clipped quantity is still one example's contribution and epsilon does
+not change (:class:`~keras_tempered_dp.privacy.clipping.ClippingEngine`,
+``augmentation_multiplicity=``).
+"""
+
+import tensorflow as tf
+
+
+@tf.keras.utils.register_keras_serializable(package="keras_tempered_dp")
+class RandomCropFlip:
+    """Pads images by ``padding`` pixels, crops back at a random offset,
+    and flips left-right with probability 1/2; per image, vectorized.
+
+    Args:
+        padding: pixels added on every side before the crop, >= 0.
+        flip: also flip horizontally at random.
+        mode: ``tf.pad`` mode: "REFLECT" (De et al.), "CONSTANT" (zeros) or
+            "SYMMETRIC".
+
+    Example:
+
+    >>> images = tf.reshape(tf.range(2 * 4 * 4, dtype=tf.float32),
+    ...                     [2, 4, 4, 1])
+    >>> out = RandomCropFlip(padding=1)(images,
+    ...                                 tf.random.Generator.from_seed(0))
+    >>> out.shape
+    TensorShape([2, 4, 4, 1])
+    """
+
+    def __init__(self, padding=4, flip=True, mode="REFLECT"):
+        if isinstance(padding, bool) or not isinstance(padding, int) \
+                or padding < 0:
+            raise ValueError(f"padding={padding!r}: must be an integer >= 0.")
+        if mode not in ("REFLECT", "CONSTANT", "SYMMETRIC"):
+            raise ValueError(f"mode={mode!r}: must be 'REFLECT', 'CONSTANT' "
+                             "or 'SYMMETRIC'.")
+        self.padding, self.flip, self.mode = padding, bool(flip), mode
+
+    def __call__(self, images, generator):
+        """``images`` ``[B, H, W, C]``; ``generator`` a tf.random.Generator."""
+        p = self.padding
+        batch = tf.shape(images)[0]
+        height, width = tf.shape(images)[1], tf.shape(images)[2]
+        out = images
+        if p:
+            padded = tf.pad(images, [[0, 0], [p, p], [p, p], [0, 0]],
+                            mode=self.mode)
+            dy = generator.uniform([batch], 0, 2 * p + 1, dtype=tf.int32)
+            dx = generator.uniform([batch], 0, 2 * p + 1, dtype=tf.int32)
+            rows = dy[:, None] + tf.range(height)[None]
+            cols = dx[:, None] + tf.range(width)[None]
+            out = tf.gather(padded, rows, axis=1, batch_dims=1)
+            out = tf.gather(out, cols, axis=2, batch_dims=1)
+        if self.flip:
+            flip = generator.uniform([batch]) < 0.5
+            out = tf.where(flip[:, None, None, None], out[:, :, ::-1], out)
+        return tf.ensure_shape(out, images.shape)
+
+    def get_config(self):
+        return {"padding": self.padding, "flip": self.flip,
+                "mode": self.mode}
+
+    def __repr__(self):
+        return (f"RandomCropFlip(padding={self.padding}, flip={self.flip}, "
+                f"mode={self.mode!r})")

@@ -11,7 +11,7 @@ from keras_tempered_dp.activations import (
     register_activation,
     tempered_sigmoid,
 )
-from keras_tempered_dp.callbacks import EpsilonCallback
+from keras_tempered_dp.callbacks import EpsilonCallback, NoiseScheduler
 from keras_tempered_dp.layers import TemperedSigmoid
 from keras_tempered_dp.models import cifar10_cnn, mnist_cnn
 from keras_tempered_dp.privacy import (

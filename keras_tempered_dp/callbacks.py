@@ -3,6 +3,7 @@
 import tensorflow as tf
 
 from keras_tempered_dp.privacy.accounting import compute_epsilon
+from keras_tempered_dp.privacy.schedules import schedule_epsilon
 
 
 class EpsilonCallback(tf.keras.callbacks.Callback):
@@ -28,6 +29,9 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
             else ``ceil(num_examples / batch_size)``.
         initial_steps: steps already taken before this ``fit`` (resuming).
         used_microbatching: None to infer it from ``model.dp_config``.
+        noise_schedule: a :class:`~keras_tempered_dp.privacy.schedules.
+            NoiseSchedule`; by default the one a :class:`NoiseScheduler`
+            callback put on the model, else a constant noise multiplier.
 
     Example:
 
@@ -39,7 +43,8 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
 
     def __init__(self, num_examples, batch_size, noise_multiplier=None,
                  delta=1e-5, sampling="poisson", steps_per_epoch=None,
-                 initial_steps=0, used_microbatching=None):
+                 initial_steps=0, used_microbatching=None,
+                 noise_schedule=None):
         super().__init__()
         self.num_examples = num_examples
         self.batch_size = batch_size
@@ -49,6 +54,7 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
         self.steps_per_epoch = steps_per_epoch
         self.used_microbatching = used_microbatching
         self.steps = initial_steps
+        self.noise_schedule = noise_schedule
         if noise_multiplier is not None:
             self.epsilon_after(0)  # validates the arguments now, not later
 
@@ -78,8 +84,28 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
                        "_num_microbatches", None))
         return num is not None and num < self.batch_size
 
+    def _schedule(self):
+        if self.noise_schedule is not None:
+            return self.noise_schedule
+        return getattr(self.model, "dp_noise_schedule", None)
+
+    def _steps_per_epoch(self):
+        return int(self.steps_per_epoch
+                   or (self.params or {}).get("steps")
+                   or -(-self.num_examples // self.batch_size))
+
     def epsilon_after(self, steps):
         """Epsilon after ``steps`` steps of this run."""
+        schedule = self._schedule() if self.model is not None \
+            else self.noise_schedule
+        if schedule is not None:
+            if self.used_microbatching:
+                raise ValueError("Noise schedules need per-example clipping "
+                                 "(used_microbatching=False).")
+            return schedule_epsilon(
+                self.num_examples, self.batch_size, schedule,
+                steps_per_epoch=self._steps_per_epoch(), steps=steps,
+                delta=self.delta, sampling=self.sampling)
         noise = self._noise() if self.model is not None else \
             self.noise_multiplier
         return compute_epsilon(
@@ -90,8 +116,65 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
                                 else bool(self.used_microbatching)))
 
     def on_epoch_end(self, epoch, logs=None):
-        per_epoch = (self.steps_per_epoch or self.params.get("steps")
-                     or -(-self.num_examples // self.batch_size))
-        self.steps += int(per_epoch)
+        self._check_engine_noise(epoch)
+        self.steps += self._steps_per_epoch()
         if logs is not None:
             logs["epsilon"] = self.epsilon_after(self.steps)
+
+    def _check_engine_noise(self, epoch):
+        """The engine's noise must be what the accounting assumes: a lower
+        noise than accounted would make the reported epsilon a lie."""
+        engine = getattr(self.model, "dp_engine", None)
+        if engine is None:
+            return
+        schedule = self._schedule()
+        assumed = (schedule(epoch) if schedule is not None
+                   else self._noise())
+        if engine.noise_multiplier < assumed * (1 - 1e-6):
+            raise RuntimeError(
+                f"The engine's noise multiplier is {engine.noise_multiplier}"
+                f" at epoch {epoch}, below the {assumed} the epsilon "
+                "accounting assumes. Change the noise only through a "
+                "NoiseScheduler callback (or pass its schedule as "
+                "noise_schedule=). The model's weights are intact; epsilon "
+                "for this epoch is not reported.")
+
+
+class NoiseScheduler(tf.keras.callbacks.Callback):
+    """Sets the clipping engine's noise multiplier at each epoch's start.
+
+    The noise of epoch e is ``schedule(e)``; :class:`EpsilonCallback` finds
+    the schedule on the model and composes each epoch's own Gaussian events
+    (:func:`~keras_tempered_dp.privacy.schedules.schedule_epsilon`), so the
+    reported epsilon is exact for the decaying noise. Calibrate sigma0 for a
+    target epsilon with
+    :func:`~keras_tempered_dp.privacy.schedules.calibrate_schedule`.
+
+    Example:
+
+    >>> from keras_tempered_dp.privacy.schedules import StepDecay
+    >>> scheduler = NoiseScheduler(StepDecay(sigma0=2.0, factor=0.5,
+    ...                                      period=10))
+    """
+
+    def __init__(self, schedule):
+        super().__init__()
+        if not callable(schedule):
+            raise ValueError(f"schedule={schedule!r}: must be a "
+                             "NoiseSchedule (epoch -> noise multiplier).")
+        self.schedule = schedule
+
+    def on_train_begin(self, logs=None):
+        if getattr(self.model, "dp_engine", None) is None:
+            raise ValueError(
+                "NoiseScheduler needs the package's clipping engine "
+                "(compile_dp(..., optimizer='fast') or make_private); TF "
+                "Privacy's optimizers fix their noise when built.")
+        self.model.dp_noise_schedule = self.schedule
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.dp_engine.noise_multiplier = self.schedule(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["noise_multiplier"] = self.model.dp_engine.noise_multiplier

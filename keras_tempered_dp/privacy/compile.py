@@ -24,7 +24,8 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
                momentum=0.0, num_microbatches=None, optimizer=None,
                loss=None, metrics=("accuracy",), batch_size=None,
                num_examples=None, expected_batch_size=None, noise_seed=None,
-               **compile_kwargs):
+               clipping="clip", gamma=0.01, augmentation_multiplicity=1,
+               augment=None, physical_batch_size=None, **compile_kwargs):
     """Compiles ``model`` for DP-SGD training with ``model.fit``.
 
     Each example's gradient (all layers together) is clipped to
@@ -48,6 +49,10 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
             instead of failing in the middle of training.
         expected_batch_size: "fast" only: divide by this instead of the
             actual batch size (Poisson sampling, where batch sizes vary).
+        clipping, gamma, augmentation_multiplicity, augment,
+        physical_batch_size: "fast" only; per-example normalization,
+            augmentation multiplicity and gradient accumulation, see
+            :class:`~keras_tempered_dp.privacy.clipping.ClippingEngine`.
         **compile_kwargs: forwarded to ``model.compile``.
 
     Returns:
@@ -67,6 +72,10 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
     >>> config.optimizer
     'fast'
     """
+    engine_options = dict(
+        clipping=clipping, gamma=gamma,
+        augmentation_multiplicity=augmentation_multiplicity, augment=augment,
+        physical_batch_size=physical_batch_size)
     config = DPConfig(
         l2_norm_clip=l2_norm_clip,
         noise_multiplier=noise_multiplier,
@@ -87,12 +96,18 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
                 learning_rate=config.learning_rate,
                 momentum=config.momentum),
             loss=loss, metrics=list(metrics or []), **compile_kwargs)
-        _install_engine(model, config, expected_batch_size)
+        _install_engine(model, config, expected_batch_size, engine_options)
         return config
     if expected_batch_size is not None:
         raise ValueError(
             "expected_batch_size= needs optimizer='fast': TF Privacy's "
             "optimizers always divide by the actual number of microbatches.")
+    changed = [k for k, v in engine_options.items()
+               if v != _ENGINE_DEFAULTS[k]]
+    if changed:
+        raise ValueError(
+            f"{', '.join(changed)} need optimizer='fast' (this package's "
+            "clipping engine); TF Privacy's optimizers do not offer them.")
     dp_optimizer = _TFP_OPTIMIZERS[config.optimizer](
         l2_norm_clip=config.l2_norm_clip,
         noise_multiplier=config.noise_multiplier,
@@ -108,12 +123,14 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
 
 def make_private(model, *, l2_norm_clip, noise_multiplier,
                  num_microbatches=None, expected_batch_size=None,
-                 noise_seed=None):
+                 noise_seed=None, **engine_options):
     """Makes an already compiled model train with DP-SGD, keeping its optimizer.
 
     Use it for optimizers other than SGD (DP holds for any optimizer: it
     only post-processes the noised gradient) and to continue training a
-    loaded model with its optimizer state.
+    loaded model with its optimizer state. ``**engine_options`` (clipping,
+    gamma, augmentation_multiplicity, augment, physical_batch_size) go to
+    :class:`~keras_tempered_dp.privacy.clipping.ClippingEngine`.
 
     Example:
 
@@ -140,14 +157,23 @@ def make_private(model, *, l2_norm_clip, noise_multiplier,
             "The model is compiled with a TF Privacy DP optimizer, which "
             "already clips and noises: adding the engine would do both "
             "twice. Compile with an ordinary optimizer first.")
-    _install_engine(model, config, expected_batch_size)
+    unknown = sorted(set(engine_options) - set(_ENGINE_DEFAULTS))
+    if unknown:
+        raise TypeError(f"make_private got unexpected arguments {unknown}; "
+                        f"engine options are {sorted(_ENGINE_DEFAULTS)}.")
+    _install_engine(model, config, expected_batch_size, engine_options)
     return config
 
 
-def _install_engine(model, config, expected_batch_size):
+_ENGINE_DEFAULTS = dict(clipping="clip", gamma=0.01,
+                        augmentation_multiplicity=1, augment=None,
+                        physical_batch_size=None)
+
+
+def _install_engine(model, config, expected_batch_size, engine_options):
     ClippingEngine(
         config.l2_norm_clip, config.noise_multiplier,
         num_microbatches=config.num_microbatches,
         expected_batch_size=expected_batch_size,
-        seed=config.noise_seed).install(model)
+        seed=config.noise_seed, **engine_options).install(model)
     model.dp_config = config

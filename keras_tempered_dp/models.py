@@ -124,5 +124,13 @@ def digits_cnn(activation="tempered_sigmoid", input_shape=(8, 8, 1),
     )
 
 
+def wrn16_4(activation="relu", input_shape=(32, 32, 3), num_classes=10,
+            name="wrn_16_4"):
+    """De et al.'s WRN-16-4; see :mod:`keras_tempered_dp.wide_resnet`."""
+    from keras_tempered_dp.wide_resnet import wide_resnet
+    return wide_resnet(16, 4, activation=activation, input_shape=input_shape,
+                       num_classes=num_classes, name=name)
+
+
 MODELS = {"mnist_cnn": mnist_cnn, "cifar10_cnn": cifar10_cnn,
-          "digits_cnn": digits_cnn}
+          "digits_cnn": digits_cnn, "wrn16_4": wrn16_4}

@@ -73,3 +73,30 @@ def test_registered_name_model_saves_and_loads(tmp_path, fresh_python, fmt):
     """)
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"),
                                   model.predict(x, verbose=0))
+
+
+def test_wrn16_4_as_de_et_al(tmp_path):
+    from keras_tempered_dp.layers import WSConv2D
+    from keras_tempered_dp.models import MODELS
+    from keras_tempered_dp.wide_resnet import wide_resnet
+
+    model = MODELS["wrn16_4"](TemperedSigmoid())
+    assert model.count_params() == 2753402
+    kinds = {type(layer).__name__ for layer in model.layers}
+    assert "BatchNormalization" not in kinds and "Dropout" not in kinds
+    convs = [l for l in model.layers if isinstance(l, WSConv2D)]
+    assert len(convs) == 1 + 3 * 2 * 2 + 3  # stem, block convs, shortcuts
+    assert {l.groups for l in model.layers
+            if isinstance(l, tf.keras.layers.GroupNormalization)} == {16}
+    small = wide_resnet(10, 1, "tempered_sigmoid", input_shape=(8, 8, 3))
+    x = np.random.default_rng(0).uniform(size=(2, 8, 8, 3)).astype("float32")
+    small.save(tmp_path / "wrn.keras")
+    loaded = tf.keras.models.load_model(tmp_path / "wrn.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0),
+                               small.predict(x, verbose=0), atol=1e-6)
+
+
+def test_wide_resnet_depth_checked():
+    from keras_tempered_dp.wide_resnet import wide_resnet
+    with pytest.raises(ValueError, match="depth"):
+        wide_resnet(12, 4)

@@ -282,3 +282,50 @@ def test_unknown_batch_size_when_traced_matches_reference():
     for got, want, scale in zip(grads, expected, scales):
         np.testing.assert_allclose(np.asarray(got) / scale, want / scale,
                                    rtol=0, atol=1e-5)
+
+
+WS_CASES = [
+    dict(filters=4, kernel_size=3, padding="same"),
+    dict(filters=3, kernel_size=3, strides=2, padding="valid"),
+    # (a 1x1 kernel on 2 channels standardizes to +-1/sqrt(2): degenerate)
+    dict(filters=5, kernel_size=2, use_bias=False),
+    dict(filters=4, kernel_size=3, padding="same", activation="tanh"),
+]
+
+
+@pytest.mark.parametrize("conv", WS_CASES, ids=lambda c: str(c))
+@pytest.mark.parametrize("num_groups", [None, 2])
+def test_weight_standardized_conv(conv, num_groups):
+    from keras_tempered_dp.layers import WSConv2D
+    model = _head(WSConv2D(**conv), L.GroupNormalization(groups=1),
+                  TemperedSigmoid(), input_shape=(6, 6, 2))
+    for var in model.trainable_variables:  # gains away from 1
+        var.assign(var + RNG.normal(size=var.shape).astype("float32") * 0.3)
+    _assert_matches_reference(model, _images((6, 6, 2)), _labels(),
+                              num_groups)
+
+
+def test_weight_standardized_conv_computes_the_standardized_convolution():
+    from keras_tempered_dp.layers import WSConv2D
+    layer = WSConv2D(3, 2, padding="valid")
+    x = tf.constant(_images((5, 5, 2), 2))
+    y = layer(x)
+    layer.gain.assign([0.5, 1.0, 2.0])
+    w = layer.kernel.numpy().reshape(-1, 3).astype("float64")
+    fan_in = w.shape[0]
+    w_hat = (w - w.mean(0)) / np.sqrt(np.maximum(w.var(0) * fan_in, 1e-4))
+    w_hat = (w_hat * [0.5, 1.0, 2.0]).reshape(layer.kernel.shape)
+    want = tf.nn.conv2d(x, w_hat.astype("float32"), 1, "VALID") + layer.bias
+    np.testing.assert_allclose(layer(x), want, atol=1e-5)
+    assert y.shape == want.shape
+
+
+def test_wide_resnet_matches_reference():
+    from keras_tempered_dp.wide_resnet import wide_resnet
+    # groups=4: with one channel per group (16 groups of 16 channels) GN
+    # cancels the convolutions' biases exactly, and comparing gradients that
+    # are zero up to rounding says nothing.
+    model = wide_resnet(10, 1, activation=TemperedSigmoid(),
+                        input_shape=(8, 8, 3), num_classes=3, groups=4)
+    x = RNG.uniform(size=(4, 8, 8, 3)).astype("float32")
+    _assert_matches_reference(model, x, _labels(4))

@@ -43,6 +43,8 @@ from keras_tempered_dp.privacy.clipping import layers as _layers  # noqa: F401
 from keras_tempered_dp.privacy.clipping import (  # noqa: F401
     normalization as _normalization,
 )
+from keras_tempered_dp.privacy.clipping import ws_conv as _ws_conv  # noqa
+
 from keras_tempered_dp.augmentation import RandomCropFlip
 from keras_tempered_dp.privacy.clipping.generic import generic_sq_norms
 from keras_tempered_dp.privacy.clipping.groups import GroupsOf

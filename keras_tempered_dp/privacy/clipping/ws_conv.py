@@ -1,0 +1,61 @@
+"""Exact per-example gradient norms of the weight-standardized convolution.
+
+With ``W_hat = standardize(W, gain)`` (a function of the weights only), one
+group's gradient with respect to ``W_hat`` is ``sum_p a_p^T g_p`` over
+output pixels p (materialized from the input patches, as for Conv2D); its
+gradients with respect to ``W`` and ``gain`` are the vector-Jacobian product
+of the standardization, which is linear in that gradient. All groups'
+products come out of one backward pass through the standardization applied
+to a batch of copies of the weights.
+"""
+
+import tensorflow as tf
+
+from keras_tempered_dp.layers.ws_conv import WSConv2D, standardize
+from keras_tempered_dp.privacy.clipping.factored import group, group_size
+from keras_tempered_dp.privacy.clipping.generic import generic_sq_norms
+from keras_tempered_dp.privacy.clipping.layers import (
+    _flatten_positions,
+    conv2d_patches,
+)
+from keras_tempered_dp.privacy.clipping.registry import register_norm_fn
+
+
+@register_norm_fn(WSConv2D)
+def ws_conv2d_sq_norms(layer, inputs, grad_outputs, num_groups, call):
+    """WSConv2D, channels_last, groups=1; else the exact generic route."""
+    trainable = {id(w) for w in layer.trainable_weights}
+    full = {id(layer.kernel), id(layer.gain)} | (
+        {id(layer.bias)} if layer.use_bias else set())
+    if (layer.data_format != "channels_last" or layer.groups != 1
+            or trainable != full):
+        return generic_sq_norms(layer, inputs, grad_outputs, num_groups,
+                                call)
+    x = tf.cast(inputs, grad_outputs.dtype)
+    g = _flatten_positions(grad_outputs)
+    a = group(conv2d_patches(layer, x), num_groups)
+    g = group(g, num_groups) / group_size(g, num_groups)
+    w_hat_grads = tf.matmul(a, g, transpose_a=True)  # [G, K, C_out]
+    kernel, gain = layer.kernel, layer.gain
+    count = tf.shape(w_hat_grads)[0]
+    kernels = tf.broadcast_to(kernel, tf.concat([[count], kernel.shape], 0))
+    gains = tf.broadcast_to(gain, tf.concat([[count], gain.shape], 0))
+    with tf.GradientTape() as tape:
+        tape.watch([kernels, gains])
+        w_hat = standardize(kernels, gains, layer.eps)
+    kernel_grads, gain_grads = tape.gradient(
+        w_hat, [kernels, gains],
+        output_gradients=tf.reshape(w_hat_grads, tf.shape(w_hat)))
+    per_weight = {id(kernel): kernel_grads, id(gain): gain_grads}
+    if layer.use_bias:
+        per_weight[id(layer.bias)] = tf.reduce_sum(g, axis=1)
+    norms = tf.add_n([
+        tf.reduce_sum(tf.reshape(tf.square(t), [tf.shape(t)[0], -1]), 1)
+        for t in per_weight.values()])
+
+    def clipped_sum(factors):
+        return [tf.tensordot(tf.cast(factors, kernel.dtype),
+                             per_weight[id(w)], axes=1)
+                for w in layer.trainable_weights]
+
+    return norms, clipped_sum

@@ -23,8 +23,8 @@ F = flags.FLAGS
 flags.DEFINE_enum("dataset", "digits",
                   ["digits", "mnist", "fashion_mnist", "cifar10"],
                   "Dataset.")
-flags.DEFINE_string("model", None, "mnist_cnn, cifar10_cnn or digits_cnn; "
-                    "default: the paper's model for the dataset.")
+flags.DEFINE_string("model", None, "mnist_cnn, cifar10_cnn, digits_cnn or "
+                    "wrn16_4; default: the paper's model for the dataset.")
 flags.DEFINE_string("activation", "tempered_sigmoid",
                     "tempered_sigmoid (with --s --T --o), tanh, relu, or "
                     "any registered name.")
@@ -55,6 +55,30 @@ flags.DEFINE_string("manual_dir", None, "Folder with the dataset's original "
 flags.DEFINE_bool("download", True, "Allow TFDS downloads.")
 flags.DEFINE_list("activations", ["tanh", "relu"],
                   "reproduce: the activations to compare.")
+flags.DEFINE_enum("recipe", "paper", ["paper", "scale"],
+                  "reproduce: 'paper' (tanh against ReLU, Papernot et al.) "
+                  "or 'scale' (De et al.'s recipe with tempered sigmoids).")
+flags.DEFINE_integer("augmentation_multiplicity", 1,
+                     "K augmented copies per example, averaged before "
+                     "clipping (De et al.); 1: no augmentation.")
+flags.DEFINE_integer("crop_padding", 4, "Random-crop padding (pixels) for "
+                     "augmentation multiplicity.")
+flags.DEFINE_bool("flip", True, "Random horizontal flips for augmentation "
+                  "multiplicity.")
+flags.DEFINE_float("ema_decay", None, "Keep an EMA of the weights with this "
+                   "decay (e.g. 0.9999) and evaluate and save it.")
+flags.DEFINE_integer("physical_batch_size", None, "Accumulate the clipped "
+                     "sums over chunks of this many examples (large "
+                     "logical batches in little memory).")
+flags.DEFINE_enum("clipping", "clip", ["clip", "normalize"],
+                  "clip: C / max(||g||, C); normalize: C / (||g|| + gamma).")
+flags.DEFINE_float("gamma", 0.01, "Stabilizer of --clipping=normalize.")
+flags.DEFINE_enum("noise_schedule", "constant",
+                  ["constant", "step", "exponential", "time"],
+                  "Noise multiplier by epoch; epsilon is composed exactly.")
+flags.DEFINE_float("noise_decay", None, "step: factor in (0, 1]; "
+                   "exponential / time: rate >= 0.")
+flags.DEFINE_integer("noise_decay_period", 1, "step: epochs per decay.")
 flags.DEFINE_integer("max_trials", 10, "tune: number of trials.")
 flags.DEFINE_string("triples", "2,2,1;1,1,0;2,1,1;3,4,1.5",
                     "plot-activations: s,T,o triples separated by "
@@ -84,22 +108,37 @@ def main(argv):
             target_epsilon=F.target_epsilon, delta=F.delta,
             sampling=F.sampling, seed=F.seed, output_dir=out,
             resume=F.resume, data_dir=F.data_dir, manual_dir=F.manual_dir,
-            download=F.download)
+            download=F.download,
+            augmentation_multiplicity=F.augmentation_multiplicity,
+            crop_padding=F.crop_padding, flip=F.flip, ema_decay=F.ema_decay,
+            physical_batch_size=F.physical_batch_size, clipping=F.clipping,
+            gamma=F.gamma, noise_schedule=F.noise_schedule,
+            noise_decay=F.noise_decay,
+            noise_decay_period=F.noise_decay_period)
         print(f"test accuracy {100 * results['test_accuracy']:.2f}%")
         print(results["privacy"])
         print(f"wrote {out}/results.json, log.csv, tensorboard/, model.keras")
     elif command == "reproduce":
-        from keras_tempered_dp.reproduce import reproduce
-        rows = reproduce(
-            dataset=F.dataset, output_dir=out, activations=F.activations,
-            data_dir=F.data_dir, manual_dir=F.manual_dir,
-            download=F.download, seed=F.seed,
-            command="keras-tempered-dp " + " ".join(
-                shlex.quote(a) for a in argv[1:]))
+        command_line = "keras-tempered-dp " + " ".join(
+            shlex.quote(a) for a in _ORIGINAL_ARGV[1:])
+        if F.recipe == "scale":
+            from keras_tempered_dp.recipes import reproduce_scale
+            rows = reproduce_scale(
+                dataset=F.dataset, output_dir=out, data_dir=F.data_dir,
+                manual_dir=F.manual_dir, download=F.download, seed=F.seed,
+                command=command_line)
+            folder = os.path.join(out, F.dataset + "_scale")
+        else:
+            from keras_tempered_dp.reproduce import reproduce
+            rows = reproduce(
+                dataset=F.dataset, output_dir=out, activations=F.activations,
+                data_dir=F.data_dir, manual_dir=F.manual_dir,
+                download=F.download, seed=F.seed, command=command_line)
+            folder = os.path.join(out, F.dataset)
         for row in rows:
             print(f"{row['activation']}: {row['test_accuracy']:.2f}% at "
                   f"epsilon {row['epsilon']:.3f}")
-        print(f"wrote {out}/{F.dataset}/table.md and accuracy_vs_epsilon.png")
+        print(f"wrote {folder}/table.md and accuracy_vs_epsilon.png")
     elif command == "tune":
         from keras_tempered_dp.tuning import TUNING_PRIVACY_NOTE, search
         best, noise = search(
@@ -123,8 +162,13 @@ def main(argv):
                                os.path.join(out, "tempered_sigmoids.png")))
 
 
+# The command line as typed: absl removes the flags it parsed from argv.
+_ORIGINAL_ARGV = list(sys.argv)
+
+
 def run():
     """Console-script entry point."""
+    _ORIGINAL_ARGV[:] = sys.argv
     app.run(main, argv=sys.argv)
 
 

@@ -7,8 +7,14 @@ takes keyword arguments only. It writes into ``output_dir``:
                      final test accuracy, wall time, the privacy statement
     log.csv          Keras CSVLogger (epsilon included)
     tensorboard/     TensorBoard logs (epoch_epsilon included)
-    model.keras      the trained model
+    model.keras      the trained model (the averaged weights with
+                     ``ema_decay``)
     checkpoint/      the last finished epoch, for --resume
+
+Beyond the paper (De et al. 2022, a sound Auto DP-SGD):
+``augmentation_multiplicity``, ``ema_decay``, ``physical_batch_size``,
+``clipping="normalize"`` and ``noise_schedule``; none changes what epsilon
+means, and the schedule's epsilon is composed exactly.
 """
 
 import json
@@ -17,8 +23,12 @@ import time
 
 import tensorflow as tf
 
+import numpy as np
+
 from keras_tempered_dp.activations import get_activation
-from keras_tempered_dp.callbacks import EpsilonCallback
+from keras_tempered_dp.augmentation import RandomCropFlip
+from keras_tempered_dp.averaging import ParameterAveraging
+from keras_tempered_dp.callbacks import EpsilonCallback, NoiseScheduler
 from keras_tempered_dp.data import DATASETS, load_dataset
 from keras_tempered_dp.layers import TemperedSigmoid
 from keras_tempered_dp.models import MODELS
@@ -31,6 +41,11 @@ from keras_tempered_dp.privacy.sampling import (
     poisson_batches,
     shuffled_batches,
     steps_per_epoch,
+)
+from keras_tempered_dp.privacy.schedules import (
+    SCHEDULES,
+    calibrate_schedule,
+    schedule_epsilon,
 )
 
 DEFAULT_MODEL = {"digits": "digits_cnn", "mnist": "mnist_cnn",
@@ -48,15 +63,41 @@ def make_activation(activation, s=2.0, T=2.0, o=1.0):
 class _EpochState(tf.keras.callbacks.Callback):
     """Saves the model (with optimizer state) and the epoch after each epoch."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, averaging=None):
         super().__init__()
         self.folder = folder
+        self.averaging = averaging
 
     def on_epoch_end(self, epoch, logs=None):
         os.makedirs(self.folder, exist_ok=True)
         self.model.save(os.path.join(self.folder, "model.keras"))
+        if self.averaging is not None:
+            state = self.averaging.get_state()
+            np.savez(os.path.join(self.folder, "ema.npz"),
+                     updates=state["updates"], *state["average"])
         with open(os.path.join(self.folder, "state.json"), "w") as f:
             json.dump({"epochs_done": epoch + 1}, f)
+
+
+def _load_ema(path):
+    with np.load(path) as data:
+        average = [data[f"arr_{i}"] for i in range(len(data.files) - 1)]
+        return {"updates": int(data["updates"]), "average": average}
+
+
+def make_schedule(name, sigma0, decay=None, period=1):
+    """A noise schedule by name: constant, step, exponential or time."""
+    if name not in SCHEDULES:
+        raise ValueError(f"noise_schedule={name!r}: must be one of "
+                         f"{', '.join(SCHEDULES)}.")
+    if name == "constant":
+        return SCHEDULES[name](sigma0)
+    if decay is None:
+        raise ValueError(f"noise_schedule={name!r} needs noise_decay= (the "
+                         "step factor in (0, 1], or the decay rate >= 0).")
+    if name == "step":
+        return SCHEDULES[name](sigma0, factor=decay, period=period)
+    return SCHEDULES[name](sigma0, rate=decay)
 
 
 def train(*, dataset="digits", model=None, activation="tempered_sigmoid",
@@ -65,7 +106,10 @@ def train(*, dataset="digits", model=None, activation="tempered_sigmoid",
           target_epsilon=None, delta=None, sampling="poisson", seed=0,
           noise_seed=None, output_dir="runs/train", resume=False,
           data_dir=None, manual_dir=None, download=True, verbose=1,
-          data=None):
+          data=None, augmentation_multiplicity=1, crop_padding=4,
+          flip=True, ema_decay=None, physical_batch_size=None,
+          clipping="clip", gamma=0.01, noise_schedule="constant",
+          noise_decay=None, noise_decay_period=1):
     """Trains one model with DP-SGD and writes its outputs.
 
     Give ``noise_multiplier`` or ``target_epsilon`` (the noise is then
@@ -74,6 +118,16 @@ def train(*, dataset="digits", model=None, activation="tempered_sigmoid",
     ``seed`` seeds initialization; noise and Poisson sampling draw from the
     operating system unless ``noise_seed`` is given (for tests and exact
     reproductions only: a known seed makes the noise predictable).
+
+    ``augmentation_multiplicity`` K > 1 averages each example's gradient
+    over K random crops (``crop_padding``) and flips (``flip``) before
+    clipping; ``ema_decay`` keeps an EMA of the weights, which validation,
+    the test accuracy and the saved model use; ``physical_batch_size``
+    accumulates the clipped sums of chunks; ``clipping="normalize"``
+    normalizes per example (``C / (||g|| + gamma)``); ``noise_schedule``
+    ("step", "exponential" or "time", with ``noise_decay`` and
+    ``noise_decay_period``) decays the noise each epoch, its starting value
+    calibrated for ``target_epsilon`` under the schedule.
 
     Returns:
         The results dictionary also written to ``results.json``.
@@ -95,12 +149,27 @@ def train(*, dataset="digits", model=None, activation="tempered_sigmoid",
     if delta is None:
         delta = min(1e-5, 1 / (10 * n))
     steps = steps_per_epoch(n, batch_size, sampling)
-    if target_epsilon is not None:  # Poisson accounting, see results.privacy
+    schedule = None
+    if noise_schedule != "constant":
+        schedule = make_schedule(noise_schedule, noise_multiplier or 1.0,
+                                 noise_decay, noise_decay_period)
+        if target_epsilon is not None:
+            schedule = calibrate_schedule(
+                target_epsilon, n, batch_size, schedule,
+                steps_per_epoch=steps, epochs=epochs, delta=delta)
+        noise_multiplier = schedule.sigma0
+    elif target_epsilon is not None:  # Poisson accounting, results.privacy
         noise_multiplier = calibrate_noise_multiplier(
             target_epsilon, n, batch_size, steps=steps * epochs, delta=delta)
     model_name = model or DEFAULT_MODEL[dataset]
+    augment = (RandomCropFlip(padding=crop_padding, flip=flip)
+               if augmentation_multiplicity > 1 else None)
     dp = dict(l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier,
-              noise_seed=noise_seed)
+              noise_seed=noise_seed, clipping=clipping, gamma=gamma,
+              augmentation_multiplicity=augmentation_multiplicity,
+              augment=augment, physical_batch_size=physical_batch_size)
+    averaging = (ParameterAveraging(decay=ema_decay)
+                 if ema_decay is not None else None)
     expected = batch_size if sampling == "poisson" else None
 
     checkpoint = os.path.join(output_dir, "checkpoint")
@@ -112,6 +181,9 @@ def train(*, dataset="digits", model=None, activation="tempered_sigmoid",
         network = tf.keras.models.load_model(
             os.path.join(checkpoint, "model.keras"))
         make_private(network, expected_batch_size=expected, **dp)
+        if averaging is not None:
+            averaging.set_state(network, _load_ema(
+                os.path.join(checkpoint, "ema.npz")))
     else:
         if resume:
             print(f"No checkpoint in {checkpoint}: starting from epoch 0.")
@@ -128,18 +200,23 @@ def train(*, dataset="digits", model=None, activation="tempered_sigmoid",
     epsilon = EpsilonCallback(n, batch_size, delta=delta,
                               steps_per_epoch=steps,
                               initial_steps=epochs_done * steps)
-    history = network.fit(
+    extra = [NoiseScheduler(schedule)] if schedule is not None else []
+    if averaging is not None:
+        extra.append(averaging)
+    network.fit(
         batches, epochs=epochs, initial_epoch=epochs_done,
         steps_per_epoch=steps, validation_data=(x_test, y_test),
         verbose=verbose,
-        callbacks=[
+        callbacks=extra + [
             epsilon,
             tf.keras.callbacks.CSVLogger(os.path.join(output_dir, "log.csv"),
                                          append=epochs_done > 0),
             tf.keras.callbacks.TensorBoard(
                 os.path.join(output_dir, "tensorboard")),
-            _EpochState(checkpoint),
+            _EpochState(checkpoint, averaging),
         ])
+    if averaging is not None:
+        averaging.apply()  # the averaged weights are the result
     _, test_accuracy = network.evaluate(x_test, y_test, verbose=0)
     network.save(os.path.join(output_dir, "model.keras"))
 
@@ -151,13 +228,18 @@ def train(*, dataset="digits", model=None, activation="tempered_sigmoid",
             learning_rate=learning_rate, momentum=momentum,
             l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier,
             target_epsilon=target_epsilon, delta=delta, sampling=sampling,
-            seed=seed, num_examples=n),
+            seed=seed, num_examples=n,
+            augmentation_multiplicity=augmentation_multiplicity,
+            crop_padding=crop_padding if augment else None,
+            flip=flip if augment else None, ema_decay=ema_decay,
+            physical_batch_size=physical_batch_size, clipping=clipping,
+            gamma=gamma if clipping == "normalize" else None,
+            noise_schedule=repr(schedule) if schedule else "constant"),
         "epochs": per_epoch,
         "epsilon": epsilon.epsilon_after(epochs * steps),
         "test_accuracy": float(test_accuracy),
-        "privacy": privacy_statement(
-            n, batch_size, noise_multiplier, steps=epochs * steps,
-            delta=delta) + (
+        "privacy": _statement(n, batch_size, noise_multiplier, schedule,
+                              steps, epochs, delta) + (
             "" if sampling == "poisson" else
             " Training used shuffled fixed-size batches: this epsilon is "
             "the Poisson number by convention, not a proof for shuffling."),
@@ -167,6 +249,22 @@ def train(*, dataset="digits", model=None, activation="tempered_sigmoid",
     with open(os.path.join(output_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     return results
+
+
+def _statement(n, batch_size, noise_multiplier, schedule, steps, epochs,
+               delta):
+    if schedule is None:
+        return privacy_statement(n, batch_size, noise_multiplier,
+                                 steps=epochs * steps, delta=delta)
+    eps = schedule_epsilon(n, batch_size, schedule, steps_per_epoch=steps,
+                           epochs=epochs, delta=delta)
+    return (f"({eps:.3f}, {delta:g})-DP for each example: DP-SGD, "
+            f"{epochs * steps} steps, N={n}, batch_size={batch_size}, noise "
+            f"multiplier by epoch {schedule!r} (last "
+            f"{schedule(epochs - 1):.4g}); each step's subsampled Gaussian "
+            "event composed with dp_accounting's RDP accountant assuming "
+            "Poisson subsampling with q = batch_size / N, add-or-remove-one "
+            "neighbours.")
 
 
 def _read_log(path):

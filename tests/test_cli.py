@@ -62,3 +62,20 @@ def test_tune_search_two_trials(tmp_path):
     assert set(best) == {"s", "T", "o", "learning_rate", "l2_norm_clip"}
     assert noise > 0
     assert 0.5 <= best["s"] <= 4 and 0.25 <= best["T"] <= 8
+
+
+def test_reproduce_scale_recipe_command(tmp_path):
+    out = _cli("reproduce", "--recipe=scale", "--dataset=digits",
+               "--output_dir=out", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    folder = tmp_path / "out" / "digits_scale"
+    table = (folder / "table.md").read_text()
+    # The command as typed, flags included (absl strips them from argv).
+    assert ("keras-tempered-dp reproduce --recipe=scale --dataset=digits "
+            "--output_dir=out") in table
+    rows = json.loads((folder / "rows.json").read_text())
+    assert rows[1]["config"]["augmentation_multiplicity"] == 2
+    assert rows[1]["config"]["ema_decay"] == 0.9
+    assert all(2.99 < r["epsilon"] <= 3.0 for r in rows)
+    assert (folder / "accuracy_vs_epsilon.png").read_bytes()[:4] == \
+        b"\x89PNG"

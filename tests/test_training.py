@@ -89,3 +89,47 @@ def test_train_argument_errors(tmp_path):
         _small_train(tmp_path, sampling="random")
     with pytest.raises(ValueError, match="not a known activation"):
         _small_train(tmp_path, activation="swishy")
+
+
+def test_recipe_options_with_a_schedule_report_exact_epsilon(tmp_path):
+    """Augmentation, accumulation, EMA and a decaying noise schedule in one
+    run, its noise calibrated for the target under the schedule."""
+    import pytest
+
+    from keras_tempered_dp.privacy.schedules import (
+        StepDecay,
+        schedule_epsilon,
+    )
+    results = _small_train(
+        tmp_path, epochs=3, noise_multiplier=None, target_epsilon=4.0,
+        augmentation_multiplicity=2, crop_padding=1, flip=False,
+        ema_decay=0.9, physical_batch_size=32, noise_schedule="step",
+        noise_decay=0.5)
+    schedule = StepDecay(results["config"]["noise_multiplier"], 0.5, 1)
+    steps = round(1438 / 64)
+    for epoch, row in enumerate(results["epochs"]):
+        assert row["noise_multiplier"] == pytest.approx(schedule(epoch))
+        assert row["epsilon"] == pytest.approx(schedule_epsilon(
+            1438, 64, schedule, steps_per_epoch=steps,
+            steps=(epoch + 1) * steps), rel=1e-12)
+    assert 3.99 < results["epsilon"] <= 4.0
+    assert "StepDecay" in results["privacy"]
+    assert 0.3 < results["test_accuracy"] <= 1
+
+
+def test_resume_with_schedule_and_average(tmp_path):
+    import numpy as np
+
+    args = dict(noise_multiplier=2.0, noise_schedule="exponential",
+                noise_decay=0.3, ema_decay=0.5)
+    uninterrupted = _small_train(tmp_path / "a", epochs=3, **args)
+    _small_train(tmp_path / "b", epochs=2, **args)
+    resumed = _small_train(tmp_path / "b", epochs=3, resume=True, **args)
+    assert resumed["resumed_from_epoch"] == 2
+    assert [e["epsilon"] for e in resumed["epochs"]] == \
+        [e["epsilon"] for e in uninterrupted["epochs"]]
+    assert [e["noise_multiplier"] for e in resumed["epochs"]] == \
+        [e["noise_multiplier"] for e in uninterrupted["epochs"]]
+    # The average continued from the checkpoint, not from scratch.
+    ema = np.load(tmp_path / "b" / "run" / "checkpoint" / "ema.npz")
+    assert int(ema["updates"]) == 3 * round(1438 / 64)

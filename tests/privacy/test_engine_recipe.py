@@ -25,7 +25,7 @@ def _model():
 def _install(model, clip=1.0, noise=0.0, **kwargs):
     model.compile(optimizer=tf.keras.optimizers.SGD(0.1),
                   loss=tf.keras.losses.SparseCategoricalCrossentropy(
-                      from_logits=True))
+                      from_logits=True), metrics=["accuracy"])
     ClippingEngine(clip, noise, **kwargs).install(model)
     return model.dp_engine
 
@@ -172,6 +172,7 @@ def test_fit_with_augmentation_and_accumulation_on_the_paper_cnn():
     before = model.get_weights()
     history = model.fit(x, y, batch_size=20, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
+    assert 0 <= history.history["accuracy"][0] <= 1
     assert any(np.abs(a - b).max() > 0
                for a, b in zip(before, model.get_weights()))
 

@@ -348,6 +348,7 @@ class ClippingEngine:
                  self.model, "outputs", None) else tf.float32,
                  size=chunks, infer_shape=False)))
         y_pred = preds.concat()
+        y_pred.set_shape([None] + list(self.model.output_shape[1:]))
         k = self.augmentation_multiplicity
         if self.augment is not None and k > 1:
             y = tf.repeat(y, k, axis=0)

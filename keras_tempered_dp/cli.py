@@ -70,8 +70,12 @@ flags.DEFINE_float("ema_decay", None, "Keep an EMA of the weights with this "
 flags.DEFINE_integer("physical_batch_size", None, "Accumulate the clipped "
                      "sums over chunks of this many examples (large "
                      "logical batches in little memory).")
-flags.DEFINE_enum("clipping", "clip", ["clip", "normalize"],
-                  "clip: C / max(||g||, C); normalize: C / (||g|| + gamma).")
+flags.DEFINE_enum("clipping", "clip", ["clip", "normalize", "quantile"],
+                  "clip: C / max(||g||, C); normalize: C / (||g|| + gamma); "
+                  "quantile: C follows a private quantile estimate "
+                  "(Andrew et al.), starting at --l2_norm_clip.")
+flags.DEFINE_float("target_quantile", 0.5, "--clipping=quantile: the "
+                   "quantile of per-example norms C tracks.")
 flags.DEFINE_float("gamma", 0.01, "Stabilizer of --clipping=normalize.")
 flags.DEFINE_enum("noise_schedule", "constant",
                   ["constant", "step", "exponential", "time"],
@@ -112,7 +116,8 @@ def main(argv):
             augmentation_multiplicity=F.augmentation_multiplicity,
             crop_padding=F.crop_padding, flip=F.flip, ema_decay=F.ema_decay,
             physical_batch_size=F.physical_batch_size, clipping=F.clipping,
-            gamma=F.gamma, noise_schedule=F.noise_schedule,
+            gamma=F.gamma, target_quantile=F.target_quantile,
+            noise_schedule=F.noise_schedule,
             noise_decay=F.noise_decay,
             noise_decay_period=F.noise_decay_period)
         print(f"test accuracy {100 * results['test_accuracy']:.2f}%")

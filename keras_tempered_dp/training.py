@@ -108,7 +108,8 @@ def train(*, dataset="digits", model=None, activation="tempered_sigmoid",
           data_dir=None, manual_dir=None, download=True, verbose=1,
           data=None, augmentation_multiplicity=1, crop_padding=4,
           flip=True, ema_decay=None, physical_batch_size=None,
-          clipping="clip", gamma=0.01, noise_schedule="constant",
+          clipping="clip", gamma=0.01, target_quantile=0.5,
+          noise_schedule="constant",
           noise_decay=None, noise_decay_period=1):
     """Trains one model with DP-SGD and writes its outputs.
 
@@ -124,7 +125,9 @@ def train(*, dataset="digits", model=None, activation="tempered_sigmoid",
     clipping; ``ema_decay`` keeps an EMA of the weights, which validation,
     the test accuracy and the saved model use; ``physical_batch_size``
     accumulates the clipped sums of chunks; ``clipping="normalize"``
-    normalizes per example (``C / (||g|| + gamma)``); ``noise_schedule``
+    normalizes per example (``C / (||g|| + gamma)``), ``clipping="quantile"``
+    adapts C to a private estimate of the ``target_quantile`` of the
+    per-example norms, starting from ``l2_norm_clip``; ``noise_schedule``
     ("step", "exponential" or "time", with ``noise_decay`` and
     ``noise_decay_period``) decays the noise each epoch, its starting value
     calibrated for ``target_epsilon`` under the schedule.
@@ -168,6 +171,9 @@ def train(*, dataset="digits", model=None, activation="tempered_sigmoid",
               noise_seed=noise_seed, clipping=clipping, gamma=gamma,
               augmentation_multiplicity=augmentation_multiplicity,
               augment=augment, physical_batch_size=physical_batch_size)
+    if clipping == "quantile":  # Andrew et al.'s defaults
+        dp.update(target_quantile=target_quantile,
+                  count_stddev=batch_size / 20)
     averaging = (ParameterAveraging(decay=ema_decay)
                  if ema_decay is not None else None)
     expected = batch_size if sampling == "poisson" else None
@@ -234,6 +240,8 @@ def train(*, dataset="digits", model=None, activation="tempered_sigmoid",
             flip=flip if augment else None, ema_decay=ema_decay,
             physical_batch_size=physical_batch_size, clipping=clipping,
             gamma=gamma if clipping == "normalize" else None,
+            target_quantile=(target_quantile if clipping == "quantile"
+                             else None),
             noise_schedule=repr(schedule) if schedule else "constant"),
         "epochs": per_epoch,
         "epsilon": epsilon.epsilon_after(epochs * steps),

@@ -133,3 +133,12 @@ def test_resume_with_schedule_and_average(tmp_path):
     # The average continued from the checkpoint, not from scratch.
     ema = np.load(tmp_path / "b" / "run" / "checkpoint" / "ema.npz")
     assert int(ema["updates"]) == 3 * round(1438 / 64)
+
+
+def test_quantile_clipping_run_logs_its_clip(tmp_path):
+    # Every norm is below C = 1000 at first: the estimate shrinks C.
+    results = _small_train(tmp_path, epochs=2, clipping="quantile",
+                           l2_norm_clip=1000.0, target_quantile=0.5)
+    clips = [e["l2_norm_clip"] for e in results["epochs"]]
+    assert 0 < clips[1] < clips[0] < 1000.0
+    assert results["config"]["target_quantile"] == 0.5

@@ -25,7 +25,8 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
                loss=None, metrics=("accuracy",), batch_size=None,
                num_examples=None, expected_batch_size=None, noise_seed=None,
                clipping="clip", gamma=0.01, augmentation_multiplicity=1,
-               augment=None, physical_batch_size=None, **compile_kwargs):
+               augment=None, physical_batch_size=None, target_quantile=0.5,
+               clip_learning_rate=0.2, count_stddev=None, **compile_kwargs):
     """Compiles ``model`` for DP-SGD training with ``model.fit``.
 
     Each example's gradient (all layers together) is clipped to
@@ -50,8 +51,10 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
         expected_batch_size: "fast" only: divide by this instead of the
             actual batch size (Poisson sampling, where batch sizes vary).
         clipping, gamma, augmentation_multiplicity, augment,
-        physical_batch_size: "fast" only; per-example normalization,
-            augmentation multiplicity and gradient accumulation, see
+        physical_batch_size, target_quantile, clip_learning_rate,
+        count_stddev: "fast" only; per-example normalization, adaptive
+            (private quantile) clipping, augmentation multiplicity and
+            gradient accumulation, see
             :class:`~keras_tempered_dp.privacy.clipping.ClippingEngine`.
         **compile_kwargs: forwarded to ``model.compile``.
 
@@ -75,7 +78,9 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
     engine_options = dict(
         clipping=clipping, gamma=gamma,
         augmentation_multiplicity=augmentation_multiplicity, augment=augment,
-        physical_batch_size=physical_batch_size)
+        physical_batch_size=physical_batch_size,
+        target_quantile=target_quantile,
+        clip_learning_rate=clip_learning_rate, count_stddev=count_stddev)
     config = DPConfig(
         l2_norm_clip=l2_norm_clip,
         noise_multiplier=noise_multiplier,
@@ -129,7 +134,8 @@ def make_private(model, *, l2_norm_clip, noise_multiplier,
     Use it for optimizers other than SGD (DP holds for any optimizer: it
     only post-processes the noised gradient) and to continue training a
     loaded model with its optimizer state. ``**engine_options`` (clipping,
-    gamma, augmentation_multiplicity, augment, physical_batch_size) go to
+    gamma, augmentation_multiplicity, augment, physical_batch_size,
+    target_quantile, clip_learning_rate, count_stddev) go to
     :class:`~keras_tempered_dp.privacy.clipping.ClippingEngine`.
 
     Example:
@@ -167,7 +173,8 @@ def make_private(model, *, l2_norm_clip, noise_multiplier,
 
 _ENGINE_DEFAULTS = dict(clipping="clip", gamma=0.01,
                         augmentation_multiplicity=1, augment=None,
-                        physical_batch_size=None)
+                        physical_batch_size=None, target_quantile=0.5,
+                        clip_learning_rate=0.2, count_stddev=None)
 
 
 def _install_engine(model, config, expected_batch_size, engine_options):

@@ -207,3 +207,68 @@ def test_random_crop_flip_returns_crops_of_the_padded_image():
     assert seen_flip == {False, True}
     with pytest.raises(ValueError, match="padding"):
         RandomCropFlip(padding=-1)
+
+
+def test_quantile_clipping_update_and_clip_step_match_reference():
+    """Noise 0: the update is the reference's clipped mean at the current C,
+    and C moves by exp(-eta * (fraction below C - target quantile))."""
+    model = _model()
+    engine = _install(model, clip=1.0, clipping="quantile",
+                      target_quantile=0.3, clip_learning_rate=0.2,
+                      count_stddev=0.0)
+    x, y = _data(8)
+    grads = _example_grads(model, engine.loss_fn, x, y)
+    norms = np.array([global_norm(g) for g in grads])
+    clip = float(np.median(norms))
+    engine.l2_norm_clip = clip
+    got, _ = engine.compute_gradients(tf.constant(x), tf.constant(y))
+    _assert_close(got, _reference_update(grads,
+                                         lambda n: min(1.0, clip / n)))
+    fraction = np.mean(norms <= clip)
+    assert engine.l2_norm_clip == pytest.approx(
+        clip * np.exp(-0.2 * (fraction - 0.3)), rel=1e-6)
+
+
+def test_quantile_clipping_splits_the_noise_budget_exactly():
+    model = tf.keras.Sequential([L.Dense(10, input_shape=(50,))])
+    engine = _install(model, clip=0.5, noise=1.2, clipping="quantile",
+                      count_stddev=2.0, seed=1)
+    sigma_g = float(engine.gradient_noise_multiplier())
+    # One Gaussian mechanism of multiplier 1.2 = gradient (sigma_g) and
+    # count (sensitivity 1/2, std 2: multiplier 4) composed.
+    assert sigma_g ** -2 + 4.0 ** -2 == pytest.approx(1.2 ** -2, rel=1e-6)
+    # dp_accounting agrees: both releases together cost one Gaussian(1.2).
+    import dp_accounting
+    both = dp_accounting.rdp.RdpAccountant()
+    both.compose(dp_accounting.ComposedDpEvent([
+        dp_accounting.GaussianDpEvent(sigma_g),
+        dp_accounting.GaussianDpEvent(4.0)]))
+    one = dp_accounting.rdp.RdpAccountant()
+    one.compose(dp_accounting.GaussianDpEvent(1.2))
+    assert both.get_epsilon(1e-5) == pytest.approx(one.get_epsilon(1e-5),
+                                                   rel=1e-4)
+    x = tf.constant(np.zeros((16, 50), "float32"))
+    y = tf.constant(np.arange(16) % 10)
+    draws = []
+    for _ in range(20):
+        engine.l2_norm_clip = 0.5  # zero gradients: C would drift
+        draws.append(np.concatenate(
+            [np.ravel(g) for g in engine.compute_gradients(x, y)[0]]))
+    assert np.std(draws) == pytest.approx(sigma_g * 0.5 / 16, rel=0.03)
+    with pytest.raises(ValueError, match="count_stddev"):
+        ClippingEngine(1.0, 3.0, clipping="quantile", count_stddev=1.0)
+    with pytest.raises(ValueError, match="count_stddev"):
+        ClippingEngine(1.0, 1.0, clipping="quantile")  # no batch size
+
+
+def test_quantile_clip_tracks_the_norms_in_fit():
+    model = mnist_cnn("tanh")
+    _install(model, clip=100.0, noise=0.5, clipping="quantile",
+             target_quantile=0.5, clip_learning_rate=0.5,
+             expected_batch_size=16)
+    x = RNG.uniform(size=(64, 28, 28, 1)).astype("float32")
+    y = np.arange(64) % 10
+    history = model.fit(x, y, batch_size=16, epochs=5, verbose=0)
+    clips = history.history["l2_norm_clip"]
+    # Every example is below C = 100 at first: the clip shrinks.
+    assert clips[-1] < clips[0] < 100

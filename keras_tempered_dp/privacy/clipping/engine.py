@@ -31,7 +31,16 @@ Beyond the paper (De et al. 2022; a sound Auto DP-SGD):
   P examples whose clipped sums are accumulated; noise is added once, to the
   whole logical batch's sum, so the update equals the one-batch update;
 * the noise multiplier is a variable: a schedule may change it between
-  steps (:mod:`keras_tempered_dp.privacy.schedules` accounts for that).
+  steps (:mod:`keras_tempered_dp.privacy.schedules` accounts for that);
+* ``clipping="quantile"``: the clip norm follows a privately estimated
+  quantile of the per-example norms (Andrew et al. 2021, as TF Privacy's
+  ``QuantileAdaptiveClipSumQuery``). Each step releases the noised count
+  ``sum_i (1[||g_i|| <= C] - 1/2) + N(0, s_b^2)`` (sensitivity 1/2) and sets
+  ``C <- C * exp(-eta * (fraction - target_quantile))``. The gradient noise
+  is raised to ``sigma_g = (sigma^-2 - (2 s_b)^-2)^(-1/2)`` so that the two
+  Gaussian releases together cost exactly one Gaussian mechanism with noise
+  multiplier ``sigma``: the accounting is unchanged. The clip is never set
+  from raw norms.
 """
 
 import contextlib
@@ -81,6 +90,10 @@ class ClippingEngine:
             K > 1, none when K == 1.
         physical_batch_size: process each batch in chunks of this many
             examples (gradient accumulation); None: all at once.
+        target_quantile, clip_learning_rate, count_stddev: for
+            ``clipping="quantile"``: the quantile of per-example norms the
+            clip tracks (0.5), the geometric step eta (0.2) and the count
+            noise s_b (default ``expected_batch_size / 20``).
 
     Example: a logical batch of 8 in chunks of 4, each example's gradient
     averaged over 2 augmented copies, normalized rather than clipped.
@@ -100,18 +113,46 @@ class ClippingEngine:
     def __init__(self, l2_norm_clip, noise_multiplier, num_microbatches=None,
                  expected_batch_size=None, seed=None, clipping="clip",
                  gamma=0.01, augmentation_multiplicity=1, augment=None,
-                 physical_batch_size=None):
-        self.l2_norm_clip = float(l2_norm_clip)
+                 physical_batch_size=None, target_quantile=0.5,
+                 clip_learning_rate=0.2, count_stddev=None):
+        self._clip = tf.Variable(0.0, trainable=False, dtype=tf.float32,
+                                 name="l2_norm_clip")
+        self.l2_norm_clip = l2_norm_clip
         self.num_microbatches = num_microbatches
         if expected_batch_size is not None and num_microbatches is not None:
             raise ValueError(
                 "expected_batch_size= (Poisson sampling) and "
                 "num_microbatches= cannot be combined: use per-example "
                 "clipping (num_microbatches=None) with Poisson sampling.")
-        if clipping not in ("clip", "normalize"):
+        if clipping not in ("clip", "normalize", "quantile"):
             raise ValueError(f"clipping={clipping!r}: must be 'clip' "
-                             "(C / max(||g||, C)) or 'normalize' "
-                             "(C / (||g|| + gamma)).")
+                             "(C / max(||g||, C)), 'normalize' "
+                             "(C / (||g|| + gamma)) or 'quantile' (C "
+                             "adapted to a private quantile estimate).")
+        if clipping == "quantile":
+            if not 0 < target_quantile < 1:
+                raise ValueError(f"target_quantile={target_quantile!r}: "
+                                 "must be in (0, 1).")
+            if not clip_learning_rate > 0:
+                raise ValueError(f"clip_learning_rate={clip_learning_rate!r}"
+                                 ": must be > 0 (0.2 is Andrew et al.'s).")
+            if count_stddev is None:
+                if expected_batch_size is None:
+                    raise ValueError(
+                        "clipping='quantile' needs count_stddev= (Andrew et "
+                        "al. suggest batch_size / 20) or "
+                        "expected_batch_size=.")
+                count_stddev = expected_batch_size / 20
+            if not count_stddev >= 0:
+                raise ValueError(f"count_stddev={count_stddev!r}: must be "
+                                 ">= 0.")
+            if num_microbatches is not None:
+                raise ValueError("clipping='quantile' needs per-example "
+                                 "clipping (num_microbatches=None).")
+        self.target_quantile = float(target_quantile)
+        self.clip_learning_rate = float(clip_learning_rate)
+        self.count_stddev = (None if count_stddev is None
+                             else float(count_stddev))
         if not gamma > 0:
             raise ValueError(f"gamma={gamma!r}: must be > 0 (it keeps "
                              "C / (||g|| + gamma) finite; 0.01 is usual).")
@@ -155,6 +196,36 @@ class ClippingEngine:
         self.taps = None
 
     @property
+    def l2_norm_clip(self):
+        """C of the next step (adapted each step with "quantile")."""
+        return float(self._clip.numpy())
+
+    @l2_norm_clip.setter
+    def l2_norm_clip(self, value):
+        value = float(value)
+        if not value > 0 or value == float("inf"):
+            raise ValueError(f"l2_norm_clip={value!r}: must be a finite "
+                             "number > 0.")
+        self._clip.assign(value)
+
+    def gradient_noise_multiplier(self, noise_multiplier=None):
+        """sigma_g: the gradient's share of the step's noise multiplier.
+
+        Equal to sigma except with ``clipping="quantile"``, where the count
+        release takes its share: ``(sigma^-2 - (2 s_b)^-2)^(-1/2)``.
+        """
+        sigma = (self._noise_multiplier if noise_multiplier is None
+                 else tf.constant(float(noise_multiplier)))
+        if self.clipping != "quantile":
+            return sigma
+        count_share = (2.0 * self.count_stddev) ** -2 \
+            if self.count_stddev else 0.0
+        return tf.where(
+            sigma > 0,
+            tf.math.rsqrt(tf.maximum(sigma ** -2.0 - count_share, 1e-30)),
+            0.0)
+
+    @property
     def noise_multiplier(self):
         """sigma of the next step; assigning it takes effect at once."""
         return float(self._noise_multiplier.numpy())
@@ -165,6 +236,14 @@ class ClippingEngine:
         if not value >= 0 or value == float("inf"):
             raise ValueError(f"noise_multiplier={value!r}: must be a finite "
                              "number >= 0.")
+        if (getattr(self, "clipping", None) == "quantile" and value > 0
+                and self.count_stddev is not None
+                and not 2 * self.count_stddev > value):
+            raise ValueError(
+                f"noise_multiplier={value} with count_stddev="
+                f"{self.count_stddev}: the count's noise must be larger "
+                "(2 * count_stddev > noise_multiplier, and much larger to "
+                "leave the gradient most of the privacy budget).")
         self._noise_multiplier.assign(value)
 
     # -- installation ---------------------------------------------------
@@ -256,7 +335,7 @@ class ClippingEngine:
         return y_pred, records
 
     def _clip_factors(self, norms):
-        clip = tf.constant(self.l2_norm_clip, tf.float32)
+        clip = tf.identity(self._clip)
         if self.clipping == "normalize":
             return clip / (norms + self.gamma)
         return clip / tf.maximum(norms, clip)
@@ -316,13 +395,15 @@ class ClippingEngine:
         # cheaper norm method per layer even when the batch size varies.
         sq_norms, layer_sums = self.per_group_sq_norms(
             records, grad_outputs, num_groups)
-        factors = self._clip_factors(tf.sqrt(sq_norms))
+        norms = tf.sqrt(sq_norms)
+        factors = self._clip_factors(norms)
+        below = tf.reduce_sum(tf.cast(norms <= self._clip, tf.float32))
         example_weights = (tf.repeat(factors, per_group)
                            / tf.cast(per_group, tf.float32))
         grads = self.clipped_sum(records, grad_outputs, layer_sums,
                                  factors, example_weights)
         sums = [grads[id(var)] for var in self.model.trainable_variables]
-        return sums, y_pred, y, sample_weight
+        return sums, y_pred, y, sample_weight, below
 
     def _accumulated_sums(self, x, y, sample_weight):
         """:meth:`clipped_sums` over chunks of ``physical_batch_size``."""
@@ -334,16 +415,17 @@ class ClippingEngine:
         def chunk(t, i):
             return None if t is None else t[i * size:(i + 1) * size]
 
-        def body(i, sums, preds):
-            part, y_pred, _, _ = self.clipped_sums(
+        def body(i, sums, below, preds):
+            part, y_pred, _, _, part_below = self.clipped_sums(
                 chunk(x, i), chunk(y, i), chunk(sample_weight, i))
             return (i + 1, [a + tf.cast(b, a.dtype)
                             for a, b in zip(sums, part)],
-                    preds.write(i, y_pred))
+                    below + part_below, preds.write(i, y_pred))
 
-        _, sums, preds = tf.while_loop(
+        _, sums, below, preds = tf.while_loop(
             lambda i, *_: i < chunks, body,
             (tf.constant(0), [tf.zeros_like(v) for v in variables],
+             tf.constant(0.0),
              tf.TensorArray(self.model.outputs[0].dtype if getattr(
                  self.model, "outputs", None) else tf.float32,
                  size=chunks, infer_shape=False)))
@@ -354,7 +436,18 @@ class ClippingEngine:
             y = tf.repeat(y, k, axis=0)
             if sample_weight is not None:
                 sample_weight = tf.repeat(sample_weight, k, axis=0)
-        return sums, y_pred, y, sample_weight
+        return sums, y_pred, y, sample_weight, below
+
+    def _adapt_clip(self, below, examples):
+        """Andrew et al.'s private geometric update of C."""
+        expected = (tf.constant(float(self.expected_batch_size))
+                    if self.expected_batch_size is not None
+                    else tf.cast(examples, tf.float32))
+        centered = below - 0.5 * tf.cast(examples, tf.float32)
+        noised = centered + self.generator.normal([]) * self.count_stddev
+        fraction = noised / expected + 0.5
+        return self._clip.assign(self._clip * tf.exp(
+            -self.clip_learning_rate * (fraction - self.target_quantile)))
 
     def gradients_and_outputs(self, x, y, sample_weight=None):
         """Noised averaged gradient, plus the rows the metrics should see."""
@@ -367,10 +460,10 @@ class ClippingEngine:
                 "the optimizer's weight_decay= instead of kernel "
                 "regularizers, and remove activity regularizers.")
         if self.physical_batch_size is None:
-            sums, y_pred, y, sample_weight = self.clipped_sums(
+            sums, y_pred, y, sample_weight, below = self.clipped_sums(
                 x, y, sample_weight)
         else:
-            sums, y_pred, y, sample_weight = self._accumulated_sums(
+            sums, y_pred, y, sample_weight, below = self._accumulated_sums(
                 x, y, sample_weight)
         if self.expected_batch_size is not None:
             denominator = tf.constant(float(self.expected_batch_size))
@@ -378,12 +471,16 @@ class ClippingEngine:
             denominator = tf.constant(float(self.num_microbatches))
         else:  # one group per (original, unaugmented) example
             denominator = tf.cast(tf.shape(x)[0], tf.float32)
-        stddev = self._noise_multiplier * self.l2_norm_clip
+        stddev = self.gradient_noise_multiplier() * tf.identity(self._clip)
         result = []
         for g in sums:
             g = g + tf.cast(self.generator.normal(tf.shape(g)) * stddev,
                             g.dtype)
             result.append(g / tf.cast(denominator, g.dtype))
+        if self.clipping == "quantile":
+            # After the noise: this step used the clip it clipped with.
+            with tf.control_dependencies(result):
+                self._adapt_clip(below, tf.shape(x)[0])
         return result, y_pred, y, sample_weight
 
     def compute_gradients(self, x, y, sample_weight=None):
@@ -404,4 +501,7 @@ class ClippingEngine:
         model.optimizer.apply_gradients(zip(grads,
                                             model.trainable_variables))
         model.compiled_loss(y, y_pred, sample_weight)
-        return model.compute_metrics(x, y, y_pred, sample_weight)
+        logs = model.compute_metrics(x, y, y_pred, sample_weight)
+        if self.clipping == "quantile":
+            logs = dict(logs, l2_norm_clip=tf.identity(self._clip))
+        return logs

@@ -27,3 +27,15 @@ def test_readme_python_blocks_run():
     for block in blocks[1:]:
         exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
     assert namespace["model"].count_params() == 26010
+
+
+def test_recipe_doc_python_blocks_run():
+    doc = README.parent / "docs" / "recipe.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), re.S)
+    assert len(blocks) == 2
+    namespace = {}
+    exec(compile(blocks[0], str(doc), "exec"), namespace)  # noqa: S102
+    assert namespace["model"].dp_engine.augmentation_multiplicity == 16
+    exec(compile(blocks[1], str(doc), "exec"), namespace)  # noqa: S102
+    assert namespace["model"].dp_engine.clipping == "normalize"
+    assert namespace["schedule"].sigma0 > 0

@@ -79,6 +79,18 @@ class _EpochState(tf.keras.callbacks.Callback):
             json.dump({"epochs_done": epoch + 1}, f)
 
 
+def resumed_seed(seed, epochs_done):
+    """A fresh seed for the part of a seeded run after ``epochs_done``.
+
+    >>> resumed_seed(3, 0), resumed_seed(3, 2) != 3
+    (3, True)
+    """
+    if epochs_done == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, epochs_done]).generate_state(
+        1)[0])
+
+
 def _load_ema(path):
     with np.load(path) as data:
         average = [data[f"arr_{i}"] for i in range(len(data.files) - 1)]
@@ -184,6 +196,11 @@ def train(*, dataset="digits", model=None, activation="tempered_sigmoid",
     if resume and os.path.exists(state_file):
         with open(state_file) as f:
             epochs_done = json.load(f)["epochs_done"]
+        if noise_seed is not None:
+            # A resumed run must not replay the first epochs' noise (equal
+            # noise on two steps cancels in their difference) or batches.
+            noise_seed = resumed_seed(noise_seed, epochs_done)
+            dp["noise_seed"] = noise_seed
         network = tf.keras.models.load_model(
             os.path.join(checkpoint, "model.keras"))
         make_private(network, expected_batch_size=expected, **dp)

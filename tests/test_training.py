@@ -142,3 +142,19 @@ def test_quantile_clipping_run_logs_its_clip(tmp_path):
     clips = [e["l2_norm_clip"] for e in results["epochs"]]
     assert 0 < clips[1] < clips[0] < 1000.0
     assert results["config"]["target_quantile"] == 0.5
+
+
+def test_seeded_resume_does_not_replay_noise(tmp_path, monkeypatch):
+    """With noise_seed set, the resumed part draws new noise and batches."""
+    from keras_tempered_dp.privacy.clipping import engine as engine_module
+    seeds = []
+    original = engine_module.ClippingEngine.__init__
+
+    def spy(self, *args, **kwargs):
+        seeds.append(kwargs.get("seed"))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine_module.ClippingEngine, "__init__", spy)
+    _small_train(tmp_path, epochs=1)
+    _small_train(tmp_path, epochs=2, resume=True)
+    assert seeds[0] == 3 and seeds[1] not in (None, 3)

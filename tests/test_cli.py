@@ -79,3 +79,30 @@ def test_reproduce_scale_recipe_command(tmp_path):
     assert all(2.99 < r["epsilon"] <= 3.0 for r in rows)
     assert (folder / "accuracy_vs_epsilon.png").read_bytes()[:4] == \
         b"\x89PNG"
+
+
+def test_cifar10_scale_preset_runs_on_cifar_shaped_data(tmp_path):
+    """De et al.'s WRN-16-4 preset, as configured, for one tiny epoch on
+    CIFAR-shaped data (real CIFAR-10 is not available offline)."""
+    import numpy as np
+
+    from keras_tempered_dp.recipes import SCALE_SETTINGS
+    from keras_tempered_dp.training import train
+    run = dict(SCALE_SETTINGS["cifar10"]["runs"][0])
+    assert SCALE_SETTINGS["cifar10"]["epsilons"] == (1.0, 2.0, 4.0, 8.0)
+    assert (run["model"], run["batch_size"], run["augmentation_multiplicity"],
+            run["ema_decay"], run["momentum"]) == ("wrn16_4", 4096, 16,
+                                                  0.9999, 0.0)
+    run.pop("label"), run.pop("reference")
+    # Scaled down to seconds: 48 images, logical batch 16 in chunks of 4.
+    run.update(batch_size=16, physical_batch_size=4,
+               augmentation_multiplicity=2, epochs=1)
+    rng = np.random.default_rng(0)
+    data = ((rng.uniform(size=(48, 32, 32, 3)).astype("float32"),
+             np.arange(48) % 10),
+            (rng.uniform(size=(8, 32, 32, 3)).astype("float32"),
+             np.arange(8) % 10))
+    results = train(dataset="cifar10", target_epsilon=8.0, delta=1e-3,
+                    output_dir=str(tmp_path), verbose=0, data=data, **run)
+    assert results["config"]["model"] == "wrn16_4"
+    assert 7.9 < results["epsilon"] <= 8.0

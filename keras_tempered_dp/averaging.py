@@ -46,6 +46,8 @@ class ParameterAveraging(tf.keras.callbacks.Callback):
     def __init__(self, decay=0.9999, warmup=True, evaluate_with_average=True,
                  apply_at_end=False):
         super().__init__()
+        # Keras may then pass logs as tensors: no per-step sync for numpy.
+        self._supports_tf_logs = True
         if isinstance(decay, bool) or not 0 <= float(decay) < 1:
             raise ValueError(f"decay={decay!r}: must be in [0, 1) "
                              "(0.9999 in De et al.).")

@@ -38,8 +38,8 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
         model: a built or unbuilt Keras model without batch-mixing layers.
         l2_norm_clip, noise_multiplier, learning_rate, momentum,
         num_microbatches, noise_seed: see :class:`DPConfig`.
-        optimizer: "fast" (default: this package's clipping engine, exact
-            and close to ordinary training speed), "dp_keras_sgd" (TF
+        optimizer: "fast" (default: this package's clipping engine, exact,
+            2 to 3 times ordinary training on CPU), "dp_keras_sgd" (TF
             Privacy's ``DPKerasSGDOptimizer``) or "vectorized_dp_keras_sgd".
         loss: None (sparse categorical cross-entropy on logits), a Keras loss
             name, instance or function. Pass an ordinary loss: the DP step

@@ -1,4 +1,4 @@
-"""The clipping engine: exact DP-SGD steps at close to ordinary cost.
+"""The clipping engine: exact DP-SGD steps at a few times ordinary cost.
 
 One step, for a batch of B examples split into G groups (G = B unless
 microbatches are asked for):

@@ -45,6 +45,7 @@ Beyond the paper (De et al. 2022; a sound Auto DP-SGD):
 
 import contextlib
 
+import numpy as np
 import tensorflow as tf
 
 # Importing these modules registers their norm functions.
@@ -220,15 +221,16 @@ class ClippingEngine:
             return sigma
         count_share = (2.0 * self.count_stddev) ** -2 \
             if self.count_stddev else 0.0
+        # (1 + 1e-6): float32 rounding in the formula must not lower sigma_g.
         return tf.where(
             sigma > 0,
-            tf.math.rsqrt(tf.maximum(sigma ** -2.0 - count_share, 1e-30)),
-            0.0)
+            tf.math.rsqrt(tf.maximum(sigma ** -2.0 - count_share, 1e-30))
+            * (1 + 1e-6), 0.0)
 
     @property
     def noise_multiplier(self):
         """sigma of the next step; assigning it takes effect at once."""
-        return float(self._noise_multiplier.numpy())
+        return self._noise_value
 
     @noise_multiplier.setter
     def noise_multiplier(self, value):
@@ -244,7 +246,13 @@ class ClippingEngine:
                 f"{self.count_stddev}: the count's noise must be larger "
                 "(2 * count_stddev > noise_multiplier, and much larger to "
                 "leave the gradient most of the privacy budget).")
-        self._noise_multiplier.assign(value)
+        # The float32 variable holds sigma rounded *up*: the noise drawn is
+        # never below what the accountant is told.
+        stored = np.float32(value)
+        if float(stored) < value:
+            stored = np.nextafter(stored, np.float32(np.inf))
+        self._noise_multiplier.assign(stored)
+        self._noise_value = value
 
     # -- installation ---------------------------------------------------
     def install(self, model):

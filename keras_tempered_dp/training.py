@@ -75,8 +75,13 @@ class _EpochState(tf.keras.callbacks.Callback):
             state = self.averaging.get_state()
             np.savez(os.path.join(self.folder, "ema.npz"),
                      updates=state["updates"], *state["average"])
+        state = {"epochs_done": epoch + 1}
+        engine = getattr(self.model, "dp_engine", None)
+        if engine is not None and engine.clipping == "quantile":
+            # The adapted clip is DP output (it follows noised counts).
+            state["l2_norm_clip"] = engine.l2_norm_clip
         with open(os.path.join(self.folder, "state.json"), "w") as f:
-            json.dump({"epochs_done": epoch + 1}, f)
+            json.dump(state, f)
 
 
 def resumed_seed(seed, epochs_done):
@@ -195,7 +200,8 @@ def train(*, dataset="digits", model=None, activation="tempered_sigmoid",
     epochs_done = 0
     if resume and os.path.exists(state_file):
         with open(state_file) as f:
-            epochs_done = json.load(f)["epochs_done"]
+            state = json.load(f)
+        epochs_done = state["epochs_done"]
         if noise_seed is not None:
             # A resumed run must not replay the first epochs' noise (equal
             # noise on two steps cancels in their difference) or batches.
@@ -204,6 +210,8 @@ def train(*, dataset="digits", model=None, activation="tempered_sigmoid",
         network = tf.keras.models.load_model(
             os.path.join(checkpoint, "model.keras"))
         make_private(network, expected_batch_size=expected, **dp)
+        if "l2_norm_clip" in state:  # continue the adaptive clip
+            network.dp_engine.l2_norm_clip = state["l2_norm_clip"]
         if averaging is not None:
             averaging.set_state(network, _load_ema(
                 os.path.join(checkpoint, "ema.npz")))

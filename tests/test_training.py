@@ -1,6 +1,7 @@
 """Behaviour: DP training with tempered sigmoids learns real data."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from keras_tempered_dp.callbacks import EpsilonCallback
@@ -158,3 +159,18 @@ def test_seeded_resume_does_not_replay_noise(tmp_path, monkeypatch):
     _small_train(tmp_path, epochs=1)
     _small_train(tmp_path, epochs=2, resume=True)
     assert seeds[0] == 3 and seeds[1] not in (None, 3)
+
+
+def test_resume_continues_the_adaptive_clip(tmp_path):
+    import json
+    first = _small_train(tmp_path, epochs=1, clipping="quantile",
+                         l2_norm_clip=1000.0)
+    state = json.loads(
+        (tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert state["l2_norm_clip"] == pytest.approx(
+        first["epochs"][0]["l2_norm_clip"], rel=1e-6)
+    resumed = _small_train(tmp_path, epochs=2, clipping="quantile",
+                           l2_norm_clip=1000.0, resume=True)
+    # It went on shrinking from where it stopped, not from 1000.
+    # (Restarted at 1000 it would end near the first epoch's value again.)
+    assert resumed["epochs"][1]["l2_norm_clip"] < 0.5 * state["l2_norm_clip"]

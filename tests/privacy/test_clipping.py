@@ -329,3 +329,20 @@ def test_wide_resnet_matches_reference():
                         input_shape=(8, 8, 3), num_classes=3, groups=4)
     x = RNG.uniform(size=(4, 8, 8, 3)).astype("float32")
     _assert_matches_reference(model, x, _labels(4))
+
+
+@pytest.mark.parametrize("conv", CONV_CASES[:6], ids=lambda c: str(c))
+@pytest.mark.parametrize("channels", [1, 2, 8])
+def test_conv2d_patches_equal_extract_patches(conv, channels):
+    """Both patch routes (one-hot convolution, extract_patches) are exact."""
+    from keras_tempered_dp.privacy.clipping.layers import conv2d_patches
+    layer = L.Conv2D(**conv)
+    x = tf.constant(_images((9, 8, channels), 3))
+    layer(x)
+    kh, kw = layer.kernel_size
+    want = tf.image.extract_patches(
+        x, [1, kh, kw, 1], [1, *layer.strides, 1],
+        [1, *layer.dilation_rate, 1], layer.padding.upper())
+    got = conv2d_patches(layer, x)
+    np.testing.assert_array_equal(
+        got, tf.reshape(want, [3, -1, kh * kw * channels]))

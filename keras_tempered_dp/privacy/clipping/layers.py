@@ -41,14 +41,29 @@ def dense_sq_norms(layer, inputs, grad_outputs, num_groups, call):
                              bias=layer.use_bias)
 
 
+# Up to this many values per patch, a convolution with a one-hot kernel
+# builds the patches faster than tf.image.extract_patches on CPU (measured
+# on the MNIST CNN's first layer, 8x8x1 = 64: 21 ms against 33 ms at batch
+# 1024); for wider patches extract_patches is faster. Both are exact.
+_ONE_HOT_CONV_MAX = 64
+
+
 def conv2d_patches(layer, inputs):
     """Input patches ``[B, P, kh * kw * C_in]`` in the kernel's layout."""
     kh, kw = layer.kernel_size
     sh, sw = layer.strides
     dh, dw = layer.dilation_rate
-    patches = tf.image.extract_patches(
-        inputs, sizes=[1, kh, kw, 1], strides=[1, sh, sw, 1],
-        rates=[1, dh, dw, 1], padding=layer.padding.upper())
+    size = kh * kw * inputs.shape[-1]
+    if size <= _ONE_HOT_CONV_MAX:
+        one_hot = tf.reshape(tf.eye(size, dtype=inputs.dtype),
+                             [kh, kw, inputs.shape[-1], size])
+        patches = tf.nn.conv2d(inputs, one_hot, strides=[1, sh, sw, 1],
+                               padding=layer.padding.upper(),
+                               dilations=[1, dh, dw, 1])
+    else:
+        patches = tf.image.extract_patches(
+            inputs, sizes=[1, kh, kw, 1], strides=[1, sh, sw, 1],
+            rates=[1, dh, dw, 1], padding=layer.padding.upper())
     return _flatten_positions(patches)
 
 

@@ -39,7 +39,7 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
         l2_norm_clip, noise_multiplier, learning_rate, momentum,
         num_microbatches, noise_seed: see :class:`DPConfig`.
         optimizer: "fast" (default: this package's clipping engine, exact,
-            2 to 3 times ordinary training on CPU), "dp_keras_sgd" (TF
+            1.5 to 2.5 times ordinary training on CPU), "dp_keras_sgd" (TF
             Privacy's ``DPKerasSGDOptimizer``) or "vectorized_dp_keras_sgd".
         loss: None (sparse categorical cross-entropy on logits), a Keras loss
             name, instance or function. Pass an ordinary loss: the DP step

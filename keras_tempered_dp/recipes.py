@@ -20,8 +20,7 @@ averaging do not change the sensitivity.
 import json
 import os
 
-from keras_tempered_dp.plots import plot_accuracy_vs_epsilon
-from keras_tempered_dp.reproduce import SETTINGS
+from keras_tempered_dp.reproduce import SETTINGS, load_once, write_outputs
 from keras_tempered_dp.training import train
 
 _FASHION = dict(SETTINGS["fashion_mnist"])
@@ -73,11 +72,7 @@ def reproduce_scale(*, dataset, output_dir="runs/reproduce", epochs=None,
                          f"settings for {', '.join(SCALE_SETTINGS)}.")
     setting = SCALE_SETTINGS[dataset]
     folder = os.path.join(output_dir, f"{dataset}_scale")
-    data = None
-    if dataset != "digits":
-        from keras_tempered_dp.data import load_dataset
-        data = load_dataset(dataset, data_dir=data_dir,
-                            manual_dir=manual_dir, download=download)
+    data = load_once(dataset, data_dir, manual_dir, download)
     rows, runs = [], {}
     for epsilon in setting["epsilons"]:
         for index, run in enumerate(setting["runs"]):
@@ -101,14 +96,9 @@ def reproduce_scale(*, dataset, output_dir="runs/reproduce", epochs=None,
                          "paper": reference,
                          "wall_time_min": results["wall_time_s"] / 60,
                          "config": results["config"]})
-    os.makedirs(folder, exist_ok=True)
-    plot_accuracy_vs_epsilon(
-        runs, os.path.join(folder, "accuracy_vs_epsilon.png"),
-        title=f"{dataset}: scale recipe under DP-SGD, delta 1e-5")
-    with open(os.path.join(folder, "table.md"), "w") as f:
-        f.write(format_scale_table(dataset, rows, command))
-    with open(os.path.join(folder, "rows.json"), "w") as f:
-        json.dump(rows, f, indent=2)
+    write_outputs(folder, runs, rows,
+                  format_scale_table(dataset, rows, command),
+                  title=f"{dataset}: scale recipe under DP-SGD, delta 1e-5")
     return rows
 
 

@@ -43,11 +43,7 @@ def reproduce(*, dataset, output_dir="runs/reproduce", activations=("tanh",
     setting.setdefault("l2_norm_clip", 0.1)
     folder = os.path.join(output_dir, dataset)
     runs, rows = {}, []
-    data = None
-    if dataset != "digits":
-        from keras_tempered_dp.data import load_dataset
-        data = load_dataset(dataset, data_dir=data_dir,
-                            manual_dir=manual_dir, download=download)
+    data = load_once(dataset, data_dir, manual_dir, download)
     for activation in activations:
         results = train(
             dataset=dataset, activation=activation, target_epsilon=epsilon,
@@ -63,15 +59,30 @@ def reproduce(*, dataset, output_dir="runs/reproduce", activations=("tanh",
             "paper": paper.get(activation),
             "wall_time_min": results["wall_time_s"] / 60,
         })
+    write_outputs(folder, runs, rows,
+                  format_table(dataset, rows, setting, command),
+                  title=f"{dataset}: DP-SGD, delta 1e-5")
+    return rows
+
+
+def load_once(dataset, data_dir, manual_dir, download):
+    """The dataset, loaded once for all runs (None: digits, embedded)."""
+    if dataset == "digits":
+        return None
+    from keras_tempered_dp.data import load_dataset
+    return load_dataset(dataset, data_dir=data_dir, manual_dir=manual_dir,
+                        download=download)
+
+
+def write_outputs(folder, runs, rows, table, title):
+    """``table.md``, ``accuracy_vs_epsilon.png`` and ``rows.json``."""
     os.makedirs(folder, exist_ok=True)
     plot_accuracy_vs_epsilon(
-        runs, os.path.join(folder, "accuracy_vs_epsilon.png"),
-        title=f"{dataset}: DP-SGD, delta 1e-5")
+        runs, os.path.join(folder, "accuracy_vs_epsilon.png"), title=title)
     with open(os.path.join(folder, "table.md"), "w") as f:
-        f.write(format_table(dataset, rows, setting, command))
+        f.write(table)
     with open(os.path.join(folder, "rows.json"), "w") as f:
         json.dump(rows, f, indent=2)
-    return rows
 
 
 def format_table(dataset, rows, setting, command=None):

@@ -137,23 +137,32 @@ def calibrate_noise_multiplier(target_epsilon, num_examples, batch_size, *,
     >>> bool(abs(sigma - 1.1) < 0.01)
     True
     """
-    if not target_epsilon > 0 or not math.isfinite(target_epsilon):
-        raise ValueError(f"target_epsilon={target_epsilon!r}: must be a "
-                         "positive finite number.")
-
     def eps(sigma):
         return compute_epsilon(num_examples, batch_size, sigma, epochs=epochs,
                                steps=steps, delta=delta, sampling=sampling,
                                used_microbatching=used_microbatching)
 
+    return smallest_noise(eps, target_epsilon, tolerance,
+                          "a noise multiplier")
+
+
+def smallest_noise(eps, target_epsilon, tolerance, what):
+    """Bisection: the smallest sigma with ``eps(sigma) <= target_epsilon``
+    (``eps`` falls as sigma grows), within ``tolerance`` relative.
+
+    ``what`` names the searched quantity in the error for unreachable
+    targets. Shared by noise calibration here and under schedules.
+    """
+    if not target_epsilon > 0 or not math.isfinite(target_epsilon):
+        raise ValueError(f"target_epsilon={target_epsilon!r}: must be a "
+                         "positive finite number.")
     low, high = 0.0, 1.0
     while eps(high) > target_epsilon:
         low, high = high, high * 2
         if high > 1e4:
             raise ValueError(
-                f"target_epsilon={target_epsilon!r} needs a noise multiplier "
-                "above 1e4 for this run; train fewer steps or with a smaller "
-                "batch.")
+                f"target_epsilon={target_epsilon!r} needs {what} above 1e4 "
+                "for this run; train fewer steps or with a smaller batch.")
     while high - low > tolerance * high:
         mid = (low + high) / 2
         if eps(mid) > target_epsilon:

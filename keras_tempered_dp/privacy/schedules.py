@@ -36,6 +36,7 @@ from keras_tempered_dp.privacy.accounting import (
     _check,
     compute_epsilon,
     dp_sgd_event,
+    smallest_noise,
 )
 
 
@@ -193,30 +194,14 @@ def calibrate_schedule(target_epsilon, num_examples, batch_size, schedule, *,
     >>> bool(2.99 < eps <= 3.0)
     True
     """
-    if not target_epsilon > 0 or not math.isfinite(target_epsilon):
-        raise ValueError(f"target_epsilon={target_epsilon!r}: must be a "
-                         "positive finite number.")
-
     def eps(sigma0):
         return schedule_epsilon(
             num_examples, batch_size, schedule.with_sigma0(sigma0),
             steps_per_epoch=steps_per_epoch, epochs=epochs, delta=delta,
             sampling=sampling)
 
-    low, high = 0.0, 1.0
-    while eps(high) > target_epsilon:
-        low, high = high, high * 2
-        if high > 1e4:
-            raise ValueError(f"target_epsilon={target_epsilon!r} needs "
-                             "sigma0 above 1e4 under this schedule.")
-    while high - low > tolerance * high:
-        mid = (low + high) / 2
-        if eps(mid) > target_epsilon:
-            low = mid
-        else:
-            high = mid
-    return schedule.with_sigma0(high)
-
+    return schedule.with_sigma0(
+        smallest_noise(eps, target_epsilon, tolerance, "sigma0"))
 
 __all__ = ["NoiseSchedule", "ConstantNoise", "StepDecay", "ExponentialDecay",
            "TimeBasedDecay", "SCHEDULES", "noise_per_step",

@@ -348,16 +348,21 @@ class ClippingEngine:
             return clip / (norms + self.gamma)
         return clip / tf.maximum(norms, clip)
 
+    def _copies(self, *tensors):
+        """Each row repeated K times, copies side by side (None stays)."""
+        k = self.augmentation_multiplicity
+        if self.augment is None or k == 1:
+            return tensors
+        return tuple(None if t is None else tf.repeat(t, k, axis=0)
+                     for t in tensors)
+
     def _expand(self, x, y, sample_weight):
         """Repeats and augments each example K times; its K copies side by
         side form its group."""
         k = self.augmentation_multiplicity
         if self.augment is None:
             return x, y, sample_weight, self.num_microbatches
-        if k > 1:
-            x, y = tf.repeat(x, k, axis=0), tf.repeat(y, k, axis=0)
-            if sample_weight is not None:
-                sample_weight = tf.repeat(sample_weight, k, axis=0)
+        x, y, sample_weight = self._copies(x, y, sample_weight)
         x = self.augment(x, self.augment_generator)
         return x, y, sample_weight, (GroupsOf(k) if k > 1
                                      else self.num_microbatches)
@@ -366,9 +371,11 @@ class ClippingEngine:
         """Sum over this batch's groups of each group's clipped gradient.
 
         Returns:
-            ``(sums, y_pred, y, sample_weight)``: sums in the order of
-            ``model.trainable_variables``; ``y_pred``, ``y`` and
-            ``sample_weight`` for the (possibly augmented) rows seen.
+            ``(sums, y_pred, y, sample_weight, below)``: sums in the order
+            of ``model.trainable_variables``; ``y_pred``, ``y`` and
+            ``sample_weight`` for the (possibly augmented) rows seen;
+            ``below``: how many groups had a norm <= the clip (for
+            ``clipping="quantile"``).
         """
         x, y, sample_weight, num_groups = self._expand(x, y, sample_weight)
         with tf.GradientTape() as tape:
@@ -439,11 +446,7 @@ class ClippingEngine:
                  size=chunks, infer_shape=False)))
         y_pred = preds.concat()
         y_pred.set_shape([None] + list(self.model.output_shape[1:]))
-        k = self.augmentation_multiplicity
-        if self.augment is not None and k > 1:
-            y = tf.repeat(y, k, axis=0)
-            if sample_weight is not None:
-                sample_weight = tf.repeat(sample_weight, k, axis=0)
+        y, sample_weight = self._copies(y, sample_weight)
         return sums, y_pred, y, sample_weight, below
 
     def _adapt_clip(self, below, examples):

@@ -18,6 +18,9 @@ from keras_tempered_dp.privacy.clipping.layers import (
     _flatten_positions,
     conv2d_patches,
 )
+from keras_tempered_dp.privacy.clipping.materialized import (
+    materialized_sq_norms,
+)
 from keras_tempered_dp.privacy.clipping.registry import register_norm_fn
 
 
@@ -49,13 +52,6 @@ def ws_conv2d_sq_norms(layer, inputs, grad_outputs, num_groups, call):
     per_weight = {id(kernel): kernel_grads, id(gain): gain_grads}
     if layer.use_bias:
         per_weight[id(layer.bias)] = tf.reduce_sum(g, axis=1)
-    norms = tf.add_n([
-        tf.reduce_sum(tf.reshape(tf.square(t), [tf.shape(t)[0], -1]), 1)
-        for t in per_weight.values()])
-
-    def clipped_sum(factors):
-        return [tf.tensordot(tf.cast(factors, kernel.dtype),
-                             per_weight[id(w)], axes=1)
-                for w in layer.trainable_weights]
-
-    return norms, clipped_sum
+    # Already one gradient per group: nothing left to group.
+    return materialized_sq_norms(
+        [per_weight[id(w)] for w in layer.trainable_weights], None)

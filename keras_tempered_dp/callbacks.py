@@ -4,6 +4,7 @@ import tensorflow as tf
 
 from keras_tempered_dp.privacy.accounting import compute_epsilon
 from keras_tempered_dp.privacy.schedules import schedule_epsilon
+from keras_tempered_dp.privacy.state import get_dp_state
 
 
 class EpsilonCallback(tf.keras.callbacks.Callback):
@@ -20,15 +21,15 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
     Args:
         num_examples: the training set size N.
         batch_size: the batch size used by ``fit``.
-        noise_multiplier: sigma; by default read from ``model.dp_config`` (set
-            by ``compile_dp``) or from a TF Privacy DP optimizer.
+        noise_multiplier: sigma; by default read from the model's DP state
+            (set by ``compile_dp``) or from a TF Privacy DP optimizer.
         delta: the delta of (epsilon, delta)-DP; 1e-5 by default, and it
             should be below 1 / num_examples.
         sampling: "poisson" or "without_replacement".
         steps_per_epoch: steps in one epoch; by default what ``fit`` reports,
             else ``ceil(num_examples / batch_size)``.
         initial_steps: steps already taken before this ``fit`` (resuming).
-        used_microbatching: None to infer it from ``model.dp_config``.
+        used_microbatching: None to infer it from the model's DP state.
         noise_schedule: a :class:`~keras_tempered_dp.privacy.schedules.
             NoiseSchedule`; by default the one a :class:`NoiseScheduler`
             callback put on the model, else a constant noise multiplier.
@@ -61,9 +62,9 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
     def _noise(self):
         if self.noise_multiplier is not None:
             return self.noise_multiplier
-        config = getattr(self.model, "dp_config", None)
-        if config is not None:
-            return config.noise_multiplier
+        state = get_dp_state(self.model)
+        if state is not None:
+            return state.config.noise_multiplier
         # TF Privacy's Gaussian-query optimizers keep stddev = sigma * C.
         query = getattr(self.model.optimizer, "_dp_sum_query", None)
         stddev = getattr(query, "_stddev", None)
@@ -78,8 +79,8 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
     def _microbatching(self):
         if self.used_microbatching is not None:
             return self.used_microbatching
-        config = getattr(self.model, "dp_config", None)
-        num = (config.num_microbatches if config is not None else
+        state = get_dp_state(self.model)
+        num = (state.config.num_microbatches if state is not None else
                getattr(getattr(self.model, "optimizer", None),
                        "_num_microbatches", None))
         return num is not None and num < self.batch_size
@@ -87,7 +88,8 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
     def _schedule(self):
         if self.noise_schedule is not None:
             return self.noise_schedule
-        return getattr(self.model, "dp_noise_schedule", None)
+        state = get_dp_state(self.model)
+        return None if state is None else state.noise_schedule
 
     def _steps_per_epoch(self):
         return int(self.steps_per_epoch
@@ -124,7 +126,8 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
     def _check_engine_noise(self, epoch):
         """The engine's noise must be what the accounting assumes: a lower
         noise than accounted would make the reported epsilon a lie."""
-        engine = getattr(self.model, "dp_engine", None)
+        state = get_dp_state(self.model)
+        engine = None if state is None else state.engine
         if engine is None:
             return
         schedule = self._schedule()
@@ -165,16 +168,18 @@ class NoiseScheduler(tf.keras.callbacks.Callback):
         self.schedule = schedule
 
     def on_train_begin(self, logs=None):
-        if getattr(self.model, "dp_engine", None) is None:
+        state = get_dp_state(self.model)
+        if state is None or state.engine is None:
             raise ValueError(
                 "NoiseScheduler needs the package's clipping engine "
                 "(compile_dp(..., optimizer='fast') or make_private); TF "
                 "Privacy's optimizers fix their noise when built.")
-        self.model.dp_noise_schedule = self.schedule
+        state.noise_schedule = self.schedule
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.model.dp_engine.noise_multiplier = self.schedule(epoch)
+        get_dp_state(self.model).engine.noise_multiplier = self.schedule(epoch)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["noise_multiplier"] = self.model.dp_engine.noise_multiplier
+            logs["noise_multiplier"] = get_dp_state(
+                self.model).engine.noise_multiplier

@@ -37,6 +37,7 @@ from keras_tempered_dp.privacy.accounting import (
     privacy_statement,
 )
 from keras_tempered_dp.privacy.compile import compile_dp, make_private
+from keras_tempered_dp.privacy.state import get_dp_state
 from keras_tempered_dp.privacy.sampling import (
     poisson_batches,
     shuffled_batches,
@@ -76,7 +77,7 @@ class _EpochState(tf.keras.callbacks.Callback):
             np.savez(os.path.join(self.folder, "ema.npz"),
                      updates=state["updates"], *state["average"])
         state = {"epochs_done": epoch + 1}
-        engine = getattr(self.model, "dp_engine", None)
+        engine = get_dp_state(self.model).engine
         if engine is not None and engine.clipping == "quantile":
             # The adapted clip is DP output (it follows noised counts).
             state["l2_norm_clip"] = engine.l2_norm_clip
@@ -211,7 +212,7 @@ def train(*, dataset="digits", model=None, activation="tempered_sigmoid",
             os.path.join(checkpoint, "model.keras"))
         make_private(network, expected_batch_size=expected, **dp)
         if "l2_norm_clip" in state:  # continue the adaptive clip
-            network.dp_engine.l2_norm_clip = state["l2_norm_clip"]
+            get_dp_state(network).engine.l2_norm_clip = state["l2_norm_clip"]
         if averaging is not None:
             averaging.set_state(network, _load_ema(
                 os.path.join(checkpoint, "ema.npz")))

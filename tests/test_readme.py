@@ -2,6 +2,7 @@
 
 import pathlib
 import re
+from keras_tempered_dp.privacy.state import get_dp_state
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
@@ -35,7 +36,7 @@ def test_recipe_doc_python_blocks_run():
     assert len(blocks) == 2
     namespace = {}
     exec(compile(blocks[0], str(doc), "exec"), namespace)  # noqa: S102
-    assert namespace["model"].dp_engine.augmentation_multiplicity == 16
+    assert get_dp_state(namespace["model"]).engine.augmentation_multiplicity == 16
     exec(compile(blocks[1], str(doc), "exec"), namespace)  # noqa: S102
-    assert namespace["model"].dp_engine.clipping == "normalize"
+    assert get_dp_state(namespace["model"]).engine.clipping == "normalize"
     assert namespace["schedule"].sigma0 > 0

@@ -4,6 +4,7 @@ import numpy as np
 from keras_tempered_dp.layers import TemperedSigmoid
 from keras_tempered_dp.models import digits_cnn
 from keras_tempered_dp.tuning import TemperedSigmoidHyperModel
+from keras_tempered_dp.privacy.state import get_dp_state
 
 
 def test_space_defaults_pinned():
@@ -26,7 +27,7 @@ def test_built_model_uses_the_trial_values():
     acts = [layer for layer in model.layers
             if isinstance(layer, TemperedSigmoid)]
     assert acts and all((a.s, a.T, a.o) == (3.0, 0.5, 1.0) for a in acts)
-    assert model.dp_config.noise_multiplier == 1.1
+    assert get_dp_state(model).config.noise_multiplier == 1.1
 
 
 def test_real_two_trial_search(tmp_path, digits):

@@ -12,3 +12,4 @@ from keras_tempered_dp.privacy.checks import (
 from keras_tempered_dp.privacy.compile import compile_dp, make_private
 from keras_tempered_dp.privacy.config import DPConfig
 from keras_tempered_dp.privacy.losses import per_example_loss
+from keras_tempered_dp.privacy.state import DPState, get_dp_state

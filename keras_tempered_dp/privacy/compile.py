@@ -13,6 +13,7 @@ from keras_tempered_dp.privacy.checks import (
 from keras_tempered_dp.privacy.clipping import ClippingEngine
 from keras_tempered_dp.privacy.config import DPConfig
 from keras_tempered_dp.privacy.losses import per_example_loss
+from keras_tempered_dp.privacy.state import attach
 
 _TFP_OPTIMIZERS = {
     "dp_keras_sgd": DPKerasSGDOptimizer,
@@ -59,7 +60,8 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
         **compile_kwargs: forwarded to ``model.compile``.
 
     Returns:
-        The :class:`DPConfig`, also stored as ``model.dp_config`` (the epsilon
+        The :class:`DPConfig`, also recorded in the model's
+        :class:`~keras_tempered_dp.privacy.state.DPState` (the epsilon
         callback reads the noise multiplier from it).
 
     Raises:
@@ -122,7 +124,7 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
     )
     model.compile(optimizer=dp_optimizer, loss=per_example_loss(loss),
                   metrics=list(metrics or []), **compile_kwargs)
-    model.dp_config = config
+    attach(model, config)
     return config
 
 
@@ -182,5 +184,4 @@ def _install_engine(model, config, expected_batch_size, engine_options):
         config.l2_norm_clip, config.noise_multiplier,
         num_microbatches=config.num_microbatches,
         expected_batch_size=expected_batch_size,
-        seed=config.noise_seed, **engine_options).install(model)
-    model.dp_config = config
+        seed=config.noise_seed, **engine_options).install(model, config)

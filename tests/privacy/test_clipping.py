@@ -9,6 +9,7 @@ from keras_tempered_dp.models import cifar10_cnn, mnist_cnn
 from keras_tempered_dp.privacy.clipping import ClippingEngine
 from keras_tempered_dp.privacy.compile import compile_dp, make_private
 from tests.privacy.reference import clipped_mean, per_group_gradients
+from keras_tempered_dp.privacy.state import get_dp_state
 
 L = tf.keras.layers
 RNG = np.random.default_rng(7)
@@ -19,7 +20,7 @@ def _install(model, clip=1.0, noise=0.0, **kwargs):
                   loss=tf.keras.losses.SparseCategoricalCrossentropy(
                       from_logits=True))
     ClippingEngine(clip, noise, **kwargs).install(model)
-    return model.dp_engine
+    return get_dp_state(model).engine
 
 
 def _median_clip(model, engine, x, y, num_groups=None):

@@ -11,6 +11,7 @@ from keras_tempered_dp.layers import TemperedSigmoid
 from keras_tempered_dp.models import mnist_cnn
 from keras_tempered_dp.privacy.compile import compile_dp
 from keras_tempered_dp.privacy.losses import per_example_loss
+from keras_tempered_dp.privacy.state import get_dp_state
 
 
 def test_compile_dp_uses_tf_privacy_and_per_example_loss():
@@ -20,7 +21,7 @@ def test_compile_dp_uses_tf_privacy_and_per_example_loss():
                         optimizer="dp_keras_sgd")
     assert isinstance(model.optimizer, GenericDPSGDOptimizer)
     assert model.loss.reduction == "none"
-    assert model.dp_config is config and config.noise_multiplier == 1.3
+    assert get_dp_state(model).config is config and config.noise_multiplier == 1.3
     assert model.optimizer._dp_sum_query._stddev == pytest.approx(0.65)
 
 
@@ -31,8 +32,8 @@ def test_fast_engine_is_the_default():
     assert config.optimizer == "fast"
     assert type(model.optimizer).__name__ == "SGD"
     assert float(model.optimizer.momentum) == pytest.approx(0.9)
-    assert model.dp_engine.noise_multiplier == 1.3
-    assert model.dp_engine.l2_norm_clip == 0.5
+    assert get_dp_state(model).engine.noise_multiplier == 1.3
+    assert get_dp_state(model).engine.l2_norm_clip == 0.5
 
 
 def test_make_private_refuses_tf_privacy_optimizer_and_uncompiled():

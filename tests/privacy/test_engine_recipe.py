@@ -26,8 +26,9 @@ def _install(model, clip=1.0, noise=0.0, **kwargs):
     model.compile(optimizer=tf.keras.optimizers.SGD(0.1),
                   loss=tf.keras.losses.SparseCategoricalCrossentropy(
                       from_logits=True), metrics=["accuracy"])
-    ClippingEngine(clip, noise, **kwargs).install(model)
-    return model.dp_engine
+    engine = ClippingEngine(clip, noise, **kwargs)
+    engine.install(model)
+    return engine
 
 
 def _scale_copies(x, generator):
@@ -132,7 +133,6 @@ def test_accumulated_noise_is_added_once_per_logical_batch():
     clean = ClippingEngine(0.7, 0.0, physical_batch_size=4)
     clean.install(model)
     noiseless, _ = clean.compute_gradients(x, y)
-    model.dp_engine = engine
     draws = np.concatenate([
         np.ravel(np.asarray(a) - np.asarray(b))
         for _ in range(20)
@@ -147,9 +147,10 @@ def test_noise_multiplier_change_reaches_a_traced_step():
     x = tf.constant(np.zeros((16, 50), "float32"))
     y = tf.constant(np.arange(16) % 10)
     step = tf.function(engine.compute_gradients)
-    clean = np.concatenate([np.ravel(g) for g in ClippingEngine(
-        1.0, 0.0).install(model).dp_engine.compute_gradients(x, y)[0]])
-    model.dp_engine = engine
+    clean_engine = ClippingEngine(1.0, 0.0)
+    clean_engine.install(model)
+    clean = np.concatenate([np.ravel(g) for g in
+                            clean_engine.compute_gradients(x, y)[0]])
 
     def noise_std():
         draws = [np.concatenate([np.ravel(g) for g in step(x, y)[0]]) - clean

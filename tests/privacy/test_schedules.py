@@ -19,6 +19,7 @@ from keras_tempered_dp.privacy.schedules import (
     calibrate_schedule,
     schedule_epsilon,
 )
+from keras_tempered_dp.privacy.state import get_dp_state
 
 N, B, PER_EPOCH, DELTA = 60000, 256, 235, 1e-5
 
@@ -100,7 +101,7 @@ def test_fit_with_scheduler_logs_exact_epsilon_and_noise():
         callbacks=[EpsilonCallback(40, 10, delta=1e-3),
                    NoiseScheduler(schedule)])
     assert history.history["noise_multiplier"] == [3.0, 1.5, 0.75]
-    assert model.dp_engine.noise_multiplier == 0.75
+    assert get_dp_state(model).engine.noise_multiplier == 0.75
     for epochs, eps in enumerate(history.history["epsilon"], start=1):
         accountant = dp_accounting.rdp.RdpAccountant(list(RDP_ORDERS))
         for e in range(epochs):
@@ -118,7 +119,7 @@ def test_lowered_noise_without_the_accounting_is_refused():
 
     class Sneaky(tf.keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
-            self.model.dp_engine.noise_multiplier = 0.5
+            get_dp_state(self.model).engine.noise_multiplier = 0.5
 
     with pytest.raises(RuntimeError, match="below the 2.0"):
         model.fit(x, y, batch_size=10, epochs=1, verbose=0,

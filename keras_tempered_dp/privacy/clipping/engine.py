@@ -60,7 +60,9 @@ from keras_tempered_dp.privacy.clipping.generic import generic_sq_norms
 from keras_tempered_dp.privacy.clipping.groups import GroupsOf
 from keras_tempered_dp.privacy.clipping.registry import lookup_norm_fn
 from keras_tempered_dp.privacy.clipping.tap import find_taps
+from keras_tempered_dp.privacy.config import DPConfig
 from keras_tempered_dp.privacy.losses import per_example_loss
+from keras_tempered_dp.privacy.state import attach
 
 
 def _broadcast_to_rank(weights, rank):
@@ -104,9 +106,9 @@ class ClippingEngine:
     >>> model.compile(optimizer=tf.keras.optimizers.SGD(0.5),
     ...     loss=tf.keras.losses.SparseCategoricalCrossentropy(
     ...         from_logits=True))
-    >>> engine = ClippingEngine(1.0, 1.1, clipping="normalize",
+    >>> _ = ClippingEngine(1.0, 1.1, clipping="normalize",
     ...     augmentation_multiplicity=2, physical_batch_size=4).install(
-    ...     model).dp_engine
+    ...     model)
     >>> history = model.fit(tf.zeros([8, 8, 8, 1]), tf.zeros([8]),
     ...                     batch_size=8, verbose=0)
     """
@@ -255,11 +257,15 @@ class ClippingEngine:
         self._noise_value = value
 
     # -- installation ---------------------------------------------------
-    def install(self, model):
+    def install(self, model, config=None):
         """Makes ``model.fit`` (and ``train_on_batch``) use this engine.
 
         The model must be compiled. Only the instance's ``train_step`` is
         replaced: the model saves and loads as an ordinary Keras model.
+        ``config`` (a :class:`~keras_tempered_dp.privacy.config.DPConfig`)
+        is recorded in the model's
+        :class:`~keras_tempered_dp.privacy.state.DPState`; by default one is
+        made from this engine's settings.
         """
         if model.optimizer is None:
             raise ValueError("Compile the model before installing the "
@@ -280,7 +286,13 @@ class ClippingEngine:
 
         model.train_step = train_step
         model.train_function = None  # rebuild with the new step
-        model.dp_engine = self
+        if config is None:
+            config = DPConfig(
+                l2_norm_clip=self.l2_norm_clip,
+                noise_multiplier=self.noise_multiplier, learning_rate=None,
+                num_microbatches=self.num_microbatches, optimizer="fast",
+                noise_seed=self.seed)
+        attach(model, config, engine=self)
         return model
 
     # -- one step -------------------------------------------------------

@@ -1,0 +1,65 @@
+"""DPState: the one object on a model that says how its training is private.
+
+``compile_dp`` and ``make_private`` attach a :class:`DPState` to the model;
+the epsilon callback, the noise scheduler and ``train`` read it back with
+:func:`get_dp_state`. Nothing else is stored on the model, so this module is
+the whole protocol between the parts of the package.
+
+A model compiled by the user with a TF Privacy optimizer carries no state:
+the callback then reads the optimizer itself.
+
+Example:
+
+>>> import tensorflow as tf
+>>> from keras_tempered_dp import compile_dp, mnist_cnn
+>>> model = mnist_cnn()
+>>> _ = compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.1)
+>>> state = get_dp_state(model)
+>>> state.config.noise_multiplier, state.engine is not None
+(1.1, True)
+>>> get_dp_state(tf.keras.Sequential()) is None
+True
+"""
+
+import dataclasses
+from typing import Any, Optional
+
+from keras_tempered_dp.privacy.config import DPConfig
+
+# The attribute's name on the model; private so that no module reaches past
+# attach / get_dp_state.
+_ATTRIBUTE = "_keras_tempered_dp_state"
+
+
+@dataclasses.dataclass
+class DPState:
+    """How one model trains privately.
+
+    Attributes:
+        config: the validated DP-SGD settings (clip, noise, microbatches,
+            which optimizer runs the step).
+        engine: the package's
+            :class:`~keras_tempered_dp.privacy.clipping.ClippingEngine`, or
+            None when a TF Privacy optimizer runs the step.
+        noise_schedule: the noise schedule a
+            :class:`~keras_tempered_dp.callbacks.NoiseScheduler` applies, or
+            None for a constant noise multiplier.
+    """
+
+    config: DPConfig
+    engine: Optional[Any] = None
+    noise_schedule: Optional[Any] = None
+
+
+def attach(model, config, engine=None):
+    """Stores a fresh :class:`DPState` on ``model`` and returns it."""
+    state = DPState(config=config, engine=engine)
+    # object.__setattr__: Keras must not track (or save) this attribute.
+    object.__setattr__(model, _ATTRIBUTE, state)
+    return state
+
+
+def get_dp_state(model):
+    """The model's :class:`DPState`, or None if the package did not make it
+    private."""
+    return getattr(model, _ATTRIBUTE, None) if model is not None else None

@@ -78,7 +78,7 @@ def test_registered_name_model_saves_and_loads(tmp_path, fresh_python, fmt):
 def test_wrn16_4_as_de_et_al(tmp_path):
     from keras_tempered_dp.layers import WSConv2D
     from keras_tempered_dp.models import MODELS
-    from keras_tempered_dp.wide_resnet import wide_resnet
+    from keras_tempered_dp.models import wide_resnet
 
     model = MODELS["wrn16_4"](TemperedSigmoid())
     assert model.count_params() == 2753402
@@ -97,6 +97,6 @@ def test_wrn16_4_as_de_et_al(tmp_path):
 
 
 def test_wide_resnet_depth_checked():
-    from keras_tempered_dp.wide_resnet import wide_resnet
+    from keras_tempered_dp.models import wide_resnet
     with pytest.raises(ValueError, match="depth"):
         wide_resnet(12, 4)

@@ -84,7 +84,7 @@ def test_shuffled_sampling_says_what_its_epsilon_assumes(tmp_path):
 
 def test_train_argument_errors(tmp_path):
     import pytest
-    with pytest.raises(ValueError, match="exactly one of noise_multiplier"):
+    with pytest.raises(ValueError, match="give one or the other"):
         _small_train(tmp_path, target_epsilon=1.0)
     with pytest.raises(ValueError, match="sampling='random'"):
         _small_train(tmp_path, sampling="random")

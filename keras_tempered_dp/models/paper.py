@@ -10,26 +10,9 @@ paper, so per-example clipping bounds each example's influence.
 
 import tensorflow as tf
 
-from keras_tempered_dp.activations import get_activation
+from keras_tempered_dp.models.activation import activation_layer
 
 layers = tf.keras.layers
-
-
-def activation_layer(activation, name):
-    """Returns a fresh Keras layer applying ``activation``.
-
-    Args:
-        activation: a registered name, a callable, or a Keras layer (a new
-            layer with the same config is made, so each position owns one).
-        name: the new layer's name.
-    """
-    if isinstance(activation, layers.Layer):
-        config = dict(activation.get_config(), name=name)
-        return activation.__class__.from_config(config)
-    if isinstance(activation, str):
-        get_activation(activation)  # unknown names fail here, listing known
-        return layers.Activation(activation, name=name)
-    return layers.Activation(get_activation(activation), name=name)
 
 
 def mnist_cnn(activation="tempered_sigmoid", input_shape=(28, 28, 1),
@@ -122,15 +105,3 @@ def digits_cnn(activation="tempered_sigmoid", input_shape=(8, 8, 1),
         ],
         name=name,
     )
-
-
-def wrn16_4(activation="relu", input_shape=(32, 32, 3), num_classes=10,
-            name="wrn_16_4"):
-    """De et al.'s WRN-16-4; see :mod:`keras_tempered_dp.wide_resnet`."""
-    from keras_tempered_dp.wide_resnet import wide_resnet
-    return wide_resnet(16, 4, activation=activation, input_shape=input_shape,
-                       num_classes=num_classes, name=name)
-
-
-MODELS = {"mnist_cnn": mnist_cnn, "cifar10_cnn": cifar10_cnn,
-          "digits_cnn": digits_cnn, "wrn16_4": wrn16_4}

@@ -17,7 +17,7 @@ tempered sigmoids included.
 import tensorflow as tf
 
 from keras_tempered_dp.layers.ws_conv import WSConv2D
-from keras_tempered_dp.models import activation_layer
+from keras_tempered_dp.models.activation import activation_layer
 
 layers = tf.keras.layers
 
@@ -77,3 +77,10 @@ def wide_resnet(depth=16, width=4, activation="relu",
     return tf.keras.Model(inputs, outputs,
                           name=name or f"wrn_{depth}_{width}")
 
+
+
+def wrn16_4(activation="relu", input_shape=(32, 32, 3), num_classes=10,
+            name="wrn_16_4"):
+    """De et al.'s WRN-16-4 (:func:`wide_resnet` with depth 16, width 4)."""
+    return wide_resnet(16, 4, activation=activation, input_shape=input_shape,
+                       num_classes=num_classes, name=name)

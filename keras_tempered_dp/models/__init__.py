@@ -1,0 +1,21 @@
+"""The networks: the tempered-sigmoid paper's CNNs and De et al.'s WRN-16-4.
+
+Every builder takes ``activation=`` (see :func:`activation_layer`),
+``input_shape=`` and ``num_classes=``; :data:`MODELS` maps the names the
+command line uses to them, and :data:`DEFAULT_MODEL` names each dataset's
+model.
+"""
+
+from keras_tempered_dp.models.activation import activation_layer
+from keras_tempered_dp.models.paper import cifar10_cnn, digits_cnn, mnist_cnn
+from keras_tempered_dp.models.wide_resnet import wide_resnet, wrn16_4
+
+MODELS = {"mnist_cnn": mnist_cnn, "cifar10_cnn": cifar10_cnn,
+          "digits_cnn": digits_cnn, "wrn16_4": wrn16_4}
+
+# The paper's model for each dataset (digits: a small CNN of the same shape).
+DEFAULT_MODEL = {"digits": "digits_cnn", "mnist": "mnist_cnn",
+                 "fashion_mnist": "mnist_cnn", "cifar10": "cifar10_cnn"}
+
+__all__ = ["MODELS", "DEFAULT_MODEL", "activation_layer", "cifar10_cnn",
+           "digits_cnn", "mnist_cnn", "wide_resnet", "wrn16_4"]

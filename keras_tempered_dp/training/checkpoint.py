@@ -1,0 +1,181 @@
+"""Epoch checkpoints and resuming, with a ledger of the privacy spent.
+
+After every epoch the run writes ``<output_dir>/checkpoint/``:
+
+    model.keras   the model with its optimizer state
+    ema.npz       the weight average (when an EMA is kept)
+    state.json    the epochs done, the run's *record* (every setting that
+                  matters to privacy or to the model) and the *ledger*: one
+                  entry per finished epoch with what really ran (N, batch
+                  size, sampling, steps, noise multiplier)
+
+The folder is written beside the old one and swapped in, so an interrupted
+write leaves the previous checkpoint whole.
+
+A resume compares the new run's record with the checkpoint's. A different
+model or activation is always refused (the checkpoint holds the model); a
+different privacy setting is refused unless the user asks to change it
+(``change_privacy``), in which case the new part's epsilon is composed with
+the ledger's steps exactly, never recomputed as if the whole run had used
+the new values.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+from typing import List, Optional
+
+import numpy as np
+import tensorflow as tf
+
+# Settings that shape the model: never changed by a resume.
+MODEL_KEYS = ("model", "activation", "s", "T", "o")
+# Settings that shape the privacy guarantee.
+PRIVACY_KEYS = ("num_examples", "batch_size", "sampling", "steps_per_epoch",
+                "l2_norm_clip", "clipping", "noise_multiplier",
+                "noise_schedule", "delta", "accountant")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed as asked; says what to do."""
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """What a checkpoint holds, besides the model file."""
+
+    epochs_done: int
+    record: dict
+    ledger: List[dict]
+    l2_norm_clip: Optional[float] = None  # the adaptive clip, if any
+    part_start: int = 0  # the epoch where the record's settings began
+    folder: str = ""
+
+    def model_path(self):
+        return os.path.join(self.folder, "model.keras")
+
+    def ema_path(self):
+        return os.path.join(self.folder, "ema.npz")
+
+
+def folder_of(output_dir):
+    return os.path.join(output_dir, "checkpoint")
+
+
+def save(output_dir, model, checkpoint, averaging=None):
+    """Writes the checkpoint beside the old one, then swaps it in."""
+    final = folder_of(output_dir)
+    fresh, old = final + ".writing", final + ".old"
+    shutil.rmtree(fresh, ignore_errors=True)
+    os.makedirs(fresh)
+    model.save(os.path.join(fresh, "model.keras"))
+    if averaging is not None:
+        state = averaging.get_state()
+        np.savez(os.path.join(fresh, "ema.npz"), updates=state["updates"],
+                 *state["average"])
+    state = dataclasses.asdict(checkpoint)
+    state.pop("folder")
+    with open(os.path.join(fresh, "state.json"), "w") as f:
+        json.dump(state, f, indent=1)
+    if os.path.exists(final):
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(fresh, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def exists(output_dir):
+    final = folder_of(output_dir)
+    return any(os.path.exists(os.path.join(p, "state.json"))
+               for p in (final, final + ".old"))
+
+
+def load(output_dir):
+    """The checkpoint in ``output_dir``, or None if there is none.
+
+    Raises:
+        CheckpointError: for a checkpoint that cannot be read whole.
+    """
+    final = folder_of(output_dir)
+    for folder in (final, final + ".old"):  # .old: a swap was interrupted
+        path = os.path.join(folder, "state.json")
+        if os.path.exists(path):
+            break
+    else:
+        return None
+    try:
+        with open(path) as f:
+            state = json.load(f)
+        checkpoint = Checkpoint(folder=folder, **state)
+        if not os.path.exists(checkpoint.model_path()):
+            raise FileNotFoundError(checkpoint.model_path())
+    except (ValueError, TypeError, OSError) as error:
+        raise CheckpointError(
+            f"The checkpoint in {folder} cannot be read ({type(error).__name__}"
+            f": {str(error)[:200]}): it is incomplete or not this package's. "
+            "Start over with --overwrite (deletes it) or use another "
+            "--output_dir.") from error
+    return checkpoint
+
+
+def load_model(checkpoint):
+    """The checkpoint's model, or a CheckpointError saying it is damaged."""
+    try:
+        return tf.keras.models.load_model(checkpoint.model_path())
+    except Exception as error:  # Keras raises many types for bad files
+        raise CheckpointError(
+            f"The model in {checkpoint.model_path()} cannot be loaded "
+            f"({type(error).__name__}: {str(error)[:200]}): the file is "
+            "damaged or truncated. Start over with --overwrite or use "
+            "another --output_dir.") from error
+
+
+def load_ema(checkpoint):
+    with np.load(checkpoint.ema_path()) as data:
+        average = [data[f"arr_{i}"] for i in range(len(data.files) - 1)]
+        return {"updates": int(data["updates"]), "average": average}
+
+
+def differences(old, new, keys):
+    """``["key: old -> new", ...]`` for the keys whose values differ."""
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys
+            if old.get(k) != new.get(k)]
+
+
+def check_resume(checkpoint, record, change_privacy):
+    """Refuses a resume whose settings differ from the checkpoint's.
+
+    Returns:
+        True when privacy settings differ and ``change_privacy`` allows it
+        (the new part's epsilon must then compose with the ledger).
+
+    Raises:
+        CheckpointError: listing the differences and what to do.
+    """
+    model = differences(checkpoint.record, record, MODEL_KEYS)
+    if model:
+        raise CheckpointError(
+            "The checkpoint holds a different model than these settings "
+            f"ask for ({'; '.join(model)}). A resume continues the saved "
+            "model: resume with the checkpoint's settings, or start a new "
+            "run in another --output_dir.")
+    privacy = differences(checkpoint.record, record, PRIVACY_KEYS)
+    if privacy and not change_privacy:
+        raise CheckpointError(
+            "These privacy settings differ from the checkpoint's ("
+            f"{'; '.join(privacy)}). Epsilon would be computed as if the "
+            "whole run had used the new values, which understates what the "
+            "first part spent. Resume with the checkpoint's settings, or "
+            "pass --change_privacy (change_privacy=True) to continue with "
+            "the new ones: epsilon then composes both parts exactly.")
+    return bool(privacy)
+
+
+def ledger_entry(record, epoch, noise_multiplier):
+    """One finished epoch as the ledger keeps it."""
+    return {"epoch": epoch, "num_examples": record["num_examples"],
+            "batch_size": record["batch_size"],
+            "sampling": record["sampling"],
+            "steps": record["steps_per_epoch"],
+            "noise_multiplier": noise_multiplier}

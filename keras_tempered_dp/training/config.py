@@ -1,0 +1,405 @@
+"""RunConfig: one training run's settings, as a small validated tree.
+
+Each section is a frozen dataclass whose fields carry their default (written
+here once) and the help text the command line shows; ``keras-tempered-dp
+train`` makes one flag per field (:func:`flag_fields`), so a new option is
+one field here. A field's name is its flag's name and its keyword in
+:func:`keras_tempered_dp.training.train`, unique across sections.
+
+    RunConfig
+      data       dataset, folders, sampling, seed
+      model      network and activation (s, T, o)
+      optimizer  epochs, batch size, SGD learning rate and momentum
+      privacy    clip, noise or target epsilon, delta, noise schedule
+      engine     clipping mode, its settings, gradient accumulation
+      recipe     augmentation multiplicity and its crops, EMA
+      output     folder, resume, verbosity
+
+Example:
+
+>>> config = RunConfig.from_flat(dataset="digits", epochs=3,
+...                              target_epsilon=2.0)
+>>> config.optimizer.epochs, config.privacy.noise_multiplier
+(3, None)
+>>> RunConfig.from_flat(epoch=3)
+Traceback (most recent call last):
+...
+TypeError: Unknown setting 'epoch'. Did you mean epochs?
+"""
+
+import dataclasses
+import difflib
+import math
+import numbers
+import os
+from typing import Optional
+
+from keras_tempered_dp.data import DATASETS
+from keras_tempered_dp.privacy.schedules import SCHEDULES
+
+SAMPLINGS = ("poisson", "shuffle")
+CLIPPINGS = ("clip", "normalize", "quantile")
+
+
+def _field(default, help, choices=None):
+    return dataclasses.field(default=default,
+                             metadata={"help": help, "choices": choices})
+
+
+def _check_number(name, value, *, low=None, high=None, integer=False,
+                  low_open=False, allow_none=False):
+    """Returns ``value`` validated; the error names the field."""
+    if value is None and allow_none:
+        return None
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ValueError(f"{name}={value!r}: must be "
+                         f"{'an integer' if integer else 'a number'}.")
+    if not integer and not math.isfinite(value):
+        raise ValueError(f"{name}={value!r}: must be finite.")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ValueError(f"{name}={value!r}: must be "
+                         f"{'>' if low_open else '>='} {low}.")
+    if high is not None and value > high:
+        raise ValueError(f"{name}={value!r}: must be <= {high}.")
+    return int(value) if integer else float(value)
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}: must be one of "
+                         f"{', '.join(map(str, choices))}.")
+
+
+class _Section:
+    """Validation in ``__post_init__`` via ``_checks``: name -> checker."""
+
+    def __post_init__(self):
+        for name, check in self._checks().items():
+            object.__setattr__(self, name, check(name, getattr(self, name)))
+
+    def _checks(self):
+        return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(_Section):
+    """Which data, how batches are drawn, and the initialization seed."""
+
+    dataset: str = _field("digits", "Dataset.", tuple(DATASETS))
+    data_dir: Optional[str] = _field(None, "TFDS data folder.")
+    manual_dir: Optional[str] = _field(
+        None, "Folder with the dataset's original files (offline "
+        "preparation).")
+    download: bool = _field(True, "Allow TFDS downloads (--nodownload: "
+                            "offline only).")
+    sampling: str = _field(
+        "poisson", "poisson: what the accountant assumes; shuffle: Keras' "
+        "fixed-size batches (epsilon then by convention).", SAMPLINGS)
+    seed: int = _field(0, "Seed for initialization and shuffling.")
+
+    def _checks(self):
+        return {"dataset": lambda n, v: _check_choice(n, v, DATASETS) or v,
+                "sampling": lambda n, v: _check_choice(n, v, SAMPLINGS) or v,
+                "seed": lambda n, v: _check_number(n, v, low=0,
+                                                   integer=True)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(_Section):
+    """The network and its activation."""
+
+    model: Optional[str] = _field(
+        None, "mnist_cnn, cifar10_cnn, digits_cnn or wrn16_4; default: the "
+        "paper's model for the dataset.")
+    activation: str = _field(
+        "tempered_sigmoid", "tempered_sigmoid (with --s --T --o), tanh, "
+        "relu, or any registered name.")
+    s: float = _field(2.0, "Tempered sigmoid scale s > 0.")
+    T: float = _field(2.0, "Tempered sigmoid inverse temperature T > 0.")
+    o: float = _field(1.0, "Tempered sigmoid offset o.")
+
+    def _checks(self):
+        from keras_tempered_dp.activations import (
+            check_tempered_sigmoid_parameters,
+            get_activation,
+        )
+        from keras_tempered_dp.models import MODELS
+
+        def model(name, value):
+            if value is not None:
+                _check_choice(name, value, tuple(MODELS))
+            return value
+
+        def activation(name, value):
+            get_activation(value)  # unknown names fail, listing known ones
+            check_tempered_sigmoid_parameters(self.s, self.T, self.o)
+            return value
+
+        return {"model": model, "activation": activation,
+                **{k: lambda n, v: _check_number(n, v) for k in "sTo"}}
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig(_Section):
+    """SGD with momentum over ``epochs`` passes of ``batch_size``."""
+
+    epochs: int = _field(15, "Epochs (passes over the data).")
+    batch_size: int = _field(64, "(Expected) batch size.")
+    learning_rate: float = _field(0.05, "SGD learning rate.")
+    momentum: float = _field(0.9, "SGD momentum in [0, 1).")
+
+    def _checks(self):
+        def momentum(name, value):
+            value = _check_number(name, value, low=0)
+            if value >= 1:
+                raise ValueError(f"{name}={value!r}: must be in [0, 1).")
+            return value
+
+        return {"epochs": lambda n, v: _check_number(n, v, low=1,
+                                                     integer=True),
+                "batch_size": lambda n, v: _check_number(n, v, low=1,
+                                                         integer=True),
+                "learning_rate": lambda n, v: _check_number(
+                    n, v, low=0, low_open=True),
+                "momentum": momentum}
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacyConfig(_Section):
+    """Clip, noise (or the epsilon to calibrate it for), delta, schedule."""
+
+    l2_norm_clip: float = _field(1.0, "Per-example clipping norm C.")
+    noise_multiplier: Optional[float] = _field(
+        None, "Noise std in units of C; default 1.0 unless "
+        "--target_epsilon is given (give one or the other).")
+    target_epsilon: Optional[float] = _field(
+        None, "Calibrate the noise so the run ends at this epsilon.")
+    delta: Optional[float] = _field(
+        None, "delta; default min(1e-5, 1/(10 N)); must be below 1/N.")
+    noise_seed: Optional[int] = _field(
+        None, "Seed of the noise and the Poisson sampling (tests and exact "
+        "reproductions only: a known seed makes the noise predictable).")
+    noise_schedule: str = _field(
+        "constant", "Noise multiplier by epoch; epsilon is composed "
+        "exactly.", tuple(SCHEDULES))
+    noise_decay: Optional[float] = _field(
+        None, "step: factor in (0, 1]; exponential / time: rate >= 0.")
+    noise_decay_period: int = _field(1, "step: epochs per decay.")
+
+    DEFAULT_NOISE_MULTIPLIER = 1.0
+
+    def _checks(self):
+        positive = dict(low=0, low_open=True)
+        return {
+            "l2_norm_clip": lambda n, v: _check_number(n, v, **positive),
+            "noise_multiplier": self._noise,
+            "target_epsilon": lambda n, v: _check_number(
+                n, v, allow_none=True, **positive),
+            "delta": lambda n, v: _check_number(
+                n, v, allow_none=True, high=1, **positive),
+            "noise_seed": lambda n, v: _check_number(
+                n, v, allow_none=True, low=0, integer=True),
+            "noise_schedule": self._schedule,
+            "noise_decay": lambda n, v: _check_number(
+                n, v, allow_none=True, low=0),
+            "noise_decay_period": lambda n, v: _check_number(
+                n, v, low=1, integer=True),
+        }
+
+    def _noise(self, name, value):
+        if value is not None and self.target_epsilon is not None:
+            raise ValueError(
+                f"noise_multiplier={value!r} and target_epsilon="
+                f"{self.target_epsilon!r}: give one or the other, not both "
+                "(target_epsilon calibrates the noise multiplier).")
+        return _check_number(name, value, allow_none=True, low=0)
+
+    def _schedule(self, name, value):
+        _check_choice(name, value, tuple(SCHEDULES))
+        if value != "constant" and self.noise_decay is None:
+            raise ValueError(
+                f"noise_schedule={value!r} needs noise_decay= (the step "
+                "factor in (0, 1], or the decay rate >= 0).")
+        return value
+
+    def resolved_noise_multiplier(self):
+        """The noise multiplier given, or the default when no target is."""
+        if self.noise_multiplier is None and self.target_epsilon is None:
+            return self.DEFAULT_NOISE_MULTIPLIER
+        return self.noise_multiplier
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig(_Section):
+    """The clipping engine's options (see ``compile_dp``)."""
+
+    clipping: str = _field(
+        "clip", "clip: C / max(||g||, C); normalize: C / (||g|| + gamma); "
+        "quantile: C follows a private quantile estimate (Andrew et al.), "
+        "starting at --l2_norm_clip.", CLIPPINGS)
+    gamma: float = _field(0.01, "Stabilizer of --clipping=normalize.")
+    target_quantile: float = _field(
+        0.5, "--clipping=quantile: the quantile of per-example norms C "
+        "tracks.")
+    physical_batch_size: Optional[int] = _field(
+        None, "Accumulate the clipped sums over chunks of this many "
+        "examples (large logical batches in little memory).")
+
+    def _checks(self):
+        def quantile(name, value):
+            value = _check_number(name, value, low=0, low_open=True)
+            if value >= 1:
+                raise ValueError(f"{name}={value!r}: must be in (0, 1).")
+            return value
+
+        return {
+            "clipping": lambda n, v: _check_choice(n, v, CLIPPINGS) or v,
+            "gamma": lambda n, v: _check_number(n, v, low=0, low_open=True),
+            "target_quantile": quantile,
+            "physical_batch_size": lambda n, v: _check_number(
+                n, v, allow_none=True, low=1, integer=True),
+        }
+
+    def engine_options(self, batch_size):
+        """The keyword options ``compile_dp`` / ``make_private`` take."""
+        options = dict(clipping=self.clipping,
+                       physical_batch_size=self.physical_batch_size)
+        if self.clipping == "normalize":
+            options["gamma"] = self.gamma
+        if self.clipping == "quantile":  # Andrew et al.'s count noise
+            options.update(target_quantile=self.target_quantile,
+                           count_stddev=batch_size / 20)
+        return options
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipeConfig(_Section):
+    """De et al.'s additions: augmentation multiplicity and an EMA."""
+
+    augmentation_multiplicity: int = _field(
+        1, "K augmented copies per example, averaged before clipping (De et "
+        "al.); 1: no augmentation.")
+    crop_padding: int = _field(4, "Random-crop padding (pixels) for "
+                               "augmentation multiplicity.")
+    flip: bool = _field(True, "Random horizontal flips for augmentation "
+                        "multiplicity (--noflip: none).")
+    ema_decay: Optional[float] = _field(
+        None, "Keep an EMA of the weights with this decay (e.g. 0.9999) and "
+        "evaluate and save it.")
+
+    def _checks(self):
+        def decay(name, value):
+            value = _check_number(name, value, allow_none=True, low=0)
+            if value is not None and value >= 1:
+                raise ValueError(f"{name}={value!r}: must be in [0, 1).")
+            return value
+
+        return {"augmentation_multiplicity": lambda n, v: _check_number(
+                    n, v, low=1, integer=True),
+                "crop_padding": lambda n, v: _check_number(n, v, low=0,
+                                                           integer=True),
+                "ema_decay": decay}
+
+    def augment(self):
+        """The augmentation the engine applies, or None (K == 1)."""
+        if self.augmentation_multiplicity == 1:
+            return None
+        from keras_tempered_dp.augmentation import RandomCropFlip
+        return RandomCropFlip(padding=self.crop_padding, flip=self.flip)
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputConfig(_Section):
+    """Where the run writes, and whether it continues an earlier one."""
+
+    output_dir: str = _field("runs/train", "Where results go.")
+    resume: bool = _field(False, "Continue from the last epoch checkpoint "
+                          "in --output_dir.")
+    change_privacy: bool = _field(
+        False, "With --resume: continue with privacy settings that differ "
+        "from the checkpoint's; epsilon composes both parts exactly.")
+    overwrite: bool = _field(
+        False, "Start over in an --output_dir that holds an earlier run's "
+        "checkpoint (it is deleted).")
+    verbose: int = _field(1, "Keras' progress output: 0, 1 or 2.")
+
+    def _checks(self):
+        def output_dir(name, value):
+            if not isinstance(value, (str, os.PathLike)) or not str(value):
+                raise ValueError(f"{name}={value!r}: must be a folder path.")
+            if os.path.exists(value) and not os.path.isdir(value):
+                raise ValueError(
+                    f"{name}={str(value)!r} is a file, not a folder: choose "
+                    "another --output_dir or move the file away.")
+            return str(value)
+
+        return {"output_dir": output_dir,
+                "verbose": lambda n, v: _check_choice(n, v, (0, 1, 2)) or v}
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig,
+             "optimizer": OptimizerConfig, "privacy": PrivacyConfig,
+             "engine": EngineConfig, "recipe": RecipeConfig,
+             "output": OutputConfig}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A whole run: one section per concern (see the module docstring)."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = dataclasses.field(
+        default_factory=OptimizerConfig)
+    privacy: PrivacyConfig = dataclasses.field(default_factory=PrivacyConfig)
+    engine: EngineConfig = dataclasses.field(default_factory=EngineConfig)
+    recipe: RecipeConfig = dataclasses.field(default_factory=RecipeConfig)
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+
+    def __post_init__(self):
+        if (self.engine.clipping == "quantile"
+                and self.privacy.noise_schedule != "constant"):
+            raise ValueError(
+                "clipping='quantile' with noise_schedule="
+                f"{self.privacy.noise_schedule!r}: the count's share of the "
+                "noise is fixed for a constant noise multiplier; use one or "
+                "the other.")
+
+    @classmethod
+    def from_flat(cls, **settings):
+        """A RunConfig from flat field names (the flags' and train()'s)."""
+        owner = flat_names()
+        unknown = [k for k in settings if k not in owner]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], owner, n=1)
+            hint = f" Did you mean {close[0]}?" if close else (
+                f" Known: {', '.join(sorted(owner))}.")
+            raise TypeError(f"Unknown setting {unknown[0]!r}.{hint}")
+        parts = {name: {} for name in _SECTIONS}
+        for key, value in settings.items():
+            parts[owner[key]][key] = value
+        return cls(**{name: _SECTIONS[name](**values)
+                      for name, values in parts.items()})
+
+    def replace(self, **settings):
+        """A copy with some flat fields changed."""
+        return RunConfig.from_flat(**dict(self.flat(), **settings))
+
+    def flat(self):
+        """``{field: value}`` over every section."""
+        return {k: v for name in _SECTIONS
+                for k, v in dataclasses.asdict(getattr(self, name)).items()}
+
+
+def flat_names():
+    """``{field name: section name}`` for every field of every section."""
+    return {f.name: name for name, section in _SECTIONS.items()
+            for f in dataclasses.fields(section)}
+
+
+def flag_fields(*sections):
+    """``(field, default)`` pairs of ``sections`` (all by default), for the
+    command line."""
+    for name in sections or _SECTIONS:
+        yield from dataclasses.fields(_SECTIONS[name])

@@ -1,0 +1,328 @@
+"""One DP training run, end to end, in named steps.
+
+:func:`train` is what ``keras-tempered-dp train`` runs:
+
+1. settings: a :class:`~.config.RunConfig`, validated on creation;
+2. data: loaded and checked (finite, labels in range) before anything is
+   written;
+3. plan: delta, steps and the noise (:mod:`.plan`), composed with the
+   checkpoint's ledger on a resume (:mod:`.checkpoint`);
+4. model: built and compiled, or resumed from the checkpoint;
+5. fit: with the epsilon callback, the non-finite-loss guard, logs and an
+   epoch checkpoint;
+6. results: the EMA applied, the test accuracy, the model and
+   ``results.json`` (:mod:`.results`), written only when the run finished.
+
+A run that fails before its first checkpoint removes the folder it made.
+"""
+
+import dataclasses
+import os
+import shutil
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from keras_tempered_dp.averaging import ParameterAveraging
+from keras_tempered_dp.callbacks import EpsilonCallback, NoiseScheduler
+from keras_tempered_dp.data import load_dataset
+from keras_tempered_dp.models import DEFAULT_MODEL, MODELS, activation_layer
+from keras_tempered_dp.privacy.compile import compile_dp, make_private
+from keras_tempered_dp.privacy.sampling import (
+    poisson_batches,
+    shuffled_batches,
+)
+from keras_tempered_dp.privacy.state import get_dp_state
+from keras_tempered_dp.training import checkpoint as ckpt
+from keras_tempered_dp.training import results as out
+from keras_tempered_dp.training.config import RunConfig
+from keras_tempered_dp.training.guards import StopOnNonFiniteLoss, check_data
+from keras_tempered_dp.training.plan import plan_noise
+
+
+def train(config=None, *, data=None, **settings):
+    """Trains one model with DP-SGD and writes its outputs.
+
+    Args:
+        config: a :class:`~.config.RunConfig`; None builds one from
+            ``settings``.
+        data: ``((x, y), (x_test, y_test))`` NumPy arrays instead of
+            loading ``dataset``.
+        **settings: flat field names of :class:`~.config.RunConfig`
+            (``dataset=``, ``epochs=``, ``target_epsilon=``, ...),
+            overriding ``config``'s.
+
+    Returns:
+        The results dictionary also written to ``results.json``.
+
+    Raises:
+        ValueError: for bad settings or data, before anything is written;
+            :class:`~.checkpoint.CheckpointError` for a resume that would
+            misstate privacy; :class:`~.guards.NonFiniteError` when the
+            loss stops being finite.
+    """
+    start = time.time()
+    if config is None:
+        config = RunConfig.from_flat(**settings)
+    elif settings:
+        config = config.replace(**settings)
+    tf.keras.utils.set_random_seed(config.data.seed)
+    (x, y), (x_test, y_test) = data or load_dataset(
+        config.data.dataset, data_dir=config.data.data_dir,
+        manual_dir=config.data.manual_dir, download=config.data.download)
+    num_classes = int(np.max(y)) + 1
+    check_data(x, y, "training")
+    check_data(x_test, y_test, "test", num_classes)
+    existing = _existing_checkpoint(config.output)
+    run = _plan_run(config, len(x), existing)
+    network = _build_or_resume(config, run, x.shape[1:], num_classes)
+    made_folder = not os.path.exists(config.output.output_dir)
+    os.makedirs(config.output.output_dir, exist_ok=True)
+    try:
+        per_epoch = _fit(config, run, network, x, y, x_test, y_test)
+        return _finish(config, run, network, per_epoch, x_test, y_test,
+                       start)
+    except BaseException:
+        if made_folder and not ckpt.exists(config.output.output_dir):
+            shutil.rmtree(config.output.output_dir, ignore_errors=True)
+        raise
+
+
+@dataclasses.dataclass
+class _Run:
+    """The resolved plan of one call to :func:`train`."""
+
+    plan: object            # NoisePlan of the part that runs now
+    record: dict            # settings written into the checkpoint
+    model_name: str
+    epochs_done: int = 0    # finished epochs in the checkpoint
+    part_start: int = 0     # epoch where these settings began
+    ledger: list = dataclasses.field(default_factory=list)
+    checkpoint: object = None
+    averaging: object = None
+
+
+def _existing_checkpoint(output):
+    if output.resume:
+        found = ckpt.load(output.output_dir)
+        if found is None and output.verbose:
+            print(f"No checkpoint in {ckpt.folder_of(output.output_dir)}: "
+                  "starting from epoch 0.")
+        return found
+    if ckpt.exists(output.output_dir):
+        if not output.overwrite:
+            raise ckpt.CheckpointError(
+                f"output_dir={output.output_dir!r} holds the checkpoint of "
+                "an earlier run. Pass --resume to continue it, --overwrite "
+                "to delete it and start over, or choose another "
+                "--output_dir.")
+        shutil.rmtree(ckpt.folder_of(output.output_dir))
+    return None
+
+
+def _plan_run(config, num_examples, checkpoint):
+    """The noise plan and record, checked against the checkpoint."""
+    model_name = config.model.model or DEFAULT_MODEL[config.data.dataset]
+    part_start = checkpoint.part_start if checkpoint else 0
+    ledger = list(checkpoint.ledger) if checkpoint else []
+    run = _Run(_plan(config, num_examples, ledger[:part_start], part_start),
+               None, model_name, checkpoint=checkpoint, ledger=ledger,
+               part_start=part_start,
+               epochs_done=checkpoint.epochs_done if checkpoint else 0)
+    run.record = _record(config, run.plan, model_name)
+    if checkpoint is not None and ckpt.check_resume(
+            checkpoint, run.record, config.output.change_privacy):
+        run.part_start = checkpoint.epochs_done
+        run.plan = _plan(config, num_examples, ledger, run.part_start)
+        run.record = _record(config, run.plan, model_name)
+    if run.epochs_done >= config.optimizer.epochs:
+        raise ckpt.CheckpointError(
+            f"The checkpoint has {run.epochs_done} epochs done and epochs="
+            f"{config.optimizer.epochs}: nothing left to train. Pass a "
+            "larger --epochs to train on.")
+    return run
+
+
+def _plan(config, num_examples, earlier_ledger, part_start):
+    previous = _segments(earlier_ledger)
+    if previous and config.privacy.noise_schedule != "constant":
+        raise ckpt.CheckpointError(
+            "A noise schedule cannot start in the middle of a run whose "
+            "earlier part used other privacy settings; start a new run.")
+    return plan_noise(config.privacy, num_examples=num_examples,
+                      batch_size=config.optimizer.batch_size,
+                      sampling=config.data.sampling,
+                      epochs=config.optimizer.epochs - part_start,
+                      previous=previous)
+
+
+def _segments(ledger):
+    """Ledger epochs as accounting segments, equal neighbours merged."""
+    if not ledger:
+        return ()
+    from keras_tempered_dp.privacy.accounting import Segment  # TODO top
+    merged = []
+    for e in ledger:
+        key = (e["num_examples"], e["batch_size"], e["noise_multiplier"])
+        if merged and merged[-1][0] == key:
+            merged[-1][1] += e["steps"]
+        else:
+            merged.append([key, e["steps"]])
+    return tuple(Segment(n, b, steps, sigma)
+                 for (n, b, sigma), steps in merged)
+
+
+def _record(config, plan, model_name):
+    """Every setting that matters to privacy or to the model."""
+    tempered = config.model.activation == "tempered_sigmoid"
+    return dict(
+        model=model_name, activation=config.model.activation,
+        s=config.model.s if tempered else None,
+        T=config.model.T if tempered else None,
+        o=config.model.o if tempered else None,
+        num_examples=plan.num_examples, batch_size=plan.batch_size,
+        sampling=plan.sampling, steps_per_epoch=plan.steps_per_epoch,
+        l2_norm_clip=config.privacy.l2_norm_clip,
+        clipping=config.engine.clipping,
+        noise_multiplier=plan.noise_multiplier,
+        noise_schedule=repr(plan.schedule) if plan.schedule else "constant",
+        delta=plan.delta, accountant="rdp")
+
+
+def _engine_settings(config, run):
+    noise_seed = config.privacy.noise_seed
+    if noise_seed is not None and run.epochs_done:
+        # A resumed run must not replay the first epochs' noise (equal
+        # noise on two steps cancels in their difference) or batches.
+        noise_seed = resumed_seed(noise_seed, run.epochs_done)
+    expected = (config.optimizer.batch_size
+                if config.data.sampling == "poisson" else None)
+    return dict(
+        l2_norm_clip=config.privacy.l2_norm_clip,
+        noise_multiplier=run.plan.noise_multiplier, noise_seed=noise_seed,
+        expected_batch_size=expected,
+        augmentation_multiplicity=config.recipe.augmentation_multiplicity,
+        augment=config.recipe.augment(),
+        **config.engine.engine_options(config.optimizer.batch_size))
+
+
+def _build_or_resume(config, run, input_shape, num_classes):
+    settings = _engine_settings(config, run)
+    if config.recipe.ema_decay is not None:
+        run.averaging = ParameterAveraging(decay=config.recipe.ema_decay)
+    if run.checkpoint is not None:
+        network = ckpt.load_model(run.checkpoint)
+        make_private(network, **settings)
+        if run.checkpoint.l2_norm_clip is not None:  # the adaptive clip
+            get_dp_state(network).engine.l2_norm_clip = \
+                run.checkpoint.l2_norm_clip
+        if run.averaging is not None:
+            run.averaging.set_state(network, ckpt.load_ema(run.checkpoint))
+        return network
+    tempered = config.model.activation == "tempered_sigmoid"
+    activation = (activation_layer("tempered_sigmoid", s=config.model.s,
+                                   T=config.model.T, o=config.model.o)
+                  if tempered else config.model.activation)
+    try:
+        network = MODELS[run.model_name](activation=activation,
+                                         input_shape=input_shape,
+                                         num_classes=num_classes)
+    except ValueError as error:  # Keras: a layer's output would be empty
+        raise ValueError(
+            f"model={run.model_name!r} does not fit this dataset's inputs "
+            f"of shape {tuple(input_shape)} ({str(error)[:200]}). Leave "
+            "--model out to use the dataset's own model "
+            f"({DEFAULT_MODEL[config.data.dataset]}).") from error
+    compile_dp(network, learning_rate=config.optimizer.learning_rate,
+               momentum=config.optimizer.momentum, **settings)
+    return network
+
+
+def resumed_seed(seed, epochs_done):
+    """A fresh seed for the part of a seeded run after ``epochs_done``.
+
+    >>> resumed_seed(3, 0), resumed_seed(3, 2) != 3
+    (3, True)
+    """
+    if epochs_done == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, epochs_done]).generate_state(
+        1)[0])
+
+
+class _EpochCheckpoint(tf.keras.callbacks.Callback):
+    """After each epoch: the ledger entry, then the checkpoint."""
+
+    def __init__(self, config, run):
+        super().__init__()
+        self.config, self.run = config, run
+
+    def on_epoch_end(self, epoch, logs=None):
+        engine = get_dp_state(self.model).engine
+        run = self.run
+        run.ledger.append(ckpt.ledger_entry(run.record, epoch,
+                                            engine.noise_multiplier))
+        clip = engine.l2_norm_clip if engine.clipping == "quantile" else None
+        ckpt.save(self.config.output.output_dir, self.model,
+                  ckpt.Checkpoint(epoch + 1, run.record, run.ledger, clip,
+                                  part_start=run.part_start),
+                  run.averaging)
+
+
+def _fit(config, run, network, x, y, x_test, y_test):
+    folder = config.output.output_dir
+    plan, batch_size = run.plan, config.optimizer.batch_size
+    seed = _engine_settings(config, run)["noise_seed"]
+    batches = (poisson_batches(x, y, batch_size, seed=seed)
+               if plan.sampling == "poisson" else
+               shuffled_batches(x, y, batch_size, seed=config.data.seed))
+    epsilon = EpsilonCallback(
+        plan.num_examples, batch_size, delta=plan.delta,
+        steps_per_epoch=plan.steps_per_epoch,
+        initial_steps=(run.epochs_done - run.part_start)
+        * plan.steps_per_epoch,
+        **({"previous_segments": plan.previous} if plan.previous else {}))
+    extra = ([NoiseScheduler(plan.schedule)]
+             if plan.schedule is not None else [])
+    if run.averaging is not None:
+        extra.append(run.averaging)
+    log = os.path.join(folder, "log.csv")
+    network.fit(
+        batches, epochs=config.optimizer.epochs,
+        initial_epoch=run.epochs_done, steps_per_epoch=plan.steps_per_epoch,
+        validation_data=(x_test, y_test), verbose=config.output.verbose,
+        callbacks=extra + [
+            StopOnNonFiniteLoss(), epsilon,
+            tf.keras.callbacks.CSVLogger(log, append=run.epochs_done > 0),
+            tf.keras.callbacks.TensorBoard(os.path.join(folder,
+                                                        "tensorboard")),
+            _EpochCheckpoint(config, run),
+        ])
+    return out.read_log(log)
+
+
+def _finish(config, run, network, per_epoch, x_test, y_test, start):
+    folder = config.output.output_dir
+    if run.averaging is not None:
+        run.averaging.apply()  # the averaged weights are the result
+    _, test_accuracy = network.evaluate(x_test, y_test, verbose=0)
+    out.save_model(network, os.path.join(folder, "model.keras"))
+    epochs = config.optimizer.epochs - run.part_start
+    epsilon = run.plan.epsilon(epochs)
+    flat = config.flat()
+    flat.update(model=run.model_name, noise_multiplier=run.plan.noise_multiplier,
+                delta=run.plan.delta, num_examples=run.plan.num_examples,
+                noise_schedule=run.record["noise_schedule"])
+    results = {
+        "config": flat,
+        "epochs": per_epoch,
+        "epsilon": epsilon,
+        "test_accuracy": float(test_accuracy),
+        "privacy": out.statement(run.plan, epochs, epsilon),
+        "wall_time_s": time.time() - start,
+        "resumed_from_epoch": run.epochs_done,
+        "ledger": run.ledger,
+    }
+    out.write_json(os.path.join(folder, "results.json"), results)
+    return results

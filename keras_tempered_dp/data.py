@@ -10,6 +10,8 @@ Pixels are scaled to [0, 1] as in the paper; labels are int32.
 
 import dataclasses
 import os
+import shutil
+import socket
 from typing import Optional, Tuple
 
 import numpy as np
@@ -114,12 +116,45 @@ def _prepare(builder, name, manual_dir, download):
            f"Looked in: {', '.join(looked)}. Get them with {spec.provider}.")
     if not download:
         raise DataUnavailableError(how + " (Downloading was not allowed.)")
+    if not network_reachable():
+        raise DataUnavailableError(
+            how + " No network is reachable here, so TFDS cannot download "
+            "it.")
+    created = _missing_parents(str(builder.data_dir))
     try:
         builder.download_and_prepare()
     except Exception as error:  # network errors come in many types
+        for folder in created:  # leave nothing half-made behind
+            shutil.rmtree(folder, ignore_errors=True)
         raise DataUnavailableError(
             f"{how} The download failed: {type(error).__name__}: "
             f"{str(error)[:300]}") from error
+
+
+# TFDS downloads from Google Cloud Storage; without a route there it retries
+# for minutes before failing.
+_DOWNLOAD_HOST = ("storage.googleapis.com", 443)
+
+
+def network_reachable(address=_DOWNLOAD_HOST, timeout=3.0):
+    """True if a TCP connection to TFDS's download host opens in time."""
+    try:
+        socket.create_connection(address, timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _missing_parents(folder):
+    """``folder`` and its ancestors that do not exist yet, outermost first."""
+    missing = []
+    while folder and not os.path.exists(folder):
+        missing.append(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return missing[::-1]
 
 
 def load_dataset(name, data_dir=None, manual_dir=None, download=True):

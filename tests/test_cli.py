@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 
-from keras_tempered_dp.reproduce import reproduce
+from keras_tempered_dp.experiments import experiment, reproduce
 from keras_tempered_dp.tuning import search
 
 
@@ -44,9 +44,12 @@ def test_train_command(tmp_path):
 
 
 def test_reproduce_writes_table_and_plot(tmp_path):
-    rows = reproduce(dataset="digits", output_dir=str(tmp_path), epochs=2,
-                     verbose=0, command="keras-tempered-dp reproduce "
-                     "--dataset=digits")
+    rows, folder = reproduce(dataset="digits", output_dir=str(tmp_path),
+                             epochs=2, verbose=0,
+                             command="keras-tempered-dp reproduce "
+                             "--dataset=digits")
+    assert folder == str(tmp_path / "digits")
+    assert [r["run"] for r in rows] == ["tanh", "relu"]
     assert [r["activation"] for r in rows] == ["tanh", "relu"]
     assert all(2.99 < r["epsilon"] <= 3.0 for r in rows)
     table = (tmp_path / "digits" / "table.md").read_text()
@@ -70,12 +73,13 @@ def test_reproduce_scale_recipe_command(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     folder = tmp_path / "out" / "digits_scale"
     table = (folder / "table.md").read_text()
-    # The command as typed, flags included (absl strips them from argv).
+    # The command as typed, flags included.
     assert ("keras-tempered-dp reproduce --recipe=scale --dataset=digits "
             "--output_dir=out") in table
     rows = json.loads((folder / "rows.json").read_text())
-    assert rows[1]["config"]["augmentation_multiplicity"] == 2
-    assert rows[1]["config"]["ema_decay"] == 0.9
+    assert rows[1]["settings"]["augmentation_multiplicity"] == 2
+    assert rows[1]["settings"]["ema_decay"] == 0.9
+    assert rows[1]["activation"] == "tempered_sigmoid"
     assert all(2.99 < r["epsilon"] <= 3.0 for r in rows)
     assert (folder / "accuracy_vs_epsilon.png").read_bytes()[:4] == \
         b"\x89PNG"
@@ -86,14 +90,13 @@ def test_cifar10_scale_preset_runs_on_cifar_shaped_data(tmp_path):
     CIFAR-shaped data (real CIFAR-10 is not available offline)."""
     import numpy as np
 
-    from keras_tempered_dp.recipes import SCALE_SETTINGS
     from keras_tempered_dp.training import train
-    run = dict(SCALE_SETTINGS["cifar10"]["runs"][0])
-    assert SCALE_SETTINGS["cifar10"]["epsilons"] == (1.0, 2.0, 4.0, 8.0)
+    plan = experiment("scale", "cifar10")
+    run = dict(plan.runs[0].settings)
+    assert plan.epsilons == (1.0, 2.0, 4.0, 8.0)
     assert (run["model"], run["batch_size"], run["augmentation_multiplicity"],
             run["ema_decay"], run["momentum"]) == ("wrn16_4", 4096, 16,
                                                   0.9999, 0.0)
-    run.pop("label"), run.pop("reference")
     # Scaled down to seconds: 48 images, logical batch 16 in chunks of 4.
     run.update(batch_size=16, physical_batch_size=4,
                augmentation_multiplicity=2, epochs=1)

@@ -48,14 +48,12 @@ def test_one_dp_epoch_on_fashion_mnist(fashion, tmp_path):
 def test_paper_fashion_mnist_tanh_row(fashion, tmp_path):
     """The paper's row, in full (about 5 minutes on 2 cores): tanh reaches
     86.1% at epsilon 2.7 (docs/results/fashion_mnist: 86.40%)."""
-    from keras_tempered_dp.reproduce import SETTINGS
-    setting = SETTINGS["fashion_mnist"]
-    results = train(dataset="fashion_mnist", activation="tanh",
-                    epochs=setting["epochs"],
-                    batch_size=setting["batch_size"],
-                    learning_rate=setting["learning_rate"], momentum=0.9,
-                    l2_norm_clip=0.1, target_epsilon=setting["epsilon"],
+    from keras_tempered_dp.experiments import experiment
+    plan = experiment("paper", "fashion_mnist")
+    tanh = plan.runs[0]
+    assert tanh.label == "tanh"
+    results = train(dataset="fashion_mnist", target_epsilon=plan.epsilons[0],
                     delta=1e-5, noise_seed=0, output_dir=str(tmp_path),
-                    verbose=0, data=fashion)
+                    verbose=0, data=fashion, **tanh.settings)
     assert results["epsilon"] <= 2.7
     assert results["test_accuracy"] >= 0.855, results["test_accuracy"]

@@ -186,11 +186,12 @@ HANDLERS = {
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="keras-tempered-dp", usage=USAGE,
+        prog="keras-tempered-dp", usage=USAGE, allow_abbrev=False,
         description="Tempered sigmoids and DP-SGD for Keras.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, flags, help) in HANDLERS.items():
-        sub = commands.add_parser(name, help=help, description=help)
+        sub = commands.add_parser(name, help=help, description=help,
+                                  allow_abbrev=False)
         flags(sub)
         sub.add_argument("--traceback", action="store_true",
                          help="On an error, show the Python traceback.")

@@ -22,8 +22,8 @@ def _cli(*args, cwd):
 
 def test_usage_error_lists_commands(tmp_path):
     out = _cli("fly", cwd=tmp_path)
-    assert out.returncode != 0
-    assert "train|reproduce|tune|plot-activations" in out.stderr + out.stdout
+    assert out.returncode == 2
+    assert "train|reproduce|tune|plot-activations" in out.stderr
 
 
 def test_plot_activations(tmp_path):
@@ -40,7 +40,8 @@ def test_train_command(tmp_path):
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["config"]["epochs"] == 2
     bad = _cli("train", "--s=-1", "--output_dir=bad", cwd=tmp_path)
-    assert bad.returncode != 0 and "s=-1.0: must be > 0" in bad.stderr
+    assert bad.returncode == 2 and "s=-1.0: must be > 0" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
 
 
 def test_reproduce_writes_table_and_plot(tmp_path):
@@ -109,3 +110,58 @@ def test_cifar10_scale_preset_runs_on_cifar_shaped_data(tmp_path):
                     output_dir=str(tmp_path), verbose=0, data=data, **run)
     assert results["config"]["model"] == "wrn16_4"
     assert 7.9 < results["epsilon"] <= 8.0
+
+
+def test_train_help_lists_train_flags_only(tmp_path):
+    out = _cli("train", "--help", cwd=tmp_path)
+    assert out.returncode == 0
+    for flag in ("--dataset", "--target_epsilon", "--noise_multiplier",
+                 "--resume", "--change_privacy", "--augmentation_multiplicity",
+                 "--clipping", "--ema_decay"):
+        assert flag in out.stdout, flag
+    assert "--max_trials" not in out.stdout and "--triples" not in out.stdout
+
+
+def test_errors_are_one_message_without_traceback(tmp_path, capsys):
+    from keras_tempered_dp.cli import main
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        (["--noise_multiplier=1", "--target_epsilon=2"],
+         "noise_multiplier=1.0 and target_epsilon=2.0: give one or the other"),
+        (["--batch_size=0"], "batch_size=0: must be >= 1"),
+        (["--epochs=0"], "epochs=0: must be >= 1"),
+        (["--delta=0"], "delta=0.0: must be > 0"),
+        ([f"--output_dir={tmp_path / 'afile'}"], "is a file"),
+    ]
+    for flags, message in cases:
+        status = main(["train", *flags, f"--output_dir={tmp_path / 'o'}"]
+                      if not any("output_dir" in f for f in flags)
+                      else ["train", *flags])
+        err = capsys.readouterr().err
+        assert status == 2, flags
+        assert message in err, (flags, err)
+        assert "Traceback" not in err
+        assert not (tmp_path / "o").exists()
+
+
+def test_unknown_flag_and_bad_choice_are_usage_errors(tmp_path):
+    out = _cli("train", "--epoch=2", cwd=tmp_path)
+    assert out.returncode == 2 and "unrecognized arguments: --epoch=2" in \
+        out.stderr and "Traceback" not in out.stderr
+    out = _cli("train", "--model=resnet", cwd=tmp_path)
+    assert out.returncode == 2 and "model='resnet': must be one of" in \
+        out.stderr and "Traceback" not in out.stderr
+
+
+def test_offline_download_fails_fast_and_leaves_nothing(tmp_path):
+    import time
+    start = time.time()
+    out = _cli("train", "--dataset=mnist", f"--data_dir={tmp_path / 'tfds'}",
+               f"--output_dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "No network is reachable" in out.stderr or \
+        "download failed" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert time.time() - start < 120
+    assert not (tmp_path / "tfds").exists()
+    assert not (tmp_path / "out").exists()

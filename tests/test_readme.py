@@ -11,10 +11,27 @@ def _blocks():
     return re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 
-def test_readme_has_the_design_usage():
+def test_readme_numbers_in_comments_are_what_the_code_returns():
+    """``expression  # 2.600`` lines: the expression evaluates to that."""
+    import keras_tempered_dp
+    lines = [line for block in _blocks() for line in block.splitlines()
+             if re.match(r"^(compute_epsilon|calibrate_noise_multiplier)\(",
+                         line)]
+    assert len(lines) == 2
+    for line in lines:
+        code, comment = line.split("#", 1)
+        value = eval(code, vars(keras_tempered_dp))  # noqa: S307
+        claimed = re.search(r"[0-9.]+", comment)
+        if claimed:
+            digits = len(claimed.group().split(".")[1])
+            assert round(value, digits) == float(claimed.group()), line
+
+
+def test_readme_install_and_test_commands_are_what_ci_runs():
     text = README.read_text()
-    assert "model.add(TemperedSigmoid(s=2, T=2, o=1))" in text
-    assert "DPKerasSGDOptimizer(" in text and "python -m pytest" in text
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert 'pip install -e ".[test]" && python -m pytest' in text
+    assert 'pip install -e ".[test]"' in ci and "python -m pytest" in ci
 
 
 def test_readme_python_blocks_run():

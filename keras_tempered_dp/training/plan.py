@@ -119,6 +119,15 @@ def plan_noise(privacy, *, num_examples, batch_size, sampling, epochs,
             steps=plan.steps_per_epoch * epochs, delta=delta)
         return _with_sigma(plan, sigma)
 
+    from keras_tempered_dp.privacy.accounting import compose_epsilon
+    spent = compose_epsilon(list(previous), delta=delta)
+    if spent >= privacy.target_epsilon:
+        raise ValueError(
+            f"target_epsilon={privacy.target_epsilon}: the earlier part of "
+            f"this run already spent epsilon {spent:.3f} (delta {delta:g}), "
+            "so no noise can keep the whole run at the target. Give a "
+            "larger target_epsilon or a noise_multiplier.")
+
     def eps(sigma):
         return _with_sigma(plan, sigma).epsilon(epochs)
 

@@ -247,6 +247,10 @@ class EngineOptions:
                              "(images, generator) -> images, or None.")
         if self.augment is None and self.augmentation_multiplicity > 1:
             set_("augment", RandomCropFlip())
+        if self.quantile is not None \
+                and not isinstance(self.quantile, QuantileClipping):
+            raise ValueError(f"quantile={self.quantile!r}: must be a "
+                             "QuantileClipping(...) or None.")
         if self.quantile is not None and self.clipping != "quantile":
             raise ValueError(
                 f"quantile={self.quantile!r} with clipping="

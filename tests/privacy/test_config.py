@@ -114,3 +114,8 @@ def test_bad_engine_option_is_named_with_its_value(cls, field, value,
                                                     message):
     with pytest.raises(ValueError, match=rf"^{field}={value!r}: {message}"):
         cls(**{field: value})
+
+
+def test_quantile_must_be_a_quantile_clipping():
+    with pytest.raises(ValueError, match="^quantile=.*QuantileClipping"):
+        EngineOptions(clipping="quantile", quantile={"target_quantile": 0.3})

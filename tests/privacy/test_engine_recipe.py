@@ -350,6 +350,12 @@ def test_quantile_count_ignores_rows_of_weight_zero():
     engine.compute_gradients(tf.ones((1, 4)), tf.constant([0]),
                              tf.constant([0.0]))
     assert engine.l2_norm_clip == pytest.approx(1.0, rel=1e-7)
+    copies = _install(model, clip=1.0, clipping="quantile", count_stddev=0.0,
+                      expected_batch_size=4, augmentation_multiplicity=2,
+                      augment=lambda x, generator: x)
+    copies.compute_gradients(tf.ones((1, 4)), tf.constant([0]),
+                             tf.constant([0.0]))
+    assert copies.l2_norm_clip == pytest.approx(1.0, rel=1e-7)
     # 2 real examples far below C = 1000 and 2 rows of weight 0: the count
     # is 2 - 2 / 2 = 1, the fraction 1 / 4 + 1 / 2.
     big = _install(model, clip=1000.0, clipping="quantile", count_stddev=0.0,

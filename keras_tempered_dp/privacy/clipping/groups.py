@@ -114,8 +114,9 @@ def augmented_copies(batch, k, augment, generator):
     return Batch(augment(x, generator), y, sample_weight)
 
 
-def checked_microbatches(batch, records, grad_outputs, num_microbatches):
-    """Raises unless ``num_microbatches`` divides the batch's rows.
+def checked_microbatches(losses, records, grad_outputs, num_microbatches):
+    """Raises unless ``num_microbatches`` divides the batch's rows (those of
+    the per-example ``losses``).
 
     The check runs before anything is reshaped by groups: ``records`` and
     ``grad_outputs`` come back made to wait for it when the batch size is
@@ -124,11 +125,11 @@ def checked_microbatches(batch, records, grad_outputs, num_microbatches):
     message = (f"num_microbatches={num_microbatches} does not divide this "
                "batch's size; drop the remainder (drop_remainder=True) or "
                "see keras_tempered_dp.privacy.check_microbatches")
-    static = batch.shape[0]
+    static = losses.shape[0]
     if static is not None and static % num_microbatches:
         raise ValueError(f"{message} ({static}).")
     with tf.control_dependencies([tf.debugging.assert_equal(
-            tf.shape(batch)[0] % num_microbatches, 0, message=message)]):
+            tf.shape(losses)[0] % num_microbatches, 0, message=message)]):
         grad_outputs = [tf.identity(g) for g in grad_outputs]
         records = [record._replace(inputs=tf.identity(record.inputs))
                    for record in records]

@@ -8,7 +8,6 @@ from keras_tempered_dp.layers import TemperedSigmoid
 from keras_tempered_dp.models import cifar10_cnn, mnist_cnn
 from keras_tempered_dp.privacy.clipping import (
     ClippingEngine,
-    NormResult,
     register_norm_fn,
     registry,
 )

@@ -31,6 +31,12 @@ from keras_tempered_dp.privacy.clipping.registry import (
 )
 from keras_tempered_dp.privacy.config import EngineOptions, QuantileClipping
 
+__all__ = [
+    "ClippingEngine", "EngineOptions", "NormFn", "NormResult",
+    "QuantileClipping", "lookup_norm_fn", "register_norm_fn",
+    "registered_classes",
+]
+
 _BUILT_IN = {
     tf.keras.layers.Dense: dense_sq_norms,
     tf.keras.layers.Conv2D: conv2d_sq_norms,

@@ -1,12 +1,13 @@
 """Registry: one per-example squared-norm function per Keras layer class.
 
 The contract of a norm function is :class:`.norm_contract.NormFn`; it
-returns a :class:`.norm_contract.NormResult`. Lookup is by exact class (``Conv2DTranspose``
-subclasses ``Conv2D`` but is not the same operation). The engine asks
-:func:`norm_fn_for`, which sends a layer to the exact generic route
-(:mod:`.norms.generic`) when its class has no entry or when only some of its
-weights are trainable (a frozen kernel with a trainable bias): registered
-functions may assume every weight of the layer is trainable.
+returns a :class:`.norm_contract.NormResult`. Lookup is by exact class
+(``Conv2DTranspose`` subclasses ``Conv2D`` but is not the same operation).
+The engine asks :func:`norm_fn_for`, which sends a layer to the exact
+generic route (:mod:`.norms.generic`) when its class has no entry or when
+only some of its weights are trainable (a frozen kernel with a trainable
+bias): registered functions may assume every weight of the layer is
+trainable.
 
 The package's own functions are registered in one place,
 ``keras_tempered_dp/privacy/clipping/__init__.py``.

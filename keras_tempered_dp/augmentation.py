@@ -7,7 +7,22 @@ not change (:class:`~keras_tempered_dp.privacy.clipping.ClippingEngine`,
 ``augmentation_multiplicity=``).
 """
 
+from typing import Protocol
+
 import tensorflow as tf
+
+
+class Augment(Protocol):
+    """What ``augment=`` accepts: a function of a batch of images and a
+    generator returning the augmented batch, same shape.
+
+    It must treat images independently (one image's copy may not depend on
+    another image) and draw its randomness from ``generator`` only.
+    """
+
+    def __call__(self, images: tf.Tensor,
+                 generator: tf.random.Generator) -> tf.Tensor:
+        ...
 
 
 @tf.keras.utils.register_keras_serializable(package="keras_tempered_dp")

@@ -1,4 +1,12 @@
-"""compile_dp and make_private: the entry points that make ``fit`` DP-SGD."""
+"""compile_dp and make_private: the entry points that make ``fit`` DP-SGD.
+
+Both take the engine's options either as one
+:class:`~keras_tempered_dp.privacy.config.EngineOptions`
+(``engine_options=``) or by their flat keyword names
+(:data:`~keras_tempered_dp.privacy.config.ENGINE_OPTIONS`, e.g.
+``clipping="normalize", augmentation_multiplicity=4``); their defaults are
+written only in ``EngineOptions``.
+"""
 
 import tensorflow as tf
 from tensorflow_privacy import (
@@ -11,7 +19,11 @@ from keras_tempered_dp.privacy.checks import (
     check_no_batch_mixing,
 )
 from keras_tempered_dp.privacy.clipping import ClippingEngine
-from keras_tempered_dp.privacy.config import DPConfig
+from keras_tempered_dp.privacy.config import (
+    ENGINE_OPTIONS,
+    DPConfig,
+    EngineOptions,
+)
 from keras_tempered_dp.privacy.losses import per_example_loss
 from keras_tempered_dp.privacy.state import attach
 
@@ -25,9 +37,7 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
                momentum=0.0, num_microbatches=None, optimizer=None,
                loss=None, metrics=("accuracy",), batch_size=None,
                num_examples=None, expected_batch_size=None, noise_seed=None,
-               clipping="clip", gamma=0.01, augmentation_multiplicity=1,
-               augment=None, physical_batch_size=None, target_quantile=0.5,
-               clip_learning_rate=0.2, count_stddev=None, **compile_kwargs):
+               engine_options=None, **kwargs):
     """Compiles ``model`` for DP-SGD training with ``model.fit``.
 
     Each example's gradient (all layers together) is clipped to
@@ -51,13 +61,15 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
             instead of failing in the middle of training.
         expected_batch_size: "fast" only: divide by this instead of the
             actual batch size (Poisson sampling, where batch sizes vary).
-        clipping, gamma, augmentation_multiplicity, augment,
-        physical_batch_size, target_quantile, clip_learning_rate,
-        count_stddev: "fast" only; per-example normalization, adaptive
-            (private quantile) clipping, augmentation multiplicity and
-            gradient accumulation, see
-            :class:`~keras_tempered_dp.privacy.clipping.ClippingEngine`.
-        **compile_kwargs: forwarded to ``model.compile``.
+        engine_options: "fast" only: an
+            :class:`~keras_tempered_dp.privacy.config.EngineOptions`
+            (per-example normalization, adaptive quantile clipping,
+            augmentation multiplicity, gradient accumulation).
+        **kwargs: the engine options by their flat names ("fast" only,
+            instead of ``engine_options``): clipping, gamma,
+            augmentation_multiplicity, augment, physical_batch_size,
+            target_quantile, clip_learning_rate, count_stddev. Every other
+            keyword is forwarded to ``model.compile``.
 
     Returns:
         The :class:`DPConfig`, also recorded in the model's
@@ -66,23 +78,20 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
 
     Raises:
         ValueError: for BatchNormalization layers, microbatch sizes that do
-            not divide the batches, and invalid settings; the message says
-            what to change.
+            not divide the batches, engine options (any value, defaults
+            included) or expected_batch_size with a TF Privacy optimizer,
+            and invalid settings; the message says what to change.
 
     Example:
 
     >>> from keras_tempered_dp.models import mnist_cnn
     >>> config = compile_dp(mnist_cnn(), l2_norm_clip=1.0,
-    ...                     noise_multiplier=1.1, learning_rate=0.15)
+    ...                     noise_multiplier=1.1, learning_rate=0.15,
+    ...                     clipping="normalize")
     >>> config.optimizer
     'fast'
     """
-    engine_options = dict(
-        clipping=clipping, gamma=gamma,
-        augmentation_multiplicity=augmentation_multiplicity, augment=augment,
-        physical_batch_size=physical_batch_size,
-        target_quantile=target_quantile,
-        clip_learning_rate=clip_learning_rate, count_stddev=count_stddev)
+    flat = {k: kwargs.pop(k) for k in ENGINE_OPTIONS if k in kwargs}
     config = DPConfig(
         l2_norm_clip=l2_norm_clip,
         noise_multiplier=noise_multiplier,
@@ -95,6 +104,7 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
     check_no_batch_mixing(model)
     check_microbatches(config.num_microbatches, batch_size, num_examples)
     if config.optimizer == "fast":
+        options = _engine_options(engine_options, flat)
         if loss is None:
             loss = tf.keras.losses.SparseCategoricalCrossentropy(
                 from_logits=True)
@@ -102,19 +112,11 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
             optimizer=tf.keras.optimizers.SGD(
                 learning_rate=config.learning_rate,
                 momentum=config.momentum),
-            loss=loss, metrics=list(metrics or []), **compile_kwargs)
-        _install_engine(model, config, expected_batch_size, engine_options)
+            loss=loss, metrics=list(metrics or []), **kwargs)
+        _install_engine(model, config, expected_batch_size, options)
         return config
-    if expected_batch_size is not None:
-        raise ValueError(
-            "expected_batch_size= needs optimizer='fast': TF Privacy's "
-            "optimizers always divide by the actual number of microbatches.")
-    changed = [k for k, v in engine_options.items()
-               if v != _ENGINE_DEFAULTS[k]]
-    if changed:
-        raise ValueError(
-            f"{', '.join(changed)} need optimizer='fast' (this package's "
-            "clipping engine); TF Privacy's optimizers do not offer them.")
+    _refuse_engine_only(config.optimizer, expected_batch_size,
+                        engine_options, flat)
     dp_optimizer = _TFP_OPTIMIZERS[config.optimizer](
         l2_norm_clip=config.l2_norm_clip,
         noise_multiplier=config.noise_multiplier,
@@ -123,22 +125,29 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
         momentum=config.momentum,
     )
     model.compile(optimizer=dp_optimizer, loss=per_example_loss(loss),
-                  metrics=list(metrics or []), **compile_kwargs)
+                  metrics=list(metrics or []), **kwargs)
     attach(model, config)
     return config
 
 
 def make_private(model, *, l2_norm_clip, noise_multiplier,
                  num_microbatches=None, expected_batch_size=None,
-                 noise_seed=None, **engine_options):
+                 noise_seed=None, engine_options=None, **options):
     """Makes an already compiled model train with DP-SGD, keeping its optimizer.
 
     Use it for optimizers other than SGD (DP holds for any optimizer: it
     only post-processes the noised gradient) and to continue training a
-    loaded model with its optimizer state. ``**engine_options`` (clipping,
+    loaded model with its optimizer state. The engine options come as an
+    :class:`~keras_tempered_dp.privacy.config.EngineOptions`
+    (``engine_options=``) or by their flat names (``**options``: clipping,
     gamma, augmentation_multiplicity, augment, physical_batch_size,
-    target_quantile, clip_learning_rate, count_stddev) go to
-    :class:`~keras_tempered_dp.privacy.clipping.ClippingEngine`.
+    target_quantile, clip_learning_rate, count_stddev), as in
+    :func:`compile_dp`.
+
+    Raises:
+        TypeError: for a keyword that is not an engine option, listing them.
+        ValueError: for an uncompiled model, a TF Privacy optimizer,
+            batch-mixing layers and invalid settings.
 
     Example:
 
@@ -165,23 +174,47 @@ def make_private(model, *, l2_norm_clip, noise_multiplier,
             "The model is compiled with a TF Privacy DP optimizer, which "
             "already clips and noises: adding the engine would do both "
             "twice. Compile with an ordinary optimizer first.")
-    unknown = sorted(set(engine_options) - set(_ENGINE_DEFAULTS))
-    if unknown:
-        raise TypeError(f"make_private got unexpected arguments {unknown}; "
-                        f"engine options are {sorted(_ENGINE_DEFAULTS)}.")
-    _install_engine(model, config, expected_batch_size, engine_options)
+    _install_engine(model, config, expected_batch_size,
+                    _engine_options(engine_options, options))
     return config
 
 
-_ENGINE_DEFAULTS = dict(clipping="clip", gamma=0.01,
-                        augmentation_multiplicity=1, augment=None,
-                        physical_batch_size=None, target_quantile=0.5,
-                        clip_learning_rate=0.2, count_stddev=None)
+def _engine_options(engine_options, flat):
+    """One EngineOptions, from the object or from the flat names."""
+    if engine_options is None:
+        return EngineOptions.from_flat(**flat)
+    if flat:
+        raise ValueError(
+            f"Engine options given twice: engine_options= and "
+            f"{', '.join(sorted(flat))}=. Put them all in engine_options, "
+            "or pass them all by name.")
+    if not isinstance(engine_options, EngineOptions):
+        raise TypeError(f"engine_options={engine_options!r}: must be an "
+                        "EngineOptions.")
+    return engine_options
 
 
-def _install_engine(model, config, expected_batch_size, engine_options):
+def _refuse_engine_only(optimizer, expected_batch_size, engine_options,
+                        flat):
+    """Raises if an engine-only setting is given with a TF Privacy optimizer,
+    whatever its value: TF Privacy would silently ignore it."""
+    given = sorted(flat) + (["engine_options"]
+                            if engine_options is not None else [])
+    if given:
+        raise ValueError(
+            f"{', '.join(given)}: only this package's clipping engine "
+            f"(optimizer='fast') offers them; TF Privacy's optimizer="
+            f"{optimizer!r} would ignore them. Drop them, or use "
+            "optimizer='fast'.")
+    if expected_batch_size is not None:
+        raise ValueError(
+            "expected_batch_size= needs optimizer='fast': TF Privacy's "
+            "optimizers always divide by the actual number of microbatches.")
+
+
+def _install_engine(model, config, expected_batch_size, options):
     ClippingEngine(
         config.l2_norm_clip, config.noise_multiplier,
         num_microbatches=config.num_microbatches,
         expected_batch_size=expected_batch_size,
-        seed=config.noise_seed, **engine_options).install(model, config)
+        seed=config.noise_seed, options=options).install(model, config)

@@ -9,9 +9,11 @@ from tensorflow_privacy.privacy.optimizers.dp_optimizer_keras import (
 from keras_tempered_dp.callbacks import EpsilonCallback
 from keras_tempered_dp.layers import TemperedSigmoid
 from keras_tempered_dp.models import mnist_cnn
-from keras_tempered_dp.privacy.compile import compile_dp
+from keras_tempered_dp.privacy.compile import compile_dp, make_private
+from keras_tempered_dp.privacy.config import EngineOptions
 from keras_tempered_dp.privacy.losses import per_example_loss
 from keras_tempered_dp.privacy.state import get_dp_state
+from tests.privacy.reference import clipped_mean, per_group_gradients
 
 
 def test_compile_dp_uses_tf_privacy_and_per_example_loss():
@@ -37,7 +39,6 @@ def test_fast_engine_is_the_default():
 
 
 def test_make_private_refuses_tf_privacy_optimizer_and_uncompiled():
-    from keras_tempered_dp.privacy.compile import make_private
     model = mnist_cnn()
     with pytest.raises(ValueError, match="needs a compiled model"):
         make_private(model, l2_norm_clip=1.0, noise_multiplier=1.0)
@@ -45,6 +46,57 @@ def test_make_private_refuses_tf_privacy_optimizer_and_uncompiled():
                optimizer="dp_keras_sgd")
     with pytest.raises(ValueError, match="twice"):
         make_private(model, l2_norm_clip=1.0, noise_multiplier=1.0)
+
+
+@pytest.mark.parametrize("options", [
+    dict(gamma=0.01), dict(clipping="clip"),
+    dict(augmentation_multiplicity=1, physical_batch_size=None),
+    dict(count_stddev=None), dict(engine_options=EngineOptions()),
+], ids=["gamma", "clipping", "two", "count_stddev", "object"])
+@pytest.mark.parametrize("optimizer", ["dp_keras_sgd",
+                                       "vectorized_dp_keras_sgd"])
+def test_engine_options_with_tf_privacy_refused_even_at_defaults(options,
+                                                                 optimizer):
+    model = mnist_cnn()
+    names = ", ".join(sorted(options))
+    with pytest.raises(ValueError, match=rf"^{names}: only this package's "
+                       r"clipping engine \(optimizer='fast'\)"):
+        compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.0,
+                   optimizer=optimizer, **options)
+    assert model.optimizer is None
+
+
+def test_flat_engine_options_reach_the_engine_and_the_rest_compile():
+    model = mnist_cnn()
+    compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.0,
+               clipping="normalize", gamma=0.05, augmentation_multiplicity=2,
+               physical_batch_size=4, run_eagerly=True)
+    options = get_dp_state(model).engine.options
+    assert (options.clipping, options.gamma, options.augmentation_multiplicity,
+            options.physical_batch_size) == ("normalize", 0.05, 2, 4)
+    assert model.run_eagerly  # not an engine option: went to model.compile
+
+
+def test_engine_options_object_or_names_not_both():
+    options = EngineOptions(clipping="normalize")
+    model = mnist_cnn()
+    compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.0,
+               engine_options=options)
+    assert get_dp_state(model).engine.options is options
+    with pytest.raises(ValueError, match="given twice.*gamma="):
+        compile_dp(mnist_cnn(), l2_norm_clip=1.0, noise_multiplier=1.0,
+                   engine_options=options, gamma=0.1)
+
+
+def test_make_private_takes_flat_options_and_refuses_unknown_names():
+    model = mnist_cnn()
+    model.compile(optimizer="adam", loss="mse")
+    make_private(model, l2_norm_clip=1.0, noise_multiplier=1.0,
+                 clipping="normalize", gamma=0.2)
+    assert get_dp_state(model).engine.options.gamma == 0.2
+    with pytest.raises(TypeError, match=r"\['gama'\].*'gamma'"):
+        make_private(model, l2_norm_clip=1.0, noise_multiplier=1.0,
+                     gama=0.2)
 
 
 def test_expected_batch_size_needs_fast():
@@ -111,16 +163,35 @@ def test_users_own_compile_with_tf_privacy_and_epsilon():
     y = np.arange(64) % 10
     history = model.fit(x, y, batch_size=16, epochs=2, verbose=0,
                         callbacks=[EpsilonCallback(64, 16)])
-    eps = history.history["epsilon"]
-    assert eps[0] < eps[1]
+    # Directly from dp_accounting: 4 Poisson-sampled steps per epoch,
+    # q = 16 / 64, sigma = 1.1, delta = 1e-5 (other RDP orders: 2 %).
+    import dp_accounting
+    for epoch, eps in enumerate(history.history["epsilon"], start=1):
+        accountant = dp_accounting.rdp.RdpAccountant()
+        accountant.compose(dp_accounting.SelfComposedDpEvent(
+            dp_accounting.PoissonSampledDpEvent(
+                0.25, dp_accounting.GaussianDpEvent(1.1)), 4 * epoch))
+        assert eps == pytest.approx(accountant.get_epsilon(1e-5), rel=0.02)
 
 
-def test_paper_model_trains_with_compile_dp():
+def test_paper_model_step_with_compile_dp_is_the_reference_step():
+    """Noise 0: one fit step moves the weights by -lr * the per-example
+    reference's clipped mean, with examples on both sides of the clip."""
     model = mnist_cnn("tempered_sigmoid")
-    compile_dp(model, l2_norm_clip=1.0, noise_multiplier=0.0,
-               learning_rate=0.05, batch_size=8, num_examples=16)
-    before = model.get_weights()
-    model.fit(np.random.default_rng(0).uniform(size=(16, 28, 28, 1)),
-              np.arange(16) % 10, batch_size=8, epochs=1, verbose=0)
-    assert any(np.abs(a - b).max() > 0
-               for a, b in zip(before, model.get_weights()))
+    x = np.random.default_rng(0).uniform(size=(8, 28, 28, 1)).astype(
+        "float32")
+    y = (np.arange(8) % 10).astype("int32")
+    loss_fn = per_example_loss(
+        tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    norms = [np.sqrt(sum(np.sum(g ** 2) for g in grads))
+             for grads in per_group_gradients(model, loss_fn, x, y)]
+    clip = float(np.median(norms))
+    want, scales = clipped_mean(model, loss_fn, x, y, clip)
+    compile_dp(model, l2_norm_clip=clip, noise_multiplier=0.0,
+               learning_rate=0.05, batch_size=8, num_examples=8)
+    before = [v.numpy() for v in model.trainable_variables]
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    for b, a, w, scale in zip(before, model.trainable_variables, want,
+                              scales):
+        np.testing.assert_allclose((b - a.numpy()) / 0.05 / scale,
+                                   w / scale, rtol=0, atol=1e-4)

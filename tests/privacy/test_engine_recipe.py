@@ -8,27 +8,40 @@ import tensorflow as tf
 from keras_tempered_dp.augmentation import RandomCropFlip
 from keras_tempered_dp.models import mnist_cnn
 from keras_tempered_dp.privacy.clipping import ClippingEngine
+from keras_tempered_dp.privacy.clipping.noise import round_up_to_float32
+from keras_tempered_dp.privacy.compile import make_private
+from keras_tempered_dp.privacy.config import EngineOptions
+from keras_tempered_dp.privacy.losses import per_example_loss
+from keras_tempered_dp.privacy.state import get_dp_state
 from tests.privacy.reference import global_norm, per_group_gradients
 
 L = tf.keras.layers
-RNG = np.random.default_rng(3)
 K = 3
 
 
 def _model():
     tf.keras.utils.set_random_seed(1)
-    return tf.keras.Sequential([
+    model = tf.keras.Sequential([
         L.Conv2D(4, 3, activation="tanh", input_shape=(6, 6, 1)),
         L.GroupNormalization(2), L.Flatten(), L.Dense(3)])
-
-
-def _install(model, clip=1.0, noise=0.0, **kwargs):
     model.compile(optimizer=tf.keras.optimizers.SGD(0.1),
                   loss=tf.keras.losses.SparseCategoricalCrossentropy(
                       from_logits=True), metrics=["accuracy"])
-    engine = ClippingEngine(clip, noise, **kwargs)
-    engine.install(model)
-    return engine
+    return model
+
+
+def _loss_fn(model):
+    return per_example_loss(model.loss)
+
+
+def _install(model, clip=1.0, noise=0.0, **kwargs):
+    """An engine built through the public entry point, make_private."""
+    if model.optimizer is None:
+        model.compile(optimizer=tf.keras.optimizers.SGD(0.1),
+                      loss=tf.keras.losses.SparseCategoricalCrossentropy(
+                          from_logits=True), metrics=["accuracy"])
+    make_private(model, l2_norm_clip=clip, noise_multiplier=noise, **kwargs)
+    return get_dp_state(model).engine
 
 
 def _scale_copies(x, generator):
@@ -37,8 +50,9 @@ def _scale_copies(x, generator):
     return x * (1.0 + 0.25 * tf.cast(copy, x.dtype))[:, None, None, None]
 
 
-def _data(n=6):
-    x = RNG.normal(size=(n, 6, 6, 1)).astype("float32")
+def _data(n=6, seed=0):
+    x = np.random.default_rng(seed).normal(size=(n, 6, 6, 1)).astype(
+        "float32")
     y = (np.arange(n) % 3).astype("int32")
     return x, y
 
@@ -71,21 +85,20 @@ def _reference_update(grads, factor_fn):
 
 def test_augmentation_multiplicity_averages_copies_before_clipping():
     model = _model()
-    engine = _install(model, augmentation_multiplicity=K,
-                      augment=_scale_copies)
     x, y = _data()
-    grads = _example_grads(model, engine.loss_fn, x, y, copies=K)
+    grads = _example_grads(model, _loss_fn(model), x, y, copies=K)
     norms = [global_norm(g) for g in grads]
     clip = float(np.median(norms))
     assert min(norms) < clip < max(norms)
-    engine.l2_norm_clip = clip
+    engine = _install(model, clip=clip, augmentation_multiplicity=K,
+                      augment=_scale_copies)
     got, _ = engine.compute_gradients(tf.constant(x), tf.constant(y))
     _assert_close(got, _reference_update(
         grads, lambda n: min(1.0, clip / n)))
     # Clipping each copy separately would be a different (wrong) update.
     per_copy = _reference_update(
         [g for i in range(len(y)) for g in per_group_gradients(
-            model, engine.loss_fn,
+            model, _loss_fn(model),
             np.stack([x[i] * (1 + 0.25 * j) for j in range(K)]),
             np.repeat(y[i:i + 1], K))], lambda n: min(1.0, clip / n))
     assert max(np.abs(a - b).max() for a, b in zip(got, per_copy)) > 1e-4
@@ -95,7 +108,7 @@ def test_normalization_matches_reference_and_bounds_every_contribution():
     model = _model()
     engine = _install(model, clip=0.5, clipping="normalize", gamma=0.01)
     x, y = _data()
-    grads = _example_grads(model, engine.loss_fn, x, y)
+    grads = _example_grads(model, _loss_fn(model), x, y)
     got, _ = engine.compute_gradients(tf.constant(x), tf.constant(y))
     _assert_close(got, _reference_update(
         grads, lambda n: 0.5 / (n + 0.01)))
@@ -113,10 +126,9 @@ def test_accumulation_equals_one_big_batch(multiplicity):
     big = _install(model, **kwargs)
     x, y = _data(8)
     want, want_pred = big.compute_gradients(tf.constant(x), tf.constant(y))
-    chunked = ClippingEngine(0.05, 0.0, physical_batch_size=3,
-                             augmentation_multiplicity=multiplicity,
-                             augment=kwargs["augment"])
-    chunked.install(model)
+    chunked = _install(model, clip=0.05, physical_batch_size=3,
+                       augmentation_multiplicity=multiplicity,
+                       augment=kwargs["augment"])
     # Traced with an unknown batch size, as fit does; 8 = 3 + 3 + 2.
     step = tf.function(chunked.compute_gradients, input_signature=[
         tf.TensorSpec([None, 6, 6, 1]), tf.TensorSpec([None], tf.int32)])
@@ -128,10 +140,10 @@ def test_accumulation_equals_one_big_batch(multiplicity):
 def test_accumulated_noise_is_added_once_per_logical_batch():
     model = tf.keras.Sequential([L.Dense(10, input_shape=(50,))])
     engine = _install(model, clip=0.7, noise=1.3, physical_batch_size=4)
-    x = tf.constant(RNG.normal(size=(16, 50)).astype("float32"))
+    rng = np.random.default_rng(2)
+    x = tf.constant(rng.normal(size=(16, 50)).astype("float32"))
     y = tf.constant(np.arange(16) % 10)
-    clean = ClippingEngine(0.7, 0.0, physical_batch_size=4)
-    clean.install(model)
+    clean = _install(model, clip=0.7, physical_batch_size=4)
     noiseless, _ = clean.compute_gradients(x, y)
     draws = np.concatenate([
         np.ravel(np.asarray(a) - np.asarray(b))
@@ -143,12 +155,11 @@ def test_accumulated_noise_is_added_once_per_logical_batch():
 
 def test_noise_multiplier_change_reaches_a_traced_step():
     model = tf.keras.Sequential([L.Dense(10, input_shape=(50,))])
-    engine = _install(model, clip=1.0, noise=2.0, seed=5)
+    engine = _install(model, clip=1.0, noise=2.0, noise_seed=5)
     x = tf.constant(np.zeros((16, 50), "float32"))
     y = tf.constant(np.arange(16) % 10)
     step = tf.function(engine.compute_gradients)
-    clean_engine = ClippingEngine(1.0, 0.0)
-    clean_engine.install(model)
+    clean_engine = _install(model, clip=1.0)
     clean = np.concatenate([np.ravel(g) for g in
                             clean_engine.compute_gradients(x, y)[0]])
 
@@ -164,34 +175,67 @@ def test_noise_multiplier_change_reaches_a_traced_step():
         engine.noise_multiplier = -1.0
 
 
-def test_fit_with_augmentation_and_accumulation_on_the_paper_cnn():
-    model = mnist_cnn("tempered_sigmoid")
-    _install(model, clip=1.0, noise=1.0, augmentation_multiplicity=2,
-             physical_batch_size=8)
-    x = RNG.uniform(size=(32, 28, 28, 1)).astype("float32")
-    y = np.arange(32) % 10
-    before = model.get_weights()
-    history = model.fit(x, y, batch_size=20, epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"][0])
-    assert 0 <= history.history["accuracy"][0] <= 1
-    assert any(np.abs(a - b).max() > 0
-               for a, b in zip(before, model.get_weights()))
+def test_fit_with_augmentation_and_accumulation_is_the_reference_step():
+    """One fit step (K copies, chunks of 4 of a batch of 10) moves the
+    weights by exactly -lr * the reference's clipped mean over copies."""
+    model = _model()
+    x, y = _data(10, seed=4)
+    grads = _example_grads(model, _loss_fn(model), x, y, copies=K)
+    clip = float(np.median([global_norm(g) for g in grads]))
+    want = _reference_update(grads, lambda n: min(1.0, clip / n))
+    before = [v.numpy() for v in model.trainable_variables]
+    # The metrics see the augmented copies' predictions before the step.
+    want_loss = np.mean([
+        np.mean(_loss_fn(model)(np.repeat(y[i:i + 1], K), model(
+            np.stack([x[i] * (1 + 0.25 * j) for j in range(K)]))))
+        for i in range(10)])
+    engine = _install(model, clip=clip, augmentation_multiplicity=K,
+                      augment=_scale_copies, physical_batch_size=4)
+    history = model.fit(x, y, batch_size=10, epochs=1, verbose=0,
+                        shuffle=False)
+    after = [v.numpy() for v in model.trainable_variables]
+    _assert_close([(b - a) / 0.1 for b, a in zip(before, after)], want)
+    assert history.history["loss"][0] == pytest.approx(want_loss, rel=1e-5)
+    assert int(engine.steps_taken) == 1 and int(engine.examples_seen) == 10
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(clipping="auto"), "clipping"),
-    (dict(clipping="normalize", gamma=0.0), "gamma"),
-    (dict(augmentation_multiplicity=0), "augmentation_multiplicity"),
-    (dict(physical_batch_size=0), "physical_batch_size"),
-    (dict(num_microbatches=2, physical_batch_size=4), "num_microbatches"),
+@pytest.mark.parametrize("options, engine_kwargs, match", [
+    (dict(clipping="auto"), {}, "^clipping='auto': must be"),
+    (dict(clipping="normalize", gamma=0.0), {}, "^gamma=0.0: must be > 0"),
+    (dict(augmentation_multiplicity=0), {},
+     "^augmentation_multiplicity=0: must be a positive integer"),
+    (dict(physical_batch_size=0), {}, "^physical_batch_size=0: must be"),
+    (dict(physical_batch_size=4), dict(num_microbatches=2),
+     "^num_microbatches= cannot be combined"),
+    (dict(clipping="quantile", count_stddev=5.0), dict(num_microbatches=2),
+     "needs per-example clipping"),
+    ({}, dict(num_microbatches=2, expected_batch_size=8),
+     "cannot be combined"),
+    ({}, dict(num_microbatches=0), "^num_microbatches=0: must be"),
+    ({}, dict(expected_batch_size=-3), "^expected_batch_size=-3: must be"),
 ])
-def test_bad_settings_are_refused_by_name(kwargs, match):
+def test_bad_settings_are_refused_by_name(options, engine_kwargs, match):
     with pytest.raises(ValueError, match=match):
-        ClippingEngine(1.0, 1.0, **kwargs)
+        ClippingEngine(1.0, 1.0, options=EngineOptions.from_flat(**options),
+                       **engine_kwargs)
+
+
+def test_settings_are_read_only():
+    engine = ClippingEngine(1.0, 1.0, num_microbatches=2, seed=3)
+    for name in ("num_microbatches", "expected_batch_size", "seed",
+                 "clipping", "options", "model", "steps_taken",
+                 "examples_seen"):
+        with pytest.raises(AttributeError):
+            setattr(engine, name, None)
+    with pytest.raises(TypeError, match="EngineOptions"):
+        ClippingEngine(1.0, 1.0, options=dict(gamma=0.1))
+    with pytest.raises(TypeError):  # options only by keyword
+        ClippingEngine(1.0, 1.0, 2)
 
 
 def test_random_crop_flip_returns_crops_of_the_padded_image():
-    images = RNG.normal(size=(12, 5, 7, 2)).astype("float32")
+    rng = np.random.default_rng(5)
+    images = rng.normal(size=(12, 5, 7, 2)).astype("float32")
     out = np.asarray(RandomCropFlip(padding=2)(
         tf.constant(images), tf.random.Generator.from_seed(4)))
     padded = np.pad(images, [(0, 0), (2, 2), (2, 2), (0, 0)],
@@ -214,14 +258,13 @@ def test_quantile_clipping_update_and_clip_step_match_reference():
     """Noise 0: the update is the reference's clipped mean at the current C,
     and C moves by exp(-eta * (fraction below C - target quantile))."""
     model = _model()
-    engine = _install(model, clip=1.0, clipping="quantile",
-                      target_quantile=0.3, clip_learning_rate=0.2,
-                      count_stddev=0.0)
     x, y = _data(8)
-    grads = _example_grads(model, engine.loss_fn, x, y)
+    grads = _example_grads(model, _loss_fn(model), x, y)
     norms = np.array([global_norm(g) for g in grads])
     clip = float(np.median(norms))
-    engine.l2_norm_clip = clip
+    engine = _install(model, clip=clip, clipping="quantile",
+                      target_quantile=0.3, clip_learning_rate=0.2,
+                      count_stddev=0.0)
     got, _ = engine.compute_gradients(tf.constant(x), tf.constant(y))
     _assert_close(got, _reference_update(grads,
                                          lambda n: min(1.0, clip / n)))
@@ -233,7 +276,7 @@ def test_quantile_clipping_update_and_clip_step_match_reference():
 def test_quantile_clipping_splits_the_noise_budget_exactly():
     model = tf.keras.Sequential([L.Dense(10, input_shape=(50,))])
     engine = _install(model, clip=0.5, noise=1.2, clipping="quantile",
-                      count_stddev=2.0, seed=1)
+                      count_stddev=2.0, noise_seed=1)
     sigma_g = float(engine.gradient_noise_multiplier())
     # One Gaussian mechanism of multiplier 1.2 = gradient (sigma_g) and
     # count (sensitivity 1/2, std 2: multiplier 4) composed.
@@ -253,14 +296,21 @@ def test_quantile_clipping_splits_the_noise_budget_exactly():
     y = tf.constant(np.arange(16) % 10)
     draws = []
     for _ in range(20):
-        engine.l2_norm_clip = 0.5  # zero gradients: C would drift
-        draws.append(np.concatenate(
-            [np.ravel(g) for g in engine.compute_gradients(x, y)[0]]))
-    assert np.std(draws) == pytest.approx(sigma_g * 0.5 / 16, rel=0.03)
+        clip = engine.l2_norm_clip  # C moves each step: noise is sigma_g * C
+        # x = 0: the kernel's gradient is 0 for every example, pure noise.
+        kernel = engine.compute_gradients(x, y)[0][0]
+        draws.append(np.ravel(kernel) / clip)
+    assert np.std(draws) == pytest.approx(sigma_g / 16, rel=0.03)
+    quantile = EngineOptions(clipping="quantile")
+    with pytest.raises(ValueError, match="count_stddev=1.0"):
+        ClippingEngine(1.0, 3.0, options=EngineOptions.from_flat(
+            clipping="quantile", count_stddev=1.0))
     with pytest.raises(ValueError, match="count_stddev"):
-        ClippingEngine(1.0, 3.0, clipping="quantile", count_stddev=1.0)
-    with pytest.raises(ValueError, match="count_stddev"):
-        ClippingEngine(1.0, 1.0, clipping="quantile")  # no batch size
+        ClippingEngine(1.0, 1.0, options=quantile)  # no batch size
+    # The default count noise: expected batch / 20, decided in one place.
+    with pytest.raises(ValueError, match="count_stddev=2.0"):
+        ClippingEngine(1.0, 4.0, expected_batch_size=40, options=quantile)
+    ClippingEngine(1.0, 3.9, expected_batch_size=40, options=quantile)
 
 
 def test_quantile_clip_tracks_the_norms_in_fit():
@@ -268,9 +318,10 @@ def test_quantile_clip_tracks_the_norms_in_fit():
     _install(model, clip=100.0, noise=0.5, clipping="quantile",
              target_quantile=0.5, clip_learning_rate=0.5,
              expected_batch_size=16)
-    x = RNG.uniform(size=(64, 28, 28, 1)).astype("float32")
+    x = np.random.default_rng(6).uniform(size=(64, 28, 28, 1))
     y = np.arange(64) % 10
-    history = model.fit(x, y, batch_size=16, epochs=5, verbose=0)
+    history = model.fit(x.astype("float32"), y, batch_size=16, epochs=5,
+                        verbose=0)
     clips = history.history["l2_norm_clip"]
     # Every example is below C = 100 at first: the clip shrinks.
     assert clips[-1] < clips[0] < 100
@@ -280,5 +331,72 @@ def test_quantile_clip_tracks_the_norms_in_fit():
 def test_stored_noise_is_never_below_the_accounted_noise(sigma):
     engine = ClippingEngine(1.0, sigma)
     assert engine.noise_multiplier == sigma  # what the accountant is told
-    assert float(engine._noise_multiplier.numpy()) >= sigma
-    assert float(engine._noise_multiplier.numpy()) <= sigma * (1 + 1e-6)
+    drawn = float(engine.gradient_noise_multiplier())  # what the step uses
+    assert sigma <= drawn <= sigma * (1 + 1e-6)
+    assert drawn == float(round_up_to_float32(sigma))
+    engine.noise_multiplier = sigma / 3  # as a schedule does
+    assert float(engine.gradient_noise_multiplier()) >= sigma / 3
+
+
+def test_quantile_count_ignores_rows_of_weight_zero():
+    """Poisson sampling's empty draw yields one row of sample weight 0; it
+    is no example. Counted, it made the centred count +1/2 (clip moved from
+    1.0 to 0.975 here): neighbours could differ by 1, twice the sensitivity
+    the noise split assumes."""
+    model = tf.keras.Sequential([L.Dense(3, input_shape=(4,))])
+    engine = _install(model, clip=1.0, clipping="quantile", count_stddev=0.0,
+                      target_quantile=0.5, clip_learning_rate=0.2,
+                      expected_batch_size=4)
+    engine.compute_gradients(tf.ones((1, 4)), tf.constant([0]),
+                             tf.constant([0.0]))
+    assert engine.l2_norm_clip == pytest.approx(1.0, rel=1e-7)
+    copies = _install(model, clip=1.0, clipping="quantile", count_stddev=0.0,
+                      expected_batch_size=4, augmentation_multiplicity=2,
+                      augment=lambda x, generator: x)
+    copies.compute_gradients(tf.ones((1, 4)), tf.constant([0]),
+                             tf.constant([0.0]))
+    assert copies.l2_norm_clip == pytest.approx(1.0, rel=1e-7)
+    # 2 real examples far below C = 1000 and 2 rows of weight 0: the count
+    # is 2 - 2 / 2 = 1, the fraction 1 / 4 + 1 / 2.
+    big = _install(model, clip=1000.0, clipping="quantile", count_stddev=0.0,
+                   target_quantile=0.5, clip_learning_rate=0.2,
+                   expected_batch_size=4)
+    big.compute_gradients(tf.ones((4, 4)), tf.constant([0, 1, 2, 0]),
+                          tf.constant([1.0, 0.0, 1.0, 0.0]))
+    assert big.l2_norm_clip == pytest.approx(
+        1000.0 * np.exp(-0.2 * (0.75 - 0.5)), rel=1e-6)
+
+
+def _batches(sizes, weights_zero, seed=0):
+    """Batches of the given sizes; ``weights_zero[i]`` rows of batch i get
+    sample weight 0 (size 1 with 1 zero: Poisson's empty draw)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for size, zeros in zip(sizes, weights_zero):
+        weights = np.ones(size, "float32")
+        weights[:zeros] = 0.0
+        out.append((rng.normal(size=(size, 6, 6, 1)).astype("float32"),
+                    (np.arange(size) % 3).astype("int32"), weights))
+    return out
+
+
+@pytest.mark.parametrize("options", [
+    {}, dict(augmentation_multiplicity=2, augment=_scale_copies,
+             physical_batch_size=3)], ids=["plain", "copies_and_chunks"])
+def test_counters_count_steps_and_weighted_examples_in_fit(options):
+    batches = _batches([5, 1, 7, 4], [0, 1, 2, 4])
+    data = tf.data.Dataset.from_generator(
+        lambda: iter(batches), output_signature=(
+            tf.TensorSpec([None, 6, 6, 1]), tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None]))).apply(
+                tf.data.experimental.assert_cardinality(len(batches)))
+    model = _model()
+    engine = _install(model, clip=1.0, noise=0.5, expected_batch_size=5,
+                      **options)
+    assert int(engine.steps_taken) == 0 and int(engine.examples_seen) == 0
+    model.fit(data, epochs=2, verbose=0)
+    assert engine.steps_taken.dtype == tf.int64
+    assert int(engine.steps_taken) == 2 * 4 == int(model.optimizer.iterations)
+    assert int(engine.examples_seen) == 2 * (5 + 0 + 5 + 0)
+    engine.compute_gradients(*batches[0])  # by hand: not counted
+    assert int(engine.steps_taken) == 8

@@ -37,6 +37,9 @@ def test_trained_model_saves_loads_and_trains_further(tmp_path, fresh_python,
                                                            delta=1e-3)])
         changed = any(np.abs(a - b).max() > 0
                       for a, b in zip(before, model.get_weights()))
+        from keras_tempered_dp.privacy import get_dp_state
+        engine = get_dp_state(model).engine
+        print(int(engine.steps_taken), int(engine.examples_seen))
         print(steps_before, int(model.optimizer.iterations), changed,
               history.history["epsilon"][0] > 0)
     """)
@@ -47,3 +50,5 @@ def test_trained_model_saves_loads_and_trains_further(tmp_path, fresh_python,
     # optimizer, for plain Keras models as well (docs/sharp_edges.md).
     steps = ["2", "4"] if fmt == "keras" else ["0", "2"]
     assert out.split()[-4:] == steps + ["True", "True"]
+    # The resumed engine counts what it ran itself: 2 steps of 16.
+    assert out.split()[-6:-4] == ["2", "32"]

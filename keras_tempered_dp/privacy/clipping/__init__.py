@@ -1,8 +1,49 @@
-"""The per-example clipping engine (see :mod:`.engine`)."""
+"""The per-example clipping engine (see :mod:`.engine` and docs/engine.md).
 
+This is where the package is assembled: the built-in norm functions are
+registered here, and only here, one per Keras layer class.
+"""
+
+import tensorflow as tf
+
+from keras_tempered_dp.layers.ws_conv import WSConv2D
 from keras_tempered_dp.privacy.clipping.engine import ClippingEngine
+from keras_tempered_dp.privacy.clipping.norm_contract import (
+    NormFn,
+    NormResult,
+)
+from keras_tempered_dp.privacy.clipping.norms.conv import conv2d_sq_norms
+from keras_tempered_dp.privacy.clipping.norms.dense import dense_sq_norms
+from keras_tempered_dp.privacy.clipping.norms.embedding import (
+    embedding_sq_norms,
+)
+from keras_tempered_dp.privacy.clipping.norms.normalization import (
+    group_norm_sq_norms,
+    layer_norm_sq_norms,
+)
+from keras_tempered_dp.privacy.clipping.norms.standardized_conv import (
+    ws_conv2d_sq_norms,
+)
 from keras_tempered_dp.privacy.clipping.registry import (
     lookup_norm_fn,
     register_norm_fn,
     registered_classes,
 )
+from keras_tempered_dp.privacy.config import EngineOptions, QuantileClipping
+
+__all__ = [
+    "ClippingEngine", "EngineOptions", "NormFn", "NormResult",
+    "QuantileClipping", "lookup_norm_fn", "register_norm_fn",
+    "registered_classes",
+]
+
+_BUILT_IN = {
+    tf.keras.layers.Dense: dense_sq_norms,
+    tf.keras.layers.Conv2D: conv2d_sq_norms,
+    tf.keras.layers.Embedding: embedding_sq_norms,
+    tf.keras.layers.LayerNormalization: layer_norm_sq_norms,
+    tf.keras.layers.GroupNormalization: group_norm_sq_norms,
+    WSConv2D: ws_conv2d_sq_norms,
+}
+for _layer_class, _fn in _BUILT_IN.items():
+    register_norm_fn(_layer_class, _fn)

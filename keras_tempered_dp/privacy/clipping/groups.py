@@ -15,6 +15,8 @@ In every case a group's gradient is the gradient of its *mean* loss.
 :func:`regroup` and :func:`examples_per_group` handle all three.
 """
 
+from typing import NamedTuple, Optional, Union
+
 import tensorflow as tf
 
 
@@ -32,6 +34,10 @@ class GroupsOf:
 
     def __repr__(self):
         return f"GroupsOf({self.size})"
+
+
+# What norm functions receive as ``num_groups``.
+Groups = Union[None, int, GroupsOf]
 
 
 def regroup(tensor, num_groups):
@@ -78,3 +84,77 @@ def examples_per_group(tensor, num_groups):
     if isinstance(num_groups, GroupsOf):
         return tf.constant(num_groups.size, tensor.dtype)
     return tf.cast(tf.shape(tensor)[0] // num_groups, tensor.dtype)
+
+
+class Batch(NamedTuple):
+    """The rows of one step (or one chunk of it), as the loss sees them."""
+
+    x: tf.Tensor
+    y: tf.Tensor
+    sample_weight: Optional[tf.Tensor] = None
+
+
+def repeat_rows(tensor, k):
+    """Each row repeated ``k`` times, copies side by side (None stays)."""
+    if tensor is None or k == 1:
+        return tensor
+    return tf.repeat(tensor, k, axis=0)
+
+
+def augmented_copies(batch, k, augment, generator):
+    """The batch with each example replaced by ``k`` augmented copies, side
+    by side (they form the example's group, ``GroupsOf(k)``).
+
+    Without ``augment`` nothing changes; with ``k == 1`` each example is
+    augmented once.
+    """
+    if augment is None:
+        return batch
+    x, y, sample_weight = (repeat_rows(t, k) for t in batch)
+    return Batch(augment(x, generator), y, sample_weight)
+
+
+def checked_microbatches(losses, records, grad_outputs, num_microbatches):
+    """Raises unless ``num_microbatches`` divides the batch's rows (those of
+    the per-example ``losses``).
+
+    The check runs before anything is reshaped by groups: ``records`` and
+    ``grad_outputs`` come back made to wait for it when the batch size is
+    only known at run time.
+    """
+    message = (f"num_microbatches={num_microbatches} does not divide this "
+               "batch's size; drop the remainder (drop_remainder=True) or "
+               "see keras_tempered_dp.privacy.check_microbatches")
+    static = losses.shape[0]
+    if static is not None and static % num_microbatches:
+        raise ValueError(f"{message} ({static}).")
+    with tf.control_dependencies([tf.debugging.assert_equal(
+            tf.shape(losses)[0] % num_microbatches, 0, message=message)]):
+        grad_outputs = [tf.identity(g) for g in grad_outputs]
+        records = [record._replace(inputs=tf.identity(record.inputs))
+                   for record in records]
+    return records, grad_outputs
+
+
+def rows_per_group(rows, num_groups):
+    """How many rows each group holds, as an int32 scalar tensor."""
+    if isinstance(num_groups, GroupsOf):
+        return tf.constant(num_groups.size)
+    if num_groups:
+        return rows // num_groups
+    return tf.constant(1)
+
+
+def groups_with_weight(sample_weight, rows, num_groups):
+    """``[G]`` float32: 1 for a group holding a row of weight > 0, else 0.
+
+    A row of weight 0 (the placeholder of an empty Poisson draw) is no
+    example: it must not count in the quantile estimate.
+    """
+    if sample_weight is None:
+        counted = tf.ones([rows], tf.bool)
+    else:
+        counted = tf.reduce_any(
+            tf.reshape(sample_weight, [rows, -1]) > 0, axis=1)
+    grouped = regroup(counted, num_groups)
+    return tf.cast(tf.reduce_any(grouped, axis=1), tf.float32)

@@ -1,38 +1,42 @@
 """Registry: one per-example squared-norm function per Keras layer class.
 
-A norm function has the signature ``fn(layer, inputs, grad_outputs,
-num_groups, call) -> (squared_norms, clipped_sum)`` where ``inputs`` is what the layer's ``call``
-received, ``grad_outputs`` the gradient of the summed per-example loss with
-respect to the layer's pre-activation output, and the result (shape
-``[num_groups]``) is, for each group of ``batch / num_groups`` consecutive
-examples, the squared L2 norm of the gradient of the group's *mean* loss with
-respect to all of the layer's trainable weights; ``call`` computes the layer
-without its activation, for functions that recompute. ``clipped_sum`` is
-None or a function ``factors -> grads`` returning, for each trainable weight
-of the layer in order, ``sum_m factors[m] * grad_m`` (the engine otherwise
-recomputes the layer with re-weighted ``grad_outputs``).
-``num_groups=None`` is per-example clipping (one group per example); an
-integer G is TF Privacy's microbatches; ``GroupsOf(K)`` groups the K
-augmented copies of each example (:mod:`.groups`, whose ``regroup`` handles
-all three).
+The contract of a norm function is :class:`.norm_contract.NormFn`; it
+returns a :class:`.norm_contract.NormResult`. Lookup is by exact class
+(``Conv2DTranspose`` subclasses ``Conv2D`` but is not the same operation).
+The engine asks :func:`norm_fn_for`, which sends a layer to the exact
+generic route (:mod:`.norms.generic`) when its class has no entry or when
+only some of its weights are trainable (a frozen kernel with a trainable
+bias): registered functions may assume every weight of the layer is
+trainable.
 
-Lookup is by exact class (``Conv2DTranspose`` subclasses ``Conv2D`` but is not
-the same operation); a class without an entry uses the exact generic
-fallback in :mod:`.generic`.
+The package's own functions are registered in one place,
+``keras_tempered_dp/privacy/clipping/__init__.py``.
 """
 
+from typing import Optional
+
 from keras_tempered_dp.privacy.clipping.groups import regroup  # noqa: F401
+from keras_tempered_dp.privacy.clipping.norm_contract import (  # noqa: F401
+    ClippedSumFn,
+    NormFn,
+    NormResult,
+)
+from keras_tempered_dp.privacy.clipping.norms.generic import generic_sq_norms
 
 _NORM_FNS = {}
 
 
-def register_norm_fn(layer_class):
-    """Decorator: registers a per-example squared-norm function.
+def register_norm_fn(layer_class, fn: Optional[NormFn] = None):
+    """Registers ``fn`` as the norm function of ``layer_class``.
 
-    Example:
+    Use it as a decorator (``fn`` omitted) or as a call. A later
+    registration for the same class replaces the earlier one.
+
+    Example: a layer ``y = x * w`` with one scalar weight; one example's
+    gradient is ``sum_j x_j * dz_j``.
 
     >>> import tensorflow as tf
-    >>> class Scale(tf.keras.layers.Layer):  # y = x * w, one weight
+    >>> class Scale(tf.keras.layers.Layer):
     ...     def build(self, shape):
     ...         self.w = self.add_weight("w", ())
     ...     def call(self, x):
@@ -41,20 +45,31 @@ def register_norm_fn(layer_class):
     ... def scale_sq_norms(layer, inputs, grad_outputs, num_groups, call):
     ...     per_example = tf.reduce_sum(inputs * grad_outputs, axis=[1])
     ...     grouped = regroup(per_example, num_groups)  # [G, B / G]
-    ...     return tf.square(tf.reduce_mean(grouped, axis=1)), None
+    ...     return NormResult(tf.square(tf.reduce_mean(grouped, axis=1)))
     >>> lookup_norm_fn(Scale()) is scale_sq_norms
     True
     """
     def decorate(fn):
         _NORM_FNS[layer_class] = fn
         return fn
-    return decorate
+    return decorate if fn is None else decorate(fn)
 
 
-def lookup_norm_fn(layer):
-    """The registered function for ``type(layer)``, or None."""
+def lookup_norm_fn(layer) -> Optional[NormFn]:
+    """The function registered for ``type(layer)``, or None."""
     return _NORM_FNS.get(type(layer))
 
 
 def registered_classes():
+    """The layer classes with a registered norm function."""
     return tuple(_NORM_FNS)
+
+
+def norm_fn_for(layer) -> NormFn:
+    """The function the engine uses for ``layer``: the registered one if
+    every weight of the layer is trainable, else the exact generic route."""
+    fn = lookup_norm_fn(layer)
+    trainable = {id(w) for w in layer.trainable_weights}
+    if fn is None or trainable != {id(w) for w in layer.weights}:
+        return generic_sq_norms
+    return fn

@@ -8,13 +8,24 @@ every example's gradient signal for that layer; the layer's norm function
 turns it into per-example gradient norms.
 """
 
+import collections
 import contextlib
+from typing import Any, Dict, NamedTuple, Tuple
 
 import tensorflow as tf
 
 from keras_tempered_dp.privacy.checks import iter_layers
 
 _LINEAR = tf.keras.activations.linear
+
+
+class TapRecord(NamedTuple):
+    """One recorded call of a tapped layer."""
+
+    inputs: tf.Tensor
+    args: Tuple[Any, ...]
+    kwargs: Dict[str, Any]
+    outputs: tf.Tensor  # before the activation: z
 
 
 def _leaf_layers_with_weights(model):
@@ -48,9 +59,22 @@ class Tap:
     @tf.autograph.experimental.do_not_convert
     def recording_call(self, inputs, *args, **kwargs):
         z = self.linear_call(inputs, *args, **kwargs)
-        self.records.append((inputs, args, kwargs, z))
+        self.records.append(TapRecord(inputs, args, kwargs, z))
         activation = getattr(self.layer, "activation", None)
         return z if activation is None else activation(z)
+
+    def only_record(self):
+        """The one record of the last pass; raises if the layer was called
+        another number of times."""
+        if len(self.records) != 1:
+            raise ValueError(
+                f"Layer {self.layer.name!r} was called {len(self.records)} "
+                "times in one forward pass. The clipping engine needs each "
+                "layer with trainable weights to be called exactly once "
+                "(shared weights make one example's gradient a sum over "
+                "calls). Use compile_dp(..., optimizer='dp_keras_sgd') for "
+                "such models.")
+        return self.records[0]
 
     @contextlib.contextmanager
     def installed(self):
@@ -64,13 +88,40 @@ class Tap:
             self._call = None
 
 
+def _refuse_shared_variables(model):
+    """Raises if two layers list the same trainable variable (tied weights).
+
+    The engine computes each layer's per-example gradient from that layer's
+    own inputs and outputs; a variable used by two layers would get one
+    layer's gradient only, and its norm would miss the cross term.
+    """
+    users = collections.defaultdict(list)
+    for layer in iter_layers(model):
+        if hasattr(layer, "layers"):  # a nested model: its layers count
+            continue
+        for w in layer.trainable_weights:
+            users[id(w)].append((w, layer.name))
+    for uses in users.values():
+        if len(uses) > 1:
+            names = ", ".join(repr(name) for _, name in uses)
+            raise ValueError(
+                f"The trainable variable {uses[0][0].name!r} is shared by "
+                f"the layers {names} (tied weights). The clipping engine "
+                "computes per-example gradients layer by layer and cannot "
+                "add up one variable's gradients across layers, so its "
+                "update would be wrong. Untie the weights, or use "
+                "compile_dp(..., optimizer='dp_keras_sgd').")
+
+
 def find_taps(model):
     """Taps for every layer holding trainable weights.
 
     Raises:
         ValueError: if some trainable variable belongs to no leaf layer (a
-            custom layer that owns weights and sublayers at once), naming it.
+            custom layer that owns weights and sublayers at once), or to
+            two layers (tied weights), naming it.
     """
+    _refuse_shared_variables(model)
     taps = [Tap(layer) for layer in _leaf_layers_with_weights(model)]
     covered = {id(w) for tap in taps for w in tap.layer.trainable_weights}
     missing = [w.name for w in model.trainable_weights

@@ -14,6 +14,7 @@ from keras_tempered_dp.privacy.clipping.groups import (
     examples_per_group,
     regroup,
 )
+from keras_tempered_dp.privacy.clipping.norm_contract import NormResult
 
 
 def generic_sq_norms(layer, inputs, grad_outputs, num_groups, call):
@@ -22,8 +23,9 @@ def generic_sq_norms(layer, inputs, grad_outputs, num_groups, call):
     ``call`` is the layer's call without its activation.
 
     Returns:
-        ``(sq_norms, None)``: the engine forms the clipped sum by the same
-        recomputation with per-example weights on ``grad_outputs``.
+        ``NormResult(sq_norms, None)``: the engine forms the clipped sum by
+        the same recomputation with per-example weights on
+        ``grad_outputs``.
     """
     weights = layer.trainable_weights
     if num_groups is None:
@@ -41,4 +43,4 @@ def generic_sq_norms(layer, inputs, grad_outputs, num_groups, call):
                               unconnected_gradients="zero")
         return tf.add_n([tf.reduce_sum(tf.square(g)) for g in grads])
 
-    return tf.vectorized_map(one_group, (x, dz)), None
+    return NormResult(tf.vectorized_map(one_group, (x, dz)))

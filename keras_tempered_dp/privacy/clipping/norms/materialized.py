@@ -8,6 +8,7 @@ exact route.
 import tensorflow as tf
 
 from keras_tempered_dp.privacy.clipping.groups import regroup
+from keras_tempered_dp.privacy.clipping.norm_contract import NormResult
 
 
 def materialized_sq_norms(per_example_grads, num_groups):
@@ -20,7 +21,7 @@ def materialized_sq_norms(per_example_grads, num_groups):
             over its examples.
 
     Returns:
-        ``(sq_norms [G], clipped_sum)`` as the registry expects.
+        ``NormResult(sq_norms [G], clipped_sum)``.
     """
     grouped = []
     for g in per_example_grads:
@@ -35,4 +36,4 @@ def materialized_sq_norms(per_example_grads, num_groups):
         return [tf.tensordot(tf.cast(factors, g.dtype), g, axes=1)
                 for g in grouped]
 
-    return norms, clipped_sum
+    return NormResult(norms, clipped_sum)

@@ -11,33 +11,27 @@ to a batch of copies of the weights.
 
 import tensorflow as tf
 
-from keras_tempered_dp.layers.ws_conv import WSConv2D, standardize
-from keras_tempered_dp.privacy.clipping.factored import group, group_size
-from keras_tempered_dp.privacy.clipping.generic import generic_sq_norms
-from keras_tempered_dp.privacy.clipping.layers import (
-    _flatten_positions,
-    conv2d_patches,
-)
-from keras_tempered_dp.privacy.clipping.materialized import (
+from keras_tempered_dp.layers.ws_conv import standardize
+from keras_tempered_dp.privacy.clipping.groups import merge_positions
+from keras_tempered_dp.privacy.clipping.norms.conv import conv2d_patches
+from keras_tempered_dp.privacy.clipping.norms.generic import generic_sq_norms
+from keras_tempered_dp.privacy.clipping.norms.materialized import (
     materialized_sq_norms,
 )
-from keras_tempered_dp.privacy.clipping.registry import register_norm_fn
+from keras_tempered_dp.privacy.clipping.norms.outer_products import (
+    flatten_positions,
+    grouped_mean_grads,
+)
 
 
-@register_norm_fn(WSConv2D)
 def ws_conv2d_sq_norms(layer, inputs, grad_outputs, num_groups, call):
     """WSConv2D, channels_last, groups=1; else the exact generic route."""
-    trainable = {id(w) for w in layer.trainable_weights}
-    full = {id(layer.kernel), id(layer.gain)} | (
-        {id(layer.bias)} if layer.use_bias else set())
-    if (layer.data_format != "channels_last" or layer.groups != 1
-            or trainable != full):
+    if layer.data_format != "channels_last" or layer.groups != 1:
         return generic_sq_norms(layer, inputs, grad_outputs, num_groups,
                                 call)
     x = tf.cast(inputs, grad_outputs.dtype)
-    g = _flatten_positions(grad_outputs)
-    a = group(conv2d_patches(layer, x), num_groups)
-    g = group(g, num_groups) / group_size(g, num_groups)
+    a = merge_positions(conv2d_patches(layer, x), num_groups)
+    g = grouped_mean_grads(flatten_positions(grad_outputs), num_groups)
     w_hat_grads = tf.matmul(a, g, transpose_a=True)  # [G, K, C_out]
     kernel, gain = layer.kernel, layer.gain
     count = tf.shape(w_hat_grads)[0]
@@ -54,4 +48,4 @@ def ws_conv2d_sq_norms(layer, inputs, grad_outputs, num_groups, call):
         per_weight[id(layer.bias)] = tf.reduce_sum(g, axis=1)
     # Already one gradient per group: nothing left to group.
     return materialized_sq_norms(
-        [per_weight[id(w)] for w in layer.trainable_weights], None)
+        [per_weight[id(w)] for w in layer.weights], None)

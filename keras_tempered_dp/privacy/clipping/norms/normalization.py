@@ -7,16 +7,13 @@ so each example's gradients are ``sum dz * xhat`` (gamma) and ``sum dz``
 
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.clipping.materialized import (
+from keras_tempered_dp.privacy.clipping.norms.materialized import (
     materialized_sq_norms,
 )
-from keras_tempered_dp.privacy.clipping.registry import register_norm_fn
-
-layers = tf.keras.layers
 
 
 def _weight_grads(layer, xhat, dz, param_axes):
-    """Per-example gamma/beta gradients, in trainable-weight order."""
+    """Per-example gamma/beta gradients, in weight order."""
     rank = dz.shape.rank
     reduce_axes = [a for a in range(1, rank) if a not in param_axes]
     wanted = {}
@@ -24,10 +21,9 @@ def _weight_grads(layer, xhat, dz, param_axes):
         wanted[id(layer.gamma)] = tf.reduce_sum(dz * xhat, axis=reduce_axes)
     if layer.center:
         wanted[id(layer.beta)] = tf.reduce_sum(dz, axis=reduce_axes)
-    return [wanted[id(w)] for w in layer.trainable_weights]
+    return [wanted[id(w)] for w in layer.weights]
 
 
-@register_norm_fn(layers.LayerNormalization)
 def layer_norm_sq_norms(layer, inputs, grad_outputs, num_groups, call):
     x = tf.cast(inputs, tf.float32)
     axes = sorted(a % x.shape.rank for a in layer.axis)
@@ -38,7 +34,6 @@ def layer_norm_sq_norms(layer, inputs, grad_outputs, num_groups, call):
                                  num_groups)
 
 
-@register_norm_fn(layers.GroupNormalization)
 def group_norm_sq_norms(layer, inputs, grad_outputs, num_groups, call):
     x = tf.cast(inputs, tf.float32)
     rank = x.shape.rank

@@ -22,20 +22,29 @@ from keras_tempered_dp.privacy.clipping.groups import (
     examples_per_group,
     merge_positions,
 )
+from keras_tempered_dp.privacy.clipping.norm_contract import NormResult
 
 
-def group(tensor, num_groups):
-    """``[B, P, D] -> [G, (B / G) * P, D]``: examples of a group side by side.
+def flatten_positions(tensor):
+    """``[B, ..., D] -> [B, P, D]``, with P static whenever it is known.
 
-    ``num_groups=None`` means one group per example: nothing to do, and the
-    static shape (which picks the cheaper norm method) is kept.
+    A static P is what lets the norm code pick the cheaper method when the
+    batch size is unknown at tracing time (as in ``fit``).
     """
-    return merge_positions(tensor, num_groups)
+    inner = tensor.shape[1:-1]
+    if inner.is_fully_defined():
+        positions = 1
+        for size in inner:
+            positions *= size
+        return tf.reshape(tensor, [-1, positions, tensor.shape[-1]])
+    return tf.reshape(tensor, [tf.shape(tensor)[0], -1, tensor.shape[-1]])
 
 
-def group_size(tensor, num_groups):
-    """Examples per group, as a tensor of ``tensor``'s dtype."""
-    return examples_per_group(tensor, num_groups)
+def grouped_mean_grads(grad_outputs, num_groups):
+    """``[B, P, D] -> [G, (B / G) * P, D]``, divided by the group's size:
+    the output gradients of each group's *mean* loss."""
+    return (merge_positions(grad_outputs, num_groups)
+            / examples_per_group(grad_outputs, num_groups))
 
 
 def factored_sq_norms(a, g, num_groups, bias=False):
@@ -49,13 +58,13 @@ def factored_sq_norms(a, g, num_groups, bias=False):
         bias: include the bias gradient ``sum_p g_p``.
 
     Returns:
-        ``(sq_norms, clipped_sum)``: ``[G]`` squared norms, and a function
+        A :class:`NormResult`: ``[G]`` squared norms, and a function
         ``factors -> [kernel_grad [D_in, D_out], bias_grad [D_out]]`` (no bias
         entry when ``bias`` is False) giving ``sum_m factors[m] * grad_m``.
     """
     d_in, d_out = a.shape[-1], g.shape[-1]
-    g = group(g, num_groups) / group_size(g, num_groups)
-    a = group(a, num_groups)
+    g = grouped_mean_grads(g, num_groups)
+    a = merge_positions(a, num_groups)
     positions = a.shape[1]  # per group; static when B / G is static
     bias_grads = tf.reduce_sum(g, axis=1) if bias else None
 
@@ -92,4 +101,4 @@ def factored_sq_norms(a, g, num_groups, bias=False):
                                       bias_grads, axes=1))
         return grads
 
-    return norms, clipped_sum
+    return NormResult(norms, clipped_sum)

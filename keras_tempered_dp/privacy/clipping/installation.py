@@ -1,0 +1,41 @@
+"""Installing an engine on a model: checks and the replaced train_step."""
+
+from keras_tempered_dp.privacy.checks import check_no_batch_mixing
+
+
+def check_installable(model):
+    """Raises unless the engine can train ``model`` privately."""
+    if model.optimizer is None:
+        raise ValueError("Compile the model before installing the "
+                         "clipping engine (or use compile_dp).")
+    check_no_batch_mixing(model)
+
+
+def refuse_regularization_losses(model):
+    """Raises if the model has losses that are not per-example losses."""
+    if model.losses:
+        raise ValueError(
+            "The model has regularization losses (kernel_regularizer, "
+            "activity_regularizer or add_loss). Their gradients are not "
+            "per-example losses and the engine does not clip them. Use "
+            "the optimizer's weight_decay= instead of kernel "
+            "regularizers, and remove activity regularizers.")
+
+
+def replace_train_step(model, step):
+    """Makes ``model.fit`` (and ``train_on_batch``) run ``step(data)``.
+
+    Only the instance's ``train_step`` is replaced: the model saves and
+    loads as an ordinary Keras model.
+    """
+    def train_step(data):
+        try:
+            return step(data)
+        except Exception:
+            # A step that failed while being traced leaves a half-built
+            # tf.function behind; drop it so the next fit starts clean.
+            model.train_function = None
+            raise
+
+    model.train_step = train_step
+    model.train_function = None  # rebuild with the new step

@@ -1,0 +1,54 @@
+"""The step's Gaussian noise: its multiplier and the draw.
+
+The multiplier lives in a float32 variable (a noise schedule changes it
+between steps without retracing); the variable holds sigma rounded *up*, so
+the noise drawn is never below what the accountant is told.
+"""
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+
+def round_up_to_float32(value):
+    """The smallest float32 >= ``value``.
+
+    >>> float(round_up_to_float32(1 / 3)) >= 1 / 3
+    True
+    """
+    stored = np.float32(value)
+    if float(stored) < value:
+        stored = np.nextafter(stored, np.float32(np.inf))
+    return stored
+
+
+class NoiseMultiplier:
+    """sigma: the Python number the accountant reads, and the variable the
+    traced step reads (rounded up)."""
+
+    def __init__(self, value):
+        self.variable = tf.Variable(0.0, trainable=False, dtype=tf.float32,
+                                    name="noise_multiplier")
+        self.value = None
+        self.assign(value)
+
+    def assign(self, value):
+        """Sets sigma; raises unless it is a finite number >= 0."""
+        value = float(value)
+        if not value >= 0 or math.isinf(value):
+            raise ValueError(f"noise_multiplier={value!r}: must be a finite "
+                             "number >= 0 (the noise std in units of "
+                             "l2_norm_clip).")
+        self.variable.assign(round_up_to_float32(value))
+        self.value = value
+
+
+def noised_mean(sums, stddev, denominator, generator):
+    """``(sum + N(0, stddev^2)) / denominator`` for every gradient, one
+    fresh draw per step from ``generator``."""
+    result = []
+    for g in sums:
+        g = g + tf.cast(generator.normal(tf.shape(g)) * stddev, g.dtype)
+        result.append(g / tf.cast(denominator, g.dtype))
+    return result

@@ -29,16 +29,30 @@ TypeError: Unknown setting 'epoch'. Did you mean epochs?
 
 import dataclasses
 import difflib
+import inspect
 import math
 import numbers
 import os
 from typing import Optional
 
+from keras_tempered_dp.augmentation import RandomCropFlip
 from keras_tempered_dp.data import DATASETS
+from keras_tempered_dp.privacy.config import (
+    CLIPPING_MODES,
+    EngineOptions,
+    QuantileClipping,
+)
 from keras_tempered_dp.privacy.schedules import SCHEDULES
 
 SAMPLINGS = ("poisson", "shuffle")
-CLIPPINGS = ("clip", "normalize", "quantile")
+
+
+def _default(owner, name):
+    """The default of ``owner``'s field or argument ``name``: the run's
+    settings reuse the engine's defaults instead of writing them again."""
+    if dataclasses.is_dataclass(owner):
+        return {f.name: f.default for f in dataclasses.fields(owner)}[name]
+    return inspect.signature(owner).parameters[name].default
 
 
 def _field(default, help, choices=None):
@@ -232,44 +246,39 @@ class PrivacyConfig(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class EngineConfig(_Section):
-    """The clipping engine's options (see ``compile_dp``)."""
+    """The clipping engine's options (defaults: the engine's own)."""
 
     clipping: str = _field(
-        "clip", "clip: C / max(||g||, C); normalize: C / (||g|| + gamma); "
+        _default(EngineOptions, "clipping"),
+        "clip: C / max(||g||, C); normalize: C / (||g|| + gamma); "
         "quantile: C follows a private quantile estimate (Andrew et al.), "
-        "starting at --l2_norm_clip.", CLIPPINGS)
-    gamma: float = _field(0.01, "Stabilizer of --clipping=normalize.")
+        "starting at --l2_norm_clip.", CLIPPING_MODES)
+    gamma: float = _field(_default(EngineOptions, "gamma"),
+                          "Stabilizer of --clipping=normalize.")
     target_quantile: float = _field(
-        0.5, "--clipping=quantile: the quantile of per-example norms C "
-        "tracks.")
+        _default(QuantileClipping, "target_quantile"),
+        "--clipping=quantile: the quantile of per-example norms C tracks.")
     physical_batch_size: Optional[int] = _field(
-        None, "Accumulate the clipped sums over chunks of this many "
-        "examples (large logical batches in little memory).")
+        _default(EngineOptions, "physical_batch_size"),
+        "Accumulate the clipped sums over chunks of this many examples "
+        "(large logical batches in little memory).")
 
-    def _checks(self):
-        def quantile(name, value):
-            value = _check_number(name, value, low=0, low_open=True)
-            if value >= 1:
-                raise ValueError(f"{name}={value!r}: must be in (0, 1).")
-            return value
-
-        return {
-            "clipping": lambda n, v: _check_choice(n, v, CLIPPINGS) or v,
-            "gamma": lambda n, v: _check_number(n, v, low=0, low_open=True),
-            "target_quantile": quantile,
-            "physical_batch_size": lambda n, v: _check_number(
-                n, v, allow_none=True, low=1, integer=True),
-        }
+    def __post_init__(self):
+        # The engine's own classes validate, so the rules live there once.
+        EngineOptions.from_flat(clipping=self.clipping, gamma=self.gamma,
+                                physical_batch_size=self.physical_batch_size)
+        QuantileClipping(target_quantile=self.target_quantile)
 
     def engine_options(self, batch_size):
-        """The keyword options ``compile_dp`` / ``make_private`` take."""
+        """The flat engine options ``compile_dp`` / ``make_private`` take."""
         options = dict(clipping=self.clipping,
                        physical_batch_size=self.physical_batch_size)
         if self.clipping == "normalize":
             options["gamma"] = self.gamma
-        if self.clipping == "quantile":  # Andrew et al.'s count noise
+        if self.clipping == "quantile":
+            quantile = QuantileClipping(target_quantile=self.target_quantile)
             options.update(target_quantile=self.target_quantile,
-                           count_stddev=batch_size / 20)
+                           count_stddev=quantile.count_stddev_for(batch_size))
         return options
 
 
@@ -278,11 +287,14 @@ class RecipeConfig(_Section):
     """De et al.'s additions: augmentation multiplicity and an EMA."""
 
     augmentation_multiplicity: int = _field(
-        1, "K augmented copies per example, averaged before clipping (De et "
+        _default(EngineOptions, "augmentation_multiplicity"),
+        "K augmented copies per example, averaged before clipping (De et "
         "al.); 1: no augmentation.")
-    crop_padding: int = _field(4, "Random-crop padding (pixels) for "
+    crop_padding: int = _field(_default(RandomCropFlip, "padding"),
+                               "Random-crop padding (pixels) for "
                                "augmentation multiplicity.")
-    flip: bool = _field(True, "Random horizontal flips for augmentation "
+    flip: bool = _field(_default(RandomCropFlip, "flip"),
+                        "Random horizontal flips for augmentation "
                         "multiplicity (--noflip: none).")
     ema_decay: Optional[float] = _field(
         None, "Keep an EMA of the weights with this decay (e.g. 0.9999) and "
@@ -295,17 +307,18 @@ class RecipeConfig(_Section):
                 raise ValueError(f"{name}={value!r}: must be in [0, 1).")
             return value
 
+        def padding(name, value):
+            RandomCropFlip(padding=value)  # its own rule, named "padding"
+            return value
+
         return {"augmentation_multiplicity": lambda n, v: _check_number(
                     n, v, low=1, integer=True),
-                "crop_padding": lambda n, v: _check_number(n, v, low=0,
-                                                           integer=True),
-                "ema_decay": decay}
+                "crop_padding": padding, "ema_decay": decay}
 
     def augment(self):
         """The augmentation the engine applies, or None (K == 1)."""
         if self.augmentation_multiplicity == 1:
             return None
-        from keras_tempered_dp.augmentation import RandomCropFlip
         return RandomCropFlip(padding=self.crop_padding, flip=self.flip)
 
 

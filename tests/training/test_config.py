@@ -38,6 +38,8 @@ def test_default_noise_only_without_a_target():
     (dict(clipping="quantile", noise_schedule="step", noise_decay=0.5),
      "quantile"),
     (dict(target_quantile=1.0), "target_quantile=1.0"),
+    (dict(gamma=0.0), "gamma=0.0: must be > 0"),
+    (dict(physical_batch_size=0), "physical_batch_size=0"),
     (dict(batch_size=True), "batch_size=True: must be an integer"),
     (dict(epochs=2.5), "epochs=2.5: must be an integer"),
     (dict(l2_norm_clip=float("nan")), "l2_norm_clip=nan: must be finite"),

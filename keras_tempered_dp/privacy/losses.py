@@ -13,7 +13,17 @@ class _FunctionLoss(tf.keras.losses.Loss):
         self.fn = fn
 
     def call(self, y_true, y_pred):
-        return self.fn(y_true, y_pred)
+        losses = self.fn(y_true, y_pred)
+        if getattr(losses, "shape", None) is not None and \
+                losses.shape.rank == 0:
+            raise ValueError(
+                f"loss {self.name!r} returns one number for the whole batch. "
+                "DP-SGD clips each example's gradient, so the loss must "
+                "return one value per example (shape [batch]): drop the "
+                "final mean or sum (e.g. return "
+                "tf.keras.losses.sparse_categorical_crossentropy(y_true, "
+                "y_pred, from_logits=True), not its tf.reduce_mean).")
+        return losses
 
 
 def per_example_loss(loss=None):

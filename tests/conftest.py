@@ -35,6 +35,14 @@ def run_fresh_python(code, timeout=300):
 
 
 @pytest.fixture
+def rng(request):
+    """A NumPy generator seeded per test (from the test's name), so tests
+    never share random state and each is reproducible on its own."""
+    seed = int.from_bytes(request.node.nodeid.encode()[-8:], "little")
+    return np.random.default_rng(seed)
+
+
+@pytest.fixture
 def fresh_python():
     return run_fresh_python
 

@@ -215,7 +215,8 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
         self._recorded = []  # this fit's segments, one per epoch
         self._counters = None
         self._last_batch = -1
-        self.epsilon_after(self.initial_steps)  # validates the settings now
+        if noise_multiplier is not None or noise_schedule is not None:
+            self.epsilon_after(self.initial_steps)  # validates them now
 
     # -- what the model runs ------------------------------------------------
     def _training(self):

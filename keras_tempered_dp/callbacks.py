@@ -395,14 +395,23 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
         """The noise of this epoch, checked to be what the accounting
         assumes: a lower noise than accounted would make epsilon a lie."""
         schedule = self._schedule()
+        state = get_dp_state(self.model)
+        applied = None if state is None else state.noise_schedule
+        if (self.noise_schedule is not None and applied is not None
+                and applied != self.noise_schedule):
+            raise RuntimeError(
+                f"noise_schedule={self.noise_schedule!r} was given to "
+                f"EpsilonCallback but a NoiseScheduler applies {applied!r}; "
+                "leave noise_schedule= out: it is read from the model.")
         assumed = (schedule(epoch) if schedule is not None
                    else self._noise_at_start)
         engine = getattr(self, "_engine", None)
-        if engine is None:
-            return assumed
-        if engine.noise_multiplier < assumed * (1 - 1e-6):
+        # TF Privacy's optimizers fix their noise when built.
+        running = (engine.noise_multiplier if engine is not None
+                   else self._noise_at_start)
+        if running < assumed * (1 - 1e-6):
             raise RuntimeError(
-                f"The engine's noise multiplier is {engine.noise_multiplier}"
+                f"The engine's noise multiplier is {running}"
                 f" at epoch {epoch}, below the {assumed} the epsilon "
                 "accounting assumes. Change the noise only through a "
                 "NoiseScheduler callback (or pass its schedule as "

@@ -262,3 +262,15 @@ def test_previous_segments_composed_exactly(rng):
                                                  for d in stored])
     assert resumed.epsilon_after(0) == pytest.approx(
         compose_epsilon(segments, delta=1e-3), rel=1e-12)
+
+
+def test_schedule_above_a_tf_privacy_optimizers_noise_refused(rng):
+    from keras_tempered_dp.privacy.schedules import ConstantNoise
+    x, y = _data(rng)
+    model = _model()
+    compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.0,
+               optimizer="dp_keras_sgd")
+    with pytest.raises(RuntimeError, match="below the 3.0"):
+        model.fit(x, y, batch_size=20, epochs=1, verbose=0,
+                  callbacks=[EpsilonCallback(
+                      100, 20, noise_schedule=ConstantNoise(3.0))])

@@ -311,8 +311,9 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
         if fit_steps is not None and fit_steps != self.steps_per_epoch:
             raise ValueError(
                 f"fit runs {fit_steps} steps per epoch but EpsilonCallback "
-                f"accounts steps_per_epoch={self.steps_per_epoch} (num_examples"
-                f"={self.num_examples}, batch_size={self.batch_size}); give "
+                f"accounts steps_per_epoch={self.steps_per_epoch} "
+                f"(num_examples={self.num_examples}, batch_size="
+                f"{self.batch_size}); give "
                 "the callback the num_examples, batch_size and "
                 "steps_per_epoch that fit uses.")
         self._engine = training.engine

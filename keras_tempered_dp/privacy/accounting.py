@@ -417,10 +417,11 @@ def privacy_statement(num_examples, batch_size, noise_multiplier, *,
            "neighbours" if sampling == "poisson" else
            "fixed-size batches sampled uniformly without replacement, "
            "replace-one neighbours")
+    halved = (" (halved in the analysis: microbatches of >1 example)"
+              if used_microbatching else "")
     return (
         f"({epsilon:.3f}, {delta:g})-DP for each example: DP-SGD, "
         f"{segment.steps} steps, N={num_examples}, batch_size={batch_size}, "
-        f"noise_multiplier={noise_multiplier:g}"
-        f"{' (halved in the analysis: microbatches of >1 example)' if used_microbatching else ''}"
+        f"noise_multiplier={noise_multiplier:g}{halved}"
         f"; RDP accountant (dp_accounting) assuming {how}."
     )

@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import zlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -38,8 +39,7 @@ def run_fresh_python(code, timeout=300):
 def rng(request):
     """A NumPy generator seeded per test (from the test's name), so tests
     never share random state and each is reproducible on its own."""
-    seed = int.from_bytes(request.node.nodeid.encode()[-8:], "little")
-    return np.random.default_rng(seed)
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
 @pytest.fixture

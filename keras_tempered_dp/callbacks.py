@@ -50,8 +50,9 @@ def tf_privacy_training(optimizer):
 
     TF Privacy 0.9 keeps them only in private attributes (the Gaussian sum
     query's ``_l2_norm_clip`` and ``_stddev``, the optimizer's
-    ``_num_microbatches`` and ``_gradient_accumulation_steps``); this is the
-    one place in the package that reads them.
+    ``_num_microbatches`` and ``_gradient_accumulation_steps``, and the
+    vectorized optimizers' ``_noise_multiplier`` and ``_l2_norm_clip``);
+    this is the one place in the package that reads them.
 
     Raises:
         ValueError: for DP optimizers this accounting does not describe.
@@ -77,8 +78,14 @@ def tf_privacy_training(optimizer):
             "that. Use gradient_accumulation_steps=1, or the package's "
             "engine with physical_batch_size=.")
     clip = float(query._l2_norm_clip)
-    return DPTraining(noise_multiplier=float(query._stddev) / clip,
-                      l2_norm_clip=clip,
+    noise = float(query._stddev) / clip
+    # The vectorized optimizers noise with their own copy of sigma and C;
+    # should the two ever differ, account the smaller noise.
+    own_noise = getattr(optimizer, "_noise_multiplier", None)
+    own_clip = getattr(optimizer, "_l2_norm_clip", None)
+    if own_noise is not None and own_clip is not None:
+        noise = min(noise, float(own_noise) * float(own_clip) / clip)
+    return DPTraining(noise_multiplier=noise, l2_norm_clip=clip,
                       num_microbatches=optimizer._num_microbatches)
 
 

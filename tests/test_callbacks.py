@@ -274,3 +274,16 @@ def test_schedule_above_a_tf_privacy_optimizers_noise_refused(rng):
         model.fit(x, y, batch_size=20, epochs=1, verbose=0,
                   callbacks=[EpsilonCallback(
                       100, 20, noise_schedule=ConstantNoise(3.0))])
+
+
+@pytest.mark.parametrize("optimizer", ["dp_keras_sgd",
+                                       "vectorized_dp_keras_sgd"])
+def test_tf_privacy_optimizers_chosen_by_name_are_read(rng, optimizer):
+    x, y = _data(rng)
+    model = _model()
+    compile_dp(model, l2_norm_clip=0.7, noise_multiplier=1.3,
+               optimizer=optimizer)
+    history = model.fit(x, y, batch_size=20, epochs=1, verbose=0,
+                        callbacks=[EpsilonCallback(100, 20, delta=1e-3)])
+    assert history.history["epsilon"][0] == pytest.approx(
+        compute_epsilon(100, 20, 1.3, steps=5, delta=1e-3), rel=1e-9)

@@ -328,8 +328,7 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
         self._noise_at_start = training.noise_multiplier
         self._microbatching_at_start = (bool(self.used_microbatching)
                                         or self._microbatching(training))
-        self._recorded = []
-        self.steps = self.initial_steps
+        # Nothing is reset: a second fit with this callback adds its steps.
 
     def on_epoch_begin(self, epoch, logs=None):
         self._last_batch = -1

@@ -287,3 +287,16 @@ def test_tf_privacy_optimizers_chosen_by_name_are_read(rng, optimizer):
                         callbacks=[EpsilonCallback(100, 20, delta=1e-3)])
     assert history.history["epsilon"][0] == pytest.approx(
         compute_epsilon(100, 20, 1.3, steps=5, delta=1e-3), rel=1e-9)
+
+
+def test_a_second_fit_with_the_same_callback_adds_its_steps(rng):
+    x, y = _data(rng)
+    model = _model()
+    compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.5)
+    callback = EpsilonCallback(100, 20, delta=1e-3)
+    model.fit(x, y, batch_size=20, epochs=1, verbose=0, callbacks=[callback])
+    history = model.fit(x, y, batch_size=20, epochs=1, verbose=0,
+                        callbacks=[callback])
+    assert history.history["epsilon"][0] == pytest.approx(
+        compute_epsilon(100, 20, 1.5, steps=10, delta=1e-3), rel=1e-12)
+    assert callback.segments() == (Segment(100, 20, 10, 1.5),)

@@ -219,7 +219,8 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
                     f"sampling={self.sampling!r} (one neighbouring relation "
                     "for the whole run).")
         self.steps = self.initial_steps
-        self._recorded = []  # this fit's segments, one per epoch
+        self._recorded = []  # one segment per epoch of every fit so far
+        self._engine = None
         self._counters = None
         self._last_batch = -1
         if noise_multiplier is not None or noise_schedule is not None:
@@ -357,7 +358,7 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
 
     # -- checks of what ran -----------------------------------------------
     def _read_counters(self):
-        engine = getattr(self, "_engine", None)
+        engine = self._engine
         steps = getattr(engine, "steps_taken", None)
         examples = getattr(engine, "examples_seen", None)
         if steps is None or examples is None:
@@ -412,7 +413,7 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
                 "leave noise_schedule= out: it is read from the model.")
         assumed = (schedule(epoch) if schedule is not None
                    else self._noise_at_start)
-        engine = getattr(self, "_engine", None)
+        engine = self._engine
         # TF Privacy's optimizers fix their noise when built.
         running = (engine.noise_multiplier if engine is not None
                    else self._noise_at_start)

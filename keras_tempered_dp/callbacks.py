@@ -219,6 +219,9 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
                     f"sampling={self.sampling!r} (one neighbouring relation "
                     "for the whole run).")
         self.steps = self.initial_steps
+        # The batch hook only counts steps: Keras need not copy each step's
+        # logs to NumPy for it (that would wait for every step).
+        self._supports_tf_logs = True
         self._recorded = []  # one segment per epoch of every fit so far
         self._engine = None
         self._counters = None

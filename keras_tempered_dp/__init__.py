@@ -16,11 +16,14 @@ from keras_tempered_dp.layers import TemperedSigmoid
 from keras_tempered_dp.models import cifar10_cnn, mnist_cnn
 from keras_tempered_dp.privacy import (
     DPConfig,
+    Segment,
     calibrate_noise_multiplier,
     compile_dp,
+    compose_epsilon,
     compute_epsilon,
     make_private,
     privacy_statement,
+    steps_per_epoch,
 )
 
 __version__ = "0.1.0"

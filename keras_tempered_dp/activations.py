@@ -138,14 +138,16 @@ def register_activation(name, fn, force=False):
             is renamed to ``name`` so that Keras serializes it by that name;
             any other callable (a layer instance, a ``functools.partial``) is
             wrapped in such a function.
-        force: replace an existing registration instead of raising.
+        force: replace an existing registration, or an activation Keras
+            already knows by this name (built-in, like "softplus", or in
+            Keras' custom objects), instead of raising.
 
     Returns:
         The registered function.
 
     Raises:
         ValueError: if the name is empty, ``fn`` is not callable, or the name
-            is taken and ``force`` is False.
+            is taken (here or by Keras) and ``force`` is False.
 
     Example:
 
@@ -163,6 +165,13 @@ def register_activation(name, fn, force=False):
             f"name={name!r}: an activation is already registered under this "
             "name. Pass force=True to replace it, or choose another name."
         )
+    if not force and _known_to_keras(name):
+        raise ValueError(
+            f"name={name!r}: Keras already knows an activation by this name; "
+            "registering would replace it for every model in this process "
+            "(and change what saved models mean). Choose another name, or "
+            "pass force=True if replacing it is what you want."
+        )
     if not (hasattr(fn, "__code__") and getattr(fn, "__name__", None) == name):
         inner = fn
 
@@ -177,6 +186,20 @@ def register_activation(name, fn, force=False):
     _REGISTRY[name] = fn
     tf.keras.utils.get_custom_objects()[name] = fn
     return fn
+
+
+def _known_to_keras(name):
+    """True if Keras resolves ``name`` (a built-in or someone's custom
+    object) to something this module did not register."""
+    custom = tf.keras.utils.get_custom_objects()
+    if name in custom:
+        # Ours from an earlier import of this module (e.g. a reload).
+        return getattr(custom[name], "__module__", None) != __name__
+    try:
+        tf.keras.activations.get(name)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def get_activation(identifier):

@@ -1,10 +1,119 @@
 """Keras callbacks: the privacy budget spent, written into the logs."""
 
+import dataclasses
+import math
+from typing import Optional, Sequence
+
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.accounting import compute_epsilon
-from keras_tempered_dp.privacy.schedules import schedule_epsilon
+from keras_tempered_dp.privacy.accounting import (
+    Segment,
+    check_delta,
+    check_integer,
+    check_noise_multiplier,
+    check_run,
+    check_sampling,
+    compose_epsilon,
+    steps_per_epoch as default_steps_per_epoch,
+)
+from keras_tempered_dp.privacy.checks import check_no_batch_mixing
+from keras_tempered_dp.privacy.schedules import NoiseSchedule, \
+    schedule_segments
 from keras_tempered_dp.privacy.state import get_dp_state
+
+# Honest Poisson runs stay within this many standard deviations of the
+# expected number of examples per epoch (a false alarm has probability
+# below 1e-14); a batch size or N off by a factor lands far outside.
+POISSON_TOLERANCE_SDS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class DPTraining:
+    """What runs a model's DP-SGD step, as the epsilon callback reads it.
+
+    Attributes:
+        noise_multiplier: sigma of the step (the engine's current one).
+        l2_norm_clip: C.
+        num_microbatches: None for per-example clipping.
+        engine: the package's clipping engine, or None (TF Privacy).
+    """
+
+    noise_multiplier: float
+    l2_norm_clip: float
+    num_microbatches: Optional[int]
+    engine: Optional[object] = None
+
+
+def tf_privacy_training(optimizer):
+    """The DP settings of a TF Privacy DP optimizer, or None if
+    ``optimizer`` is not one.
+
+    TF Privacy 0.9 keeps them only in private attributes (the Gaussian sum
+    query's ``_l2_norm_clip`` and ``_stddev``, the optimizer's
+    ``_num_microbatches`` and ``_gradient_accumulation_steps``, and the
+    vectorized optimizers' ``_noise_multiplier`` and ``_l2_norm_clip``);
+    this is the one place in the package that reads them.
+
+    Raises:
+        ValueError: for DP optimizers this accounting does not describe.
+    """
+    query = getattr(optimizer, "_dp_sum_query", None)
+    if query is None:
+        return None
+    from tensorflow_privacy.privacy.dp_query.gaussian_query import (
+        GaussianSumQuery,
+    )
+    name = type(optimizer).__name__
+    if type(query) is not GaussianSumQuery:
+        raise ValueError(
+            f"The model's optimizer {name} uses a {type(query).__name__}; "
+            "EpsilonCallback accounts only the Gaussian sum query of "
+            "DPKerasSGDOptimizer and its siblings (DP-SGD).")
+    accumulation = getattr(optimizer, "_gradient_accumulation_steps", 1)
+    if accumulation != 1:
+        raise ValueError(
+            f"The model's optimizer {name} accumulates gradients over "
+            f"gradient_accumulation_steps={accumulation} steps, so fit's "
+            "steps are not its noised steps; EpsilonCallback cannot account "
+            "that. Use gradient_accumulation_steps=1, or the package's "
+            "engine with physical_batch_size=.")
+    clip = float(query._l2_norm_clip)
+    noise = float(query._stddev) / clip
+    # The vectorized optimizers noise with their own copy of sigma and C;
+    # should the two ever differ, account the smaller noise.
+    own_noise = getattr(optimizer, "_noise_multiplier", None)
+    own_clip = getattr(optimizer, "_l2_norm_clip", None)
+    if own_noise is not None and own_clip is not None:
+        noise = min(noise, float(own_noise) * float(own_clip) / clip)
+    return DPTraining(noise_multiplier=noise, l2_norm_clip=clip,
+                      num_microbatches=optimizer._num_microbatches)
+
+
+def dp_training(model):
+    """How ``model`` trains privately: its engine, else the TF Privacy DP
+    optimizer actually in use.
+
+    Raises:
+        ValueError: when neither runs the model's step.
+    """
+    state = get_dp_state(model)
+    if state is not None and state.engine is not None:
+        engine = state.engine
+        return DPTraining(noise_multiplier=engine.noise_multiplier,
+                          l2_norm_clip=engine.l2_norm_clip,
+                          num_microbatches=engine.num_microbatches,
+                          engine=engine)
+    training = tf_privacy_training(getattr(model, "optimizer", None))
+    if training is not None:
+        return training
+    raise ValueError(
+        f"Model {model.name!r} does not train with DP-SGD: it has neither "
+        "the package's clipping engine nor a TF Privacy DP optimizer "
+        f"(its optimizer is {type(getattr(model, 'optimizer', None)).__name__}"
+        "), so there is no epsilon to report. A model loaded from a file "
+        "comes back as an ordinary Keras model: make it private again with "
+        "make_private(model, l2_norm_clip=..., noise_multiplier=...) (or "
+        "compile_dp) before fit.")
 
 
 class EpsilonCallback(tf.keras.callbacks.Callback):
@@ -13,26 +122,51 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
     Because it edits the epoch-end ``logs``, History, CSVLogger, TensorBoard
     and the progress bar all see ``epsilon`` (put this callback before them in
     the list; Keras runs callbacks in order). Epsilon comes from
-    dp_accounting's RDP accountant after ``steps`` DP-SGD steps at sampling
-    rate ``batch_size / num_examples``; see
+    dp_accounting's RDP accountant after the DP-SGD steps actually run at
+    sampling rate ``batch_size / num_examples``; see
     :mod:`keras_tempered_dp.privacy.accounting` for what it assumes, in
     particular about Keras' shuffled fixed-size batches.
 
+    It reports only what it can vouch for. Before training it refuses a
+    model that has neither the package's engine nor a TF Privacy DP optimizer,
+    a BatchNormalization layer anywhere in the model, an explicit
+    ``noise_multiplier`` or ``used_microbatching=False`` that the model
+    does not run, and a ``fit`` whose steps per epoch differ from the ones
+    accounted. At each epoch's end it checks the steps actually run and,
+    when the package's engine counts them, the steps and examples the
+    engine saw: no more examples per step than ``batch_size`` (fixed-size
+    batches), or a mean within statistical error of ``batch_size`` (Poisson
+    sampling, i.e. an engine with ``expected_batch_size``). A disagreement
+    raises an error naming both numbers; it never reports a smaller epsilon.
+
     Args:
         num_examples: the training set size N.
-        batch_size: the batch size used by ``fit``.
-        noise_multiplier: sigma; by default read from the model's DP state
-            (set by ``compile_dp``) or from a TF Privacy DP optimizer.
-        delta: the delta of (epsilon, delta)-DP; 1e-5 by default, and it
-            should be below 1 / num_examples.
-        sampling: "poisson" or "without_replacement".
-        steps_per_epoch: steps in one epoch; by default what ``fit`` reports,
-            else ``ceil(num_examples / batch_size)``.
-        initial_steps: steps already taken before this ``fit`` (resuming).
-        used_microbatching: None to infer it from the model's DP state.
+        batch_size: the batch size used by ``fit`` (the expected one under
+            Poisson sampling).
+        noise_multiplier: None (default) to read sigma from the model; a
+            value given must equal what the model runs.
+        delta: the delta of (epsilon, delta)-DP, below 1 / num_examples.
+        sampling: "poisson" or "without_replacement" (the analysis).
+        steps_per_epoch: steps in one epoch; by default
+            ``steps_per_epoch(num_examples, batch_size)`` = ``ceil(N / B)``,
+            what ``fit`` runs over arrays. ``fit`` must run this many.
+        initial_steps: steps of this run taken before this ``fit`` with the
+            same settings (resuming; under a schedule, its first epochs).
+        used_microbatching: None to infer it from the model; False is
+            refused for a model that clips microbatches of > 1 example.
         noise_schedule: a :class:`~keras_tempered_dp.privacy.schedules.
             NoiseSchedule`; by default the one a :class:`NoiseScheduler`
             callback put on the model, else a constant noise multiplier.
+        previous_segments: :class:`~keras_tempered_dp.privacy.accounting.
+            Segment` objects of earlier parts of the run that used other
+            settings; composed before this run's steps.
+
+    Raises:
+        ValueError: at construction for invalid arguments (delta >= 1/N
+            included), before training for a model that does not run what
+            is accounted.
+        RuntimeError: at an epoch's end when training did not run what was
+            accounted.
 
     Example:
 
@@ -42,105 +176,259 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
     2.6
     """
 
-    def __init__(self, num_examples, batch_size, noise_multiplier=None,
-                 delta=1e-5, sampling="poisson", steps_per_epoch=None,
-                 initial_steps=0, used_microbatching=None,
-                 noise_schedule=None):
+    def __init__(self, num_examples: int, batch_size: int,
+                 noise_multiplier: Optional[float] = None,
+                 delta: float = 1e-5, sampling: str = "poisson",
+                 steps_per_epoch: Optional[int] = None,
+                 initial_steps: int = 0,
+                 used_microbatching: Optional[bool] = None,
+                 noise_schedule: Optional[NoiseSchedule] = None,
+                 previous_segments: Sequence[Segment] = ()):
         super().__init__()
-        self.num_examples = num_examples
-        self.batch_size = batch_size
-        self.noise_multiplier = noise_multiplier
-        self.delta = delta
-        self.sampling = sampling
-        self.steps_per_epoch = steps_per_epoch
+        self.num_examples, self.batch_size = check_run(num_examples,
+                                                       batch_size)
+        self.delta = check_delta(delta, self.num_examples)
+        self.sampling = check_sampling(sampling)
+        self.noise_multiplier = (None if noise_multiplier is None else
+                                 check_noise_multiplier(noise_multiplier))
+        self.steps_per_epoch = (
+            default_steps_per_epoch(self.num_examples, self.batch_size)
+            if steps_per_epoch is None else
+            check_integer("steps_per_epoch", steps_per_epoch, 1))
+        self.initial_steps = check_integer("initial_steps", initial_steps)
+        if used_microbatching not in (None, True, False):
+            raise ValueError(f"used_microbatching={used_microbatching!r}: "
+                             "must be None (inferred), True or False.")
         self.used_microbatching = used_microbatching
-        self.steps = initial_steps
+        if noise_schedule is not None and not callable(noise_schedule):
+            raise ValueError(f"noise_schedule={noise_schedule!r}: must be a "
+                             "NoiseSchedule (epoch -> noise multiplier).")
+        if noise_schedule is not None and noise_multiplier is not None:
+            raise ValueError("Give noise_multiplier= or noise_schedule=, "
+                             "not both.")
+        if noise_schedule is not None and used_microbatching:
+            raise ValueError("Noise schedules need per-example clipping "
+                             "(used_microbatching=False).")
         self.noise_schedule = noise_schedule
-        if noise_multiplier is not None:
-            self.epsilon_after(0)  # validates the arguments now, not later
+        self.previous_segments = tuple(previous_segments)
+        for segment in self.previous_segments:
+            if not isinstance(segment, Segment) or \
+                    segment.sampling != self.sampling:
+                raise ValueError(
+                    f"previous_segments: {segment!r} must be a Segment with "
+                    f"sampling={self.sampling!r} (one neighbouring relation "
+                    "for the whole run).")
+        self.steps = self.initial_steps
+        # The batch hook only counts steps: Keras need not copy each step's
+        # logs to NumPy for it (that would wait for every step).
+        self._supports_tf_logs = True
+        self._recorded = []  # one segment per epoch of every fit so far
+        self._engine = None
+        self._counters = None
+        self._last_batch = -1
+        if noise_multiplier is not None or noise_schedule is not None:
+            self.epsilon_after(self.initial_steps)  # validates them now
 
-    def _noise(self):
-        if self.noise_multiplier is not None:
-            return self.noise_multiplier
-        state = get_dp_state(self.model)
-        if state is not None:
-            return state.config.noise_multiplier
-        # TF Privacy's Gaussian-query optimizers keep stddev = sigma * C.
-        query = getattr(self.model.optimizer, "_dp_sum_query", None)
-        stddev = getattr(query, "_stddev", None)
-        clip = getattr(query, "_l2_norm_clip", None)
-        if stddev is None or not clip:
+    # -- what the model runs ------------------------------------------------
+    def _training(self):
+        """The model's DP training, checked against what we were told."""
+        training = dp_training(self.model)
+        told = self.noise_multiplier
+        if told is not None and not math.isclose(
+                told, training.noise_multiplier, rel_tol=1e-6):
             raise ValueError(
-                "noise_multiplier is unknown: pass noise_multiplier= to "
-                "EpsilonCallback, or compile with keras_tempered_dp's "
-                "compile_dp or a TF Privacy DP optimizer.")
-        return float(stddev) / float(clip)
+                f"noise_multiplier={told!r} was given to EpsilonCallback but "
+                f"the model trains with noise_multiplier="
+                f"{training.noise_multiplier!r}; the epsilon would describe "
+                "another training. Leave noise_multiplier= out: it is read "
+                "from the model.")
+        if self.used_microbatching is False and self._microbatching(
+                training):
+            raise ValueError(
+                f"used_microbatching=False was given but the model clips "
+                f"{training.num_microbatches} microbatches of a batch of "
+                f"{self.batch_size} examples; leave used_microbatching= out.")
+        return training
 
-    def _microbatching(self):
-        if self.used_microbatching is not None:
-            return self.used_microbatching
-        state = get_dp_state(self.model)
-        num = (state.config.num_microbatches if state is not None else
-               getattr(getattr(self.model, "optimizer", None),
-                       "_num_microbatches", None))
+    def _microbatching(self, training):
+        num = training.num_microbatches
         return num is not None and num < self.batch_size
 
     def _schedule(self):
-        if self.noise_schedule is not None:
+        if self.noise_schedule is not None or self.model is None:
             return self.noise_schedule
         state = get_dp_state(self.model)
         return None if state is None else state.noise_schedule
 
-    def _steps_per_epoch(self):
-        return int(self.steps_per_epoch
-                   or (self.params or {}).get("steps")
-                   or -(-self.num_examples // self.batch_size))
+    def _settings(self):
+        """``(noise_multiplier, used_microbatching)`` of this run's steps."""
+        if self.model is None:
+            if self.noise_multiplier is None and self.noise_schedule is None:
+                raise ValueError(
+                    "noise_multiplier is unknown until the callback sees the "
+                    "model; pass noise_multiplier= to ask before training.")
+            return self.noise_multiplier, bool(self.used_microbatching)
+        training = self._training()
+        return (training.noise_multiplier,
+                bool(self.used_microbatching) or self._microbatching(
+                    training))
+
+    def _run_segments(self, steps, first_epoch=0):
+        """This run's first ``steps`` steps as Segments, under its settings."""
+        schedule = self._schedule()
+        if schedule is not None:
+            return schedule_segments(
+                self.num_examples, self.batch_size, schedule,
+                steps_per_epoch=self.steps_per_epoch, steps=steps,
+                sampling=self.sampling, first_epoch=first_epoch)
+        if steps == 0:
+            return []
+        noise, micro = self._settings()
+        return [Segment(self.num_examples, self.batch_size, steps, noise,
+                        self.sampling, micro)]
 
     def epsilon_after(self, steps):
-        """Epsilon after ``steps`` steps of this run."""
-        schedule = self._schedule() if self.model is not None \
-            else self.noise_schedule
-        if schedule is not None:
-            if self.used_microbatching:
-                raise ValueError("Noise schedules need per-example clipping "
-                                 "(used_microbatching=False).")
-            return schedule_epsilon(
-                self.num_examples, self.batch_size, schedule,
-                steps_per_epoch=self._steps_per_epoch(), steps=steps,
-                delta=self.delta, sampling=self.sampling)
-        noise = self._noise() if self.model is not None else \
-            self.noise_multiplier
-        return compute_epsilon(
-            self.num_examples, self.batch_size, noise, steps=steps,
-            delta=self.delta, sampling=self.sampling,
-            used_microbatching=(self._microbatching()
-                                if self.model is not None
-                                else bool(self.used_microbatching)))
+        """Epsilon after ``steps`` steps of this run (the previous segments
+        included), assuming the run's settings."""
+        steps = check_integer("steps", steps)
+        return compose_epsilon(
+            self.previous_segments + tuple(self._run_segments(steps)),
+            delta=self.delta, sampling=self.sampling)
+
+    def segments(self):
+        """Every :class:`Segment` accounted so far: the previous segments,
+        the initial steps and each epoch of this fit (adjacent ones with the
+        same settings merged). Store ``[dataclasses.asdict(s) for s in
+        callback.segments()]`` in a checkpoint to resume with other
+        settings."""
+        merged = []
+        for segment in (list(self.previous_segments)
+                        + self._run_segments(self.initial_steps)
+                        + self._recorded):
+            last = merged[-1] if merged else None
+            if last is not None and dataclasses.replace(
+                    last, steps=segment.steps) == segment:
+                merged[-1] = dataclasses.replace(
+                    last, steps=last.steps + segment.steps)
+            else:
+                merged.append(segment)
+        return tuple(merged)
+
+    # -- Keras hooks -------------------------------------------------------
+    def on_train_begin(self, logs=None):
+        check_no_batch_mixing(self.model)
+        training = self._training()
+        fit_steps = (self.params or {}).get("steps")
+        if fit_steps is not None and fit_steps != self.steps_per_epoch:
+            raise ValueError(
+                f"fit runs {fit_steps} steps per epoch but EpsilonCallback "
+                f"accounts steps_per_epoch={self.steps_per_epoch} "
+                f"(num_examples={self.num_examples}, batch_size="
+                f"{self.batch_size}); give "
+                "the callback the num_examples, batch_size and "
+                "steps_per_epoch that fit uses.")
+        self._engine = training.engine
+        # The constant noise accounted for this fit: what the model runs now.
+        self._noise_at_start = training.noise_multiplier
+        self._microbatching_at_start = (bool(self.used_microbatching)
+                                        or self._microbatching(training))
+        # Nothing is reset: a second fit with this callback adds its steps.
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._last_batch = -1
+        self._counters = self._read_counters()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._last_batch = batch  # Keras passes the step's index in the epoch
 
     def on_epoch_end(self, epoch, logs=None):
-        self._check_engine_noise(epoch)
-        self.steps += self._steps_per_epoch()
+        ran = self._last_batch + 1
+        if ran > self.steps_per_epoch:
+            raise RuntimeError(
+                f"fit ran {ran} steps in epoch {epoch} but EpsilonCallback "
+                f"accounts steps_per_epoch={self.steps_per_epoch}; epsilon "
+                "for this epoch is not reported.")
+        self._check_engine_counts(epoch, ran)
+        sigma = self._check_engine_noise(epoch)
+        if ran:
+            self._recorded.append(Segment(
+                self.num_examples, self.batch_size, ran, sigma,
+                self.sampling, self._microbatching_at_start))
+        self.steps += ran
         if logs is not None:
-            logs["epsilon"] = self.epsilon_after(self.steps)
+            logs["epsilon"] = compose_epsilon(
+                self.segments(), delta=self.delta, sampling=self.sampling)
+
+    # -- checks of what ran -----------------------------------------------
+    def _read_counters(self):
+        engine = self._engine
+        steps = getattr(engine, "steps_taken", None)
+        examples = getattr(engine, "examples_seen", None)
+        if steps is None or examples is None:
+            return None  # an engine without counters, or TF Privacy
+        return int(steps.numpy()), int(examples.numpy())
+
+    def _check_engine_counts(self, epoch, ran):
+        before, after = self._counters, self._read_counters()
+        if before is None or after is None:
+            return
+        steps, examples = after[0] - before[0], after[1] - before[1]
+        if steps != ran:
+            raise RuntimeError(
+                f"The clipping engine counted {steps} DP-SGD steps in epoch "
+                f"{epoch} but fit ran {ran}; epsilon for this epoch is not "
+                "reported.")
+        told = steps * self.batch_size
+        if getattr(self._engine, "expected_batch_size", None) is None:
+            if examples > told:
+                raise RuntimeError(
+                    f"The clipping engine saw {examples} examples in "
+                    f"{steps} steps of epoch {epoch}, more than batch_size="
+                    f"{self.batch_size} per step ({told}): fit's batches are "
+                    "larger than the callback was told, which would "
+                    "understate epsilon. Give EpsilonCallback the "
+                    "batch_size fit uses.")
+            return
+        q = self.batch_size / self.num_examples
+        tolerance = POISSON_TOLERANCE_SDS * math.sqrt(
+            steps * self.num_examples * q * (1 - q)) + 1
+        if abs(examples - told) > tolerance:
+            raise RuntimeError(
+                f"The clipping engine saw {examples} examples in {steps} "
+                f"Poisson-sampled steps of epoch {epoch}, a mean of "
+                f"{examples / max(steps, 1):.1f} per step, but the callback "
+                f"was told batch_size={self.batch_size} of num_examples="
+                f"{self.num_examples} (expected {told} +- {tolerance:.0f}). "
+                "Give EpsilonCallback the num_examples and batch_size the "
+                "sampler uses.")
 
     def _check_engine_noise(self, epoch):
-        """The engine's noise must be what the accounting assumes: a lower
-        noise than accounted would make the reported epsilon a lie."""
-        state = get_dp_state(self.model)
-        engine = None if state is None else state.engine
-        if engine is None:
-            return
+        """The noise of this epoch, checked to be what the accounting
+        assumes: a lower noise than accounted would make epsilon a lie."""
         schedule = self._schedule()
-        assumed = (schedule(epoch) if schedule is not None
-                   else self._noise())
-        if engine.noise_multiplier < assumed * (1 - 1e-6):
+        state = get_dp_state(self.model)
+        applied = None if state is None else state.noise_schedule
+        if (self.noise_schedule is not None and applied is not None
+                and applied != self.noise_schedule):
             raise RuntimeError(
-                f"The engine's noise multiplier is {engine.noise_multiplier}"
+                f"noise_schedule={self.noise_schedule!r} was given to "
+                f"EpsilonCallback but a NoiseScheduler applies {applied!r}; "
+                "leave noise_schedule= out: it is read from the model.")
+        assumed = (schedule(epoch) if schedule is not None
+                   else self._noise_at_start)
+        engine = self._engine
+        # TF Privacy's optimizers fix their noise when built.
+        running = (engine.noise_multiplier if engine is not None
+                   else self._noise_at_start)
+        if running < assumed * (1 - 1e-6):
+            raise RuntimeError(
+                f"The engine's noise multiplier is {running}"
                 f" at epoch {epoch}, below the {assumed} the epsilon "
                 "accounting assumes. Change the noise only through a "
                 "NoiseScheduler callback (or pass its schedule as "
                 "noise_schedule=). The model's weights are intact; epsilon "
                 "for this epoch is not reported.")
+        return assumed
 
 
 class NoiseScheduler(tf.keras.callbacks.Callback):

@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import zlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -32,6 +33,13 @@ def run_fresh_python(code, timeout=300):
         raise AssertionError(
             f"fresh process failed:\n{result.stdout}\n{result.stderr[-4000:]}")
     return result.stdout
+
+
+@pytest.fixture
+def rng(request):
+    """A NumPy generator seeded per test (from the test's name), so tests
+    never share random state and each is reproducible on its own."""
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
 @pytest.fixture

@@ -143,3 +143,23 @@ def test_register_rejects_bad_names(bad):
 def test_register_rejects_non_callables():
     with pytest.raises(ValueError, match="fn=.*callable"):
         register_activation("not_callable_act", 3)
+
+
+@pytest.mark.parametrize("name", ["softplus", "elu", "gelu", "swish"])
+def test_keras_builtin_names_need_force(name):
+    before = tf.keras.activations.get(name)
+    with pytest.raises(ValueError, match=rf"name='{name}'.*Keras.*force=True"):
+        register_activation(name, make_tempered_sigmoid(2, 1, 1))
+    assert tf.keras.activations.get(name) is before
+    assert name not in list_activations()
+
+
+def test_names_in_keras_custom_objects_need_force():
+    objects = tf.keras.utils.get_custom_objects()
+    objects["someone_elses_act"] = tf.nn.relu
+    try:
+        with pytest.raises(ValueError, match="someone_elses_act.*force=True"):
+            register_activation("someone_elses_act", tf.nn.elu)
+        assert objects["someone_elses_act"] is tf.nn.relu
+    finally:
+        del objects["someone_elses_act"]

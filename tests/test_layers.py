@@ -1,90 +1,185 @@
-import json
+"""Every layer of the package through the shared harness
+(tests/layer_harness.py), plus each layer's own refusals."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_tempered_dp.layers import TemperedSigmoid
+from keras_tempered_dp.layers import TemperedSigmoid, WSConv2D
+from tests.layer_harness import (
+    LayerCase,
+    check_config,
+    check_golden,
+    check_numerical_gradient,
+    check_one_step_fit,
+    check_save_load,
+)
 
 
-@pytest.mark.parametrize("dtype,tol", [("float16", 2e-3), ("float32", 1e-6),
-                                       ("float64", 1e-12)])
-def test_default_layer_is_tanh_per_dtype(dtype, tol):
-    x = np.linspace(-6, 6, 49).astype(dtype)
-    y = TemperedSigmoid(dtype=dtype)(x)
-    assert y.dtype == dtype
-    np.testing.assert_allclose(np.asarray(y, "float64"), np.tanh(x), atol=tol)
+# -- TemperedSigmoid ----------------------------------------------------------
+
+def _tempered_sigmoid_identities(rng):
+    x = rng.normal(scale=4, size=50)
+    np.testing.assert_allclose(TemperedSigmoid(2, 2, 1, dtype="float64")(x),
+                               np.tanh(x), atol=1e-15)
+    np.testing.assert_allclose(TemperedSigmoid(1, 1, 0, dtype="float64")(x),
+                               1 / (1 + np.exp(-x)), atol=1e-15)
+    # Bounded in (-o, s - o).
+    y = TemperedSigmoid(3, 0.5, 1, dtype="float64")(x * 100).numpy()
+    assert y.min() >= -1 and y.max() <= 2
 
 
-def test_golden_values():
-    y = TemperedSigmoid(s=3, T=0.5, o=1)(tf.constant([[-2.0, 4.0]]))
-    np.testing.assert_allclose(
-        y, [[3 / (1 + np.exp(1.0)) - 1, 3 / (1 + np.exp(-2.0)) - 1]],
-        rtol=1e-6)
+TEMPERED_SIGMOID = LayerCase(
+    name="TemperedSigmoid",
+    cls=TemperedSigmoid,
+    kwargs=dict(s=3.0, T=0.5, o=1.0),
+    input_shape=(3,),
+    golden_input=np.array([[-2.0, 0.0, 4.0]]),
+    # 3 / (1 + e^1) - 1, 3 / 2 - 1, 3 / (1 + e^-2) - 1
+    golden=lambda dtype: np.array(
+        [[-0.19317573589001466, 0.5, 1.642391233933647]]),
+    tolerances={"float16": 2e-3, "float32": 1e-6, "float64": 1e-15},
+    identities=[_tempered_sigmoid_identities],
+)
 
 
-def test_numerical_gradient_float64():
-    layer = TemperedSigmoid(s=1.5, T=3.0, o=0.2, dtype="float64")
-    x = tf.constant(np.linspace(-2, 2, 9), tf.float64)
-    theoretical, numerical = tf.test.compute_gradient(layer, [x], delta=1e-6)
-    np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-7)
+# -- WSConv2D -----------------------------------------------------------------
+
+_KERNEL = np.linspace(-1.0, 1.3, 2 * 2 * 2 * 3).reshape(2, 2, 2, 3) ** 3
+_BIAS = np.array([0.1, -0.2, 0.3])
+_GAIN = np.array([1.0, 0.5, 2.0])
+_EPS = 1e-3
 
 
-def test_config_round_trip_as_json():
-    layer = TemperedSigmoid(s=3, T=0.5, o=1.25, name="ts")
-    config = layer.get_config()
-    for arg in ("s", "T", "o"):
-        assert arg in config
-    clone = TemperedSigmoid.from_config(json.loads(json.dumps(config)))
-    assert json.dumps(clone.get_config(), sort_keys=True) == \
-        json.dumps(config, sort_keys=True)
-    serialized = tf.keras.layers.serialize(layer)
-    assert serialized["registered_name"] == "keras_tempered_dp>TemperedSigmoid"
-    again = tf.keras.layers.deserialize(json.loads(json.dumps(serialized)))
-    assert isinstance(again, TemperedSigmoid)
-    assert (again.s, again.T, again.o) == (3.0, 0.5, 1.25)
+def _set_ws_weights(layer, kernel=_KERNEL):
+    layer.kernel.assign(kernel.astype(layer.dtype))
+    layer.bias.assign(_BIAS.astype(layer.dtype))
+    layer.gain.assign(_GAIN.astype(layer.dtype))
 
+
+def _ws_reference(x, kernel=_KERNEL):
+    """Scaled weight standardization and a valid convolution, by loops."""
+    fan_in = np.prod(kernel.shape[:3])
+    mean = kernel.mean(axis=(0, 1, 2))
+    var = kernel.var(axis=(0, 1, 2))
+    w = (kernel - mean) / np.sqrt(np.maximum(fan_in * var, _EPS)) * _GAIN
+    kh, kw, _, c_out = w.shape
+    b, h, wd, _ = x.shape
+    out = np.zeros((b, h - kh + 1, wd - kw + 1, c_out))
+    for i in range(out.shape[1]):
+        for j in range(out.shape[2]):
+            patch = x[:, i:i + kh, j:j + kw, :]
+            out[:, i, j, :] = np.einsum("bhwc,hwco->bo", patch, w)
+    return out + _BIAS
+
+
+_WS_INPUT = np.linspace(-2, 2, 1 * 4 * 4 * 2).reshape(1, 4, 4, 2)
+
+
+def _ws_identities(rng):
+    x = rng.normal(size=(2, 4, 4, 2))
+    kernel = rng.normal(size=(2, 2, 2, 3))
+    layer = WSConv2D(3, 2, eps=_EPS, dtype="float64")
+    layer.build(x.shape)
+    _set_ws_weights(layer, kernel)
+    y = layer(x).numpy()
+    # Standardization: an affine change of each output channel's kernel
+    # (positive scale) leaves the output unchanged.
+    _set_ws_weights(layer, kernel * [0.3, 2.0, 5.0] + [1.0, -4.0, 0.5])
+    np.testing.assert_allclose(layer(x), y, atol=1e-12)
+    # The standardized kernel: zero mean and fan_in * var = gain^2.
+    w = layer.standardized_kernel().numpy()
+    np.testing.assert_allclose(w.mean(axis=(0, 1, 2)), 0, atol=1e-15)
+    np.testing.assert_allclose(8 * w.var(axis=(0, 1, 2)), _GAIN ** 2,
+                               rtol=1e-12)
+
+
+WS_CONV = LayerCase(
+    name="WSConv2D",
+    cls=WSConv2D,
+    kwargs=dict(filters=3, kernel_size=(2, 2), strides=(1, 1),
+                padding="valid", eps=_EPS),
+    input_shape=(4, 4, 2),
+    golden_input=_WS_INPUT,
+    golden=lambda dtype: _ws_reference(_WS_INPUT),
+    tolerances={"float32": 2e-5, "float64": 1e-12},
+    set_weights=_set_ws_weights,
+    identities=[_ws_identities],
+)
+
+
+CASES = [TEMPERED_SIGMOID, WS_CONV]
+_ids = [case.name for case in CASES]
+
+
+@pytest.mark.parametrize("case,dtype", [
+    pytest.param(case, dtype, id=f"{case.name}-{dtype}")
+    for case in CASES for dtype in case.tolerances])
+def test_golden_values_per_dtype(case, dtype):
+    check_golden(case, dtype)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_exact_identities(case, rng):
+    assert case.identities, "every layer states its identities"
+    for identity in case.identities:
+        identity(rng)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_numerical_gradient_float64(case, rng):
+    check_numerical_gradient(case, rng)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_config_round_trip_as_json_with_every_argument(case):
+    check_config(case)
+
+
+@pytest.mark.parametrize("fmt", ["keras", "savedmodel"])
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_save_and_load_in_fresh_process(case, fmt, tmp_path, fresh_python,
+                                        rng):
+    check_save_load(case, fmt, tmp_path, fresh_python, rng)
+
+
+@pytest.mark.parametrize("private", [False, True], ids=["sgd", "dp_sgd"])
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_one_step_fit(case, private, rng):
+    check_one_step_fit(case, private, rng)
+
+
+# -- each layer's own refusals ------------------------------------------------
 
 @pytest.mark.parametrize("kwargs,name", [({"s": 0}, "s"), ({"T": -1}, "T"),
                                          ({"o": float("nan")}, "o")])
-def test_constructor_rejects_bad_arguments(kwargs, name):
+def test_tempered_sigmoid_rejects_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=rf"^{name}="):
         TemperedSigmoid(**kwargs)
 
 
-def _model():
-    model = tf.keras.Sequential([tf.keras.Input((5,))])
-    model.add(tf.keras.layers.Dense(4))
-    model.add(TemperedSigmoid(s=3, T=0.7, o=1.2))
-    model.add(tf.keras.layers.Dense(3, activation="tempered_sigmoid"))
-    model.add(tf.keras.layers.Dense(2))
-    return model
+@pytest.mark.parametrize("eps", [0, -1e-4])
+def test_ws_conv_rejects_bad_eps(eps):
+    with pytest.raises(ValueError, match="eps="):
+        WSConv2D(3, 2, eps=eps)
 
 
-@pytest.mark.parametrize("fmt", ["keras", "savedmodel"])
-def test_save_and_load_in_fresh_process(tmp_path, fresh_python, fmt):
-    model = _model()
-    x = np.random.default_rng(0).normal(size=(6, 5)).astype("float32")
-    path = tmp_path / ("model.keras" if fmt == "keras" else "saved_model")
-    model.save(str(path))
+def test_activation_name_loads_in_fresh_process(tmp_path, fresh_python,
+                                                rng):
+    """A model using the registered name "tempered_sigmoid" loads where
+    only the package is imported."""
+    model = tf.keras.Sequential([
+        tf.keras.Input((5,)),
+        tf.keras.layers.Dense(3, activation="tempered_sigmoid")])
+    x = rng.normal(size=(6, 5)).astype("float32")
+    model.save(str(tmp_path / "model.keras"))
     np.save(tmp_path / "x.npy", x)
     fresh_python(f"""
         import numpy as np, tensorflow as tf
         import keras_tempered_dp
-        model = tf.keras.models.load_model({str(path)!r})
-        assert isinstance(model.layers[1], keras_tempered_dp.TemperedSigmoid)
-        assert model.layers[1].get_config()["T"] == 0.7
+        model = tf.keras.models.load_model({str(tmp_path / 'model.keras')!r})
         np.save({str(tmp_path / 'y.npy')!r},
                 model.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0))
     """)
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"),
                                   model.predict(x, verbose=0))
-
-
-def test_one_step_fit_changes_weights():
-    model = _model()
-    model.compile(optimizer=tf.keras.optimizers.SGD(0.1), loss="mse")
-    before = [w.copy() for w in model.get_weights()]
-    model.fit(np.ones((8, 5)), np.zeros((8, 2)), epochs=1, verbose=0)
-    assert any(np.abs(a - b).max() > 0
-               for a, b in zip(before, model.get_weights()))

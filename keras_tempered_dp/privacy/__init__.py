@@ -1,9 +1,12 @@
 """DP-SGD for Keras: settings, refusals, the optimizers' glue and accounting."""
 
 from keras_tempered_dp.privacy.accounting import (
+    Segment,
     calibrate_noise_multiplier,
+    compose_epsilon,
     compute_epsilon,
     privacy_statement,
+    steps_per_epoch,
 )
 from keras_tempered_dp.privacy.checks import (
     check_microbatches,

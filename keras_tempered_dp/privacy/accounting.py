@@ -9,14 +9,27 @@ epsilon reported for such a run is the number a Poisson-sampled run with the
 same q and number of steps would have, which is the common practice but not
 a proof for shuffling. ``sampling="without_replacement"`` accounts each batch
 as a uniformly random fixed-size subset (replace-one relation) instead.
+
+A run is a sequence of :class:`Segment` (steps with one N, batch size and
+noise multiplier); :func:`compose_epsilon` composes any such sequence exactly
+(a resumed run with other settings, a noise schedule). The number of steps in
+an epoch has one rule, :func:`steps_per_epoch`, used by the whole package.
 """
 
+import dataclasses
+import functools
 import math
+import numbers
 
 import dp_accounting
+import numpy as np
+from dp_accounting.rdp import rdp_privacy_accountant
 from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS
 
 SAMPLINGS = ("poisson", "without_replacement")
+
+# How the batches of an epoch are made, for steps_per_epoch.
+BATCHINGS = ("fit", "poisson", "shuffle")
 
 # dp_accounting's default Renyi orders refined by a finer grid; the
 # accountant reports the best order, so more orders only tighten epsilon.
@@ -28,48 +41,252 @@ RDP_ORDERS = tuple(sorted(set(
 )))
 
 
-def _check(num_examples, batch_size, noise_multiplier, delta, sampling):
-    if not isinstance(num_examples, int) or num_examples < 1:
+# -- validation: every public function refuses bad numbers by name, before
+# -- any computation ----------------------------------------------------------
+
+def check_integer(name, value, minimum=0):
+    """``value`` as an int; refuses bools, floats and values < minimum."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+            or value < minimum:
+        raise ValueError(f"{name}={value!r}: must be an integer >= "
+                         f"{minimum}.")
+    return int(value)
+
+
+def check_noise_multiplier(value, name="noise_multiplier"):
+    """``value`` as a float; refuses bools, negatives, nan and inf."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or math.isnan(value) or value < 0:
+        raise ValueError(f"{name}={value!r}: must be a number >= 0 (the "
+                         "noise standard deviation in units of the clipping "
+                         "norm).")
+    if math.isinf(value):
+        raise ValueError(f"{name}={value!r}: use a finite value; infinite "
+                         "noise means no training signal.")
+    return float(value)
+
+
+def check_delta(delta, num_examples):
+    """Refuses a delta that is not in (0, 1 / num_examples)."""
+    if isinstance(delta, bool) or not isinstance(delta, numbers.Real) \
+            or not 0 < delta < 1 / num_examples:
         raise ValueError(
-            f"num_examples={num_examples!r}: must be a positive integer.")
-    if not isinstance(batch_size, int) or not 1 <= batch_size <= num_examples:
+            f"delta={delta!r}: must be in (0, 1/num_examples) = (0, "
+            f"{1 / num_examples:.3g}) for num_examples={num_examples}. A "
+            "delta of 1/N or more allows a mechanism that publishes one "
+            "whole example at random and still calls itself DP. Use "
+            f"1/(10N) = {1 / (10 * num_examples):.3g} or less.")
+    return float(delta)
+
+
+def check_run(num_examples, batch_size):
+    """Checks N and B; returns them as ints."""
+    num_examples = check_integer("num_examples", num_examples, 1)
+    batch_size = check_integer("batch_size", batch_size, 1)
+    if batch_size > num_examples:
         raise ValueError(
             f"batch_size={batch_size!r}: must be an integer in "
             f"[1, num_examples={num_examples}].")
-    if not noise_multiplier >= 0:
-        raise ValueError(
-            f"noise_multiplier={noise_multiplier!r}: must be >= 0.")
-    if not 0 < delta < 1:
-        raise ValueError(f"delta={delta!r}: must be in (0, 1), typically "
-                         "below 1 / num_examples.")
+    return num_examples, batch_size
+
+
+def check_sampling(sampling):
     if sampling not in SAMPLINGS:
         raise ValueError(
             f"sampling={sampling!r}: must be one of {', '.join(SAMPLINGS)}.")
+    return sampling
 
 
-def steps_per_epoch(num_examples, batch_size):
-    """Steps of one epoch: ``ceil(num_examples / batch_size)``."""
-    return int(math.ceil(num_examples / batch_size))
+def steps_per_epoch(num_examples, batch_size, batching="fit"):
+    """The number of DP-SGD steps in one epoch: the package's one rule.
+
+    Args:
+        num_examples: N.
+        batch_size: B (the expected size under Poisson sampling).
+        batching: "fit" (default): ``ceil(N / B)``, what ``model.fit`` runs
+            over arrays (the last batch is partial); "poisson":
+            ``max(1, round(N / B))``, one pass in expectation (what
+            :func:`~keras_tempered_dp.training.train` runs with
+            :func:`~keras_tempered_dp.privacy.sampling.poisson_batches`);
+            "shuffle": ``N // B``, fixed-size batches with the remainder
+            dropped (:func:`~keras_tempered_dp.privacy.sampling.
+            shuffled_batches`).
+
+    Example:
+
+    >>> [steps_per_epoch(60000, 256, b) for b in BATCHINGS]
+    [235, 234, 234]
+    """
+    num_examples, batch_size = check_run(num_examples, batch_size)
+    if batching == "fit":
+        return -(-num_examples // batch_size)
+    if batching == "poisson":
+        return max(1, int(round(num_examples / batch_size)))
+    if batching == "shuffle":
+        return num_examples // batch_size
+    raise ValueError(f"batching={batching!r}: must be one of "
+                     f"{', '.join(BATCHINGS)}.")
+
+
+def resolve_steps(num_examples, batch_size, epochs, steps):
+    """``steps``, or ``epochs`` whole epochs of what ``fit`` runs."""
+    if (epochs is None) == (steps is None):
+        raise ValueError("Give exactly one of epochs= and steps=.")
+    if steps is None:
+        epochs = check_integer("epochs", epochs)
+        return epochs * steps_per_epoch(num_examples, batch_size)
+    return check_integer("steps", steps)
+
+
+# -- segments and their composition ------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """Steps of a DP-SGD run that share N, the batch size and the noise.
+
+    A run that changed its settings (a resumed run, a noise schedule) is a
+    list of segments; :func:`compose_epsilon` composes them exactly. Store
+    ``dataclasses.asdict(segment)`` in a checkpoint and rebuild with
+    ``Segment(**d)``.
+
+    Args:
+        num_examples: N.
+        batch_size: the (expected) batch size B; q = B / N.
+        steps: the number of steps, >= 0.
+        noise_multiplier: sigma of each step, finite and >= 0.
+        sampling: "poisson" or "without_replacement" (see the module
+            docstring).
+        used_microbatching: True when microbatches held more than one
+            example (the analysis then halves sigma, as TF Privacy does).
+
+    Raises:
+        ValueError: naming the field and the bad value.
+
+    Example:
+
+    >>> Segment(60000, 256, steps=235, noise_multiplier=1.1).steps
+    235
+    """
+
+    num_examples: int
+    batch_size: int
+    steps: int
+    noise_multiplier: float
+    sampling: str = "poisson"
+    used_microbatching: bool = False
+
+    def __post_init__(self):
+        set_ = functools.partial(object.__setattr__, self)
+        n, b = check_run(self.num_examples, self.batch_size)
+        set_("num_examples", n)
+        set_("batch_size", b)
+        set_("steps", check_integer("steps", self.steps))
+        set_("noise_multiplier",
+             check_noise_multiplier(self.noise_multiplier))
+        check_sampling(self.sampling)
+        if not isinstance(self.used_microbatching, bool):
+            raise ValueError(f"used_microbatching={self.used_microbatching!r}"
+                             ": must be True or False.")
+
+    @property
+    def accounted_noise_multiplier(self):
+        """sigma as the analysis uses it (halved with microbatching)."""
+        return (self.noise_multiplier / 2 if self.used_microbatching
+                else self.noise_multiplier)
+
+    def event(self):
+        """The dp_accounting event of these steps."""
+        return dp_sgd_event(self.num_examples, self.batch_size,
+                            self.accounted_noise_multiplier, self.steps,
+                            self.sampling)
 
 
 def dp_sgd_event(num_examples, batch_size, noise_multiplier, steps,
                  sampling="poisson"):
     """The dp_accounting event of ``steps`` DP-SGD steps."""
-    q = batch_size / num_examples
     gaussian = dp_accounting.GaussianDpEvent(noise_multiplier)
     if sampling == "poisson":
-        sampled = dp_accounting.PoissonSampledDpEvent(q, gaussian)
+        sampled = dp_accounting.PoissonSampledDpEvent(
+            batch_size / num_examples, gaussian)
     else:
         sampled = dp_accounting.SampledWithoutReplacementDpEvent(
             num_examples, batch_size, gaussian)
     return dp_accounting.SelfComposedDpEvent(sampled, int(steps))
 
 
-def _accountant(sampling):
+def rdp_accountant(sampling="poisson"):
+    """dp_accounting's RDP accountant on :data:`RDP_ORDERS`, with the
+    neighbouring relation ``sampling`` is analysed under."""
     relation = (dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
-                if sampling == "poisson"
+                if check_sampling(sampling) == "poisson"
                 else dp_accounting.NeighboringRelation.REPLACE_ONE)
     return dp_accounting.rdp.RdpAccountant(list(RDP_ORDERS), relation)
+
+
+@functools.lru_cache(maxsize=4096)
+def one_step_rdp(num_examples, batch_size, noise_multiplier, sampling):
+    """RDP at every order of :data:`RDP_ORDERS` of one DP-SGD step.
+
+    dp_accounting's own computation. RDP adds up over composed events (that
+    is all its accountant does when composing), so a run of many segments
+    costs one cached vector per distinct step.
+    """
+    accountant = rdp_accountant(sampling)
+    accountant.compose(dp_sgd_event(num_examples, batch_size,
+                                    noise_multiplier, 1, sampling))
+    # The one place that reads dp_accounting's private state: RdpAccountant
+    # has no public accessor for its RDP vector (dp_accounting 0.4).
+    return np.array(accountant._rdp, dtype=float)  # noqa: SLF001
+
+
+def compose_epsilon(segments, *, delta, sampling="poisson"):
+    """Epsilon of the composition of ``segments`` (RDP accountant).
+
+    Args:
+        segments: :class:`Segment` objects, in any order.
+        delta: the delta of (epsilon, delta)-DP; below 1/N for every
+            segment's N.
+        sampling: the analysis every segment must share ("poisson": add-or-
+            remove-one neighbours, "without_replacement": replace-one); two
+            neighbouring relations cannot be composed in one accountant.
+
+    Returns:
+        epsilon (float); 0 for no steps, ``inf`` if a step had no noise.
+
+    Example:
+
+    >>> run = [Segment(60000, 256, 235 * 30, 1.1),
+    ...        Segment(60000, 256, 235 * 30, 1.1)]
+    >>> round(compose_epsilon(run, delta=1e-5), 3)
+    2.6
+    """
+    check_sampling(sampling)
+    segments = list(segments)
+    for segment in segments:
+        if not isinstance(segment, Segment):
+            raise ValueError(f"segments: {segment!r} is not a Segment; build "
+                             "each part of the run with Segment(...).")
+        if segment.sampling != sampling:
+            raise ValueError(
+                f"sampling={sampling!r} but a segment has sampling="
+                f"{segment.sampling!r}: all segments must share one "
+                "neighbouring relation.")
+    if not segments:
+        if not (isinstance(delta, numbers.Real) and 0 < delta < 1):
+            raise ValueError(f"delta={delta!r}: must be in (0, 1).")
+        return 0.0
+    check_delta(delta, max(s.num_examples for s in segments))
+    segments = [s for s in segments if s.steps > 0]
+    if not segments:
+        return 0.0
+    if any(s.noise_multiplier == 0 for s in segments):
+        return math.inf
+    total = sum(s.steps * one_step_rdp(s.num_examples, s.batch_size,
+                                       s.accounted_noise_multiplier,
+                                       s.sampling)
+                for s in segments)
+    return float(rdp_privacy_accountant.compute_epsilon(
+        list(RDP_ORDERS), total, delta)[0])
 
 
 def compute_epsilon(num_examples, batch_size, noise_multiplier, *,
@@ -81,11 +298,13 @@ def compute_epsilon(num_examples, batch_size, noise_multiplier, *,
         num_examples: training set size N.
         batch_size: (expected) batch size B; q = B / N.
         noise_multiplier: sigma of each step's Gaussian noise, in units of
-            the clipping norm.
-        epochs: number of passes; steps = ceil(epochs * N / B). Give this or
-            ``steps``.
+            the clipping norm; finite, >= 0.
+        epochs: number of epochs of ``model.fit`` over arrays, each
+            ``steps_per_epoch(N, B) = ceil(N / B)`` steps. Give this or
+            ``steps`` (for Poisson epochs of ``round(N / B)`` steps, pass
+            ``steps=``).
         steps: number of DP-SGD steps.
-        delta: the delta of (epsilon, delta)-DP.
+        delta: the delta of (epsilon, delta)-DP, below 1 / N.
         sampling: "poisson" (default) or "without_replacement"; see the
             module docstring.
         used_microbatching: True when microbatches hold more than one
@@ -96,29 +315,28 @@ def compute_epsilon(num_examples, batch_size, noise_multiplier, *,
     Returns:
         epsilon (float); ``inf`` when ``noise_multiplier == 0``.
 
+    Raises:
+        ValueError: naming the argument, before any computation.
+
     Example:
 
     >>> round(compute_epsilon(60000, 256, 1.1, epochs=60, delta=1e-5), 3)
-    2.597
+    2.6
     """
-    _check(num_examples, batch_size, noise_multiplier, delta, sampling)
-    if (epochs is None) == (steps is None):
-        raise ValueError("Give exactly one of epochs= and steps=.")
-    if steps is None:
-        if epochs < 0:
-            raise ValueError(f"epochs={epochs!r}: must be >= 0.")
-        steps = int(math.ceil(epochs * num_examples / batch_size))
-    if steps < 0:
-        raise ValueError(f"steps={steps!r}: must be >= 0.")
-    if steps == 0:
-        return 0.0
-    if noise_multiplier == 0:
-        return math.inf
-    sigma = noise_multiplier / 2 if used_microbatching else noise_multiplier
-    accountant = _accountant(sampling)
-    accountant.compose(
-        dp_sgd_event(num_examples, batch_size, sigma, steps, sampling))
-    return float(accountant.get_epsilon(delta))
+    segment = _segment(num_examples, batch_size, noise_multiplier, epochs,
+                       steps, delta, sampling, used_microbatching)
+    return compose_epsilon([segment], delta=delta, sampling=sampling)
+
+
+def _segment(num_examples, batch_size, noise_multiplier, epochs, steps,
+             delta, sampling, used_microbatching):
+    num_examples, batch_size = check_run(num_examples, batch_size)
+    noise_multiplier = check_noise_multiplier(noise_multiplier)
+    check_delta(delta, num_examples)
+    check_sampling(sampling)
+    steps = resolve_steps(num_examples, batch_size, epochs, steps)
+    return Segment(num_examples, batch_size, steps, noise_multiplier,
+                   sampling, bool(used_microbatching))
 
 
 def calibrate_noise_multiplier(target_epsilon, num_examples, batch_size, *,
@@ -128,15 +346,18 @@ def calibrate_noise_multiplier(target_epsilon, num_examples, batch_size, *,
     """The smallest noise multiplier whose epsilon is <= ``target_epsilon``.
 
     Bisection on :func:`compute_epsilon` (epsilon falls as the noise grows);
-    the returned sigma meets the target and is within ``tolerance`` (relative)
-    of the smallest one that does.
+    the returned sigma meets the target and is within ``tolerance`` (relative,
+    in (0, 1)) of the smallest one that does.
 
     Example:
 
-    >>> sigma = calibrate_noise_multiplier(2.597, 60000, 256, epochs=60)
+    >>> sigma = calibrate_noise_multiplier(2.6, 60000, 256, epochs=60)
     >>> bool(abs(sigma - 1.1) < 0.01)
     True
     """
+    _segment(num_examples, batch_size, 1.0, epochs, steps, delta, sampling,
+             used_microbatching)  # refuses bad arguments before searching
+
     def eps(sigma):
         return compute_epsilon(num_examples, batch_size, sigma, epochs=epochs,
                                steps=steps, delta=delta, sampling=sampling,
@@ -153,9 +374,16 @@ def smallest_noise(eps, target_epsilon, tolerance, what):
     ``what`` names the searched quantity in the error for unreachable
     targets. Shared by noise calibration here and under schedules.
     """
-    if not target_epsilon > 0 or not math.isfinite(target_epsilon):
+    if isinstance(target_epsilon, bool) or not isinstance(
+            target_epsilon, numbers.Real) or not target_epsilon > 0 \
+            or not math.isfinite(target_epsilon):
         raise ValueError(f"target_epsilon={target_epsilon!r}: must be a "
                          "positive finite number.")
+    if isinstance(tolerance, bool) or not isinstance(
+            tolerance, numbers.Real) or not 0 < tolerance < 1:
+        raise ValueError(f"tolerance={tolerance!r}: must be a number in "
+                         "(0, 1), relative to the noise found (1e-3 is "
+                         "usual).")
     low, high = 0.0, 1.0
     while eps(high) > target_epsilon:
         low, high = high, high * 2
@@ -175,20 +403,25 @@ def smallest_noise(eps, target_epsilon, tolerance, what):
 def privacy_statement(num_examples, batch_size, noise_multiplier, *,
                       epochs=None, steps=None, delta=1e-5, sampling="poisson",
                       used_microbatching=False):
-    """A sentence stating epsilon and every assumption behind it."""
-    epsilon = compute_epsilon(
-        num_examples, batch_size, noise_multiplier, epochs=epochs, steps=steps,
-        delta=delta, sampling=sampling, used_microbatching=used_microbatching)
-    if steps is None:
-        steps = int(math.ceil(epochs * num_examples / batch_size))
+    """A sentence stating epsilon and every assumption behind it.
+
+    Example:
+
+    >>> privacy_statement(60000, 256, 1.1, epochs=60)[:40]
+    '(2.600, 1e-05)-DP for each example: DP-S'
+    """
+    segment = _segment(num_examples, batch_size, noise_multiplier, epochs,
+                       steps, delta, sampling, used_microbatching)
+    epsilon = compose_epsilon([segment], delta=delta, sampling=sampling)
     how = ("Poisson subsampling with q = batch_size / N, add-or-remove-one "
            "neighbours" if sampling == "poisson" else
            "fixed-size batches sampled uniformly without replacement, "
            "replace-one neighbours")
+    halved = (" (halved in the analysis: microbatches of >1 example)"
+              if used_microbatching else "")
     return (
         f"({epsilon:.3f}, {delta:g})-DP for each example: DP-SGD, "
-        f"{steps} steps, N={num_examples}, batch_size={batch_size}, "
-        f"noise_multiplier={noise_multiplier:g}"
-        f"{' (halved in the analysis: microbatches of >1 example)' if used_microbatching else ''}"
+        f"{segment.steps} steps, N={num_examples}, batch_size={batch_size}, "
+        f"noise_multiplier={noise_multiplier:g}{halved}"
         f"; RDP accountant (dp_accounting) assuming {how}."
     )

@@ -3,7 +3,18 @@
 import tensorflow as tf
 
 # Layers whose training-mode output for one example depends on the others.
-_BATCH_MIXING = (tf.keras.layers.BatchNormalization,)
+# Keras 2.15's BatchNormalization, its v1 class and SyncBatchNormalization
+# all derive from BatchNormalizationBase; the public classes are listed too
+# in case a Keras build moves the base.
+_BATCH_MIXING = (tf.keras.layers.BatchNormalization,
+                 tf.keras.layers.experimental.SyncBatchNormalization)
+try:
+    from keras.src.layers.normalization.batch_normalization import (
+        BatchNormalizationBase as _BatchNormalizationBase,
+    )
+    _BATCH_MIXING += (_BatchNormalizationBase,)
+except ImportError:  # pragma: no cover - depends on the Keras build
+    pass
 try:  # Keras 2.15 keeps the v1 layer in a separate class.
     from keras.src.layers.normalization.batch_normalization_v1 import (
         BatchNormalization as _BatchNormalizationV1,
@@ -21,20 +32,56 @@ def iter_layers(model):
             yield from iter_layers(layer)
 
 
+def walk_layers(layer, prefix=""):
+    """Yields ``(path, sublayer)`` for every layer nested anywhere in
+    ``layer``: in nested models and in custom layers that hold sublayers as
+    attributes (or in lists and dicts of attributes), each once.
+
+    Example:
+
+    >>> model = tf.keras.Sequential([tf.keras.Input((2,)),
+    ...                              tf.keras.layers.Dense(1, name="d")],
+    ...                             name="m")
+    >>> [path for path, _ in walk_layers(model)]
+    ['d']
+    """
+    seen = set()
+
+    def walk(parent, prefix):
+        # _flatten_layers is how Keras itself finds a layer's sublayers
+        # (weights, training flags): tracked attributes, not only .layers.
+        for child in parent._flatten_layers(include_self=False,
+                                            recursive=False):
+            if id(child) in seen or isinstance(child,
+                                               tf.keras.layers.InputLayer):
+                continue
+            seen.add(id(child))
+            path = f"{prefix}{child.name}"
+            yield path, child
+            yield from walk(child, path + "/")
+
+    yield from walk(layer, prefix)
+
+
 def check_no_batch_mixing(model):
     """Raises if ``model`` has a layer that mixes examples of a batch.
 
+    Every BatchNormalization variant (v1, v2, SyncBatchNormalization, any
+    subclass) is found wherever it is nested: in nested models and inside
+    custom layers that hold it as an attribute.
+
     Raises:
-        ValueError: naming the layer, saying why it breaks the guarantee and
-            what to use instead.
+        ValueError: naming the layer and its path, saying why it breaks the
+            guarantee and what to use instead.
     """
-    for layer in iter_layers(model):
+    for path, layer in walk_layers(model):
         if isinstance(layer, _BATCH_MIXING):
             raise ValueError(
-                f"Layer {layer.name!r} ({type(layer).__name__}) cannot be "
-                "trained with DP-SGD. Batch normalization normalizes each "
-                "example with the mean and variance of the whole batch, so "
-                "one example's data reaches every other example's output and "
+                f"Layer {layer.name!r} ({type(layer).__name__}, at "
+                f"{model.name}/{path}) cannot be trained with DP-SGD. Batch "
+                "normalization normalizes each example with the mean and "
+                "variance of the whole batch, so one example's data reaches "
+                "every other example's output and every other example's "
                 "gradient; clipping each example's gradient then no longer "
                 "bounds that example's influence, and the privacy guarantee "
                 "does not hold. Use tf.keras.layers.GroupNormalization or "

@@ -15,6 +15,10 @@ system unless a seed is given (a seed is for tests and reproductions).
 import numpy as np
 import tensorflow as tf
 
+# The package's one step-count rule lives with the accounting that counts
+# the steps; re-exported here for the samplers' users.
+from keras_tempered_dp.privacy.accounting import steps_per_epoch  # noqa: F401
+
 
 def poisson_batches(x, y, batch_size, *, seed=None):
     """An endless ``tf.data.Dataset`` of Poisson-sampled batches.
@@ -31,7 +35,7 @@ def poisson_batches(x, y, batch_size, *, seed=None):
 
     Returns:
         A dataset to pass to ``model.fit`` with
-        ``steps_per_epoch=steps_per_epoch(len(x), batch_size)``.
+        ``steps_per_epoch=steps_per_epoch(len(x), batch_size, "poisson")``.
 
     Example:
 
@@ -82,11 +86,3 @@ def shuffled_batches(x, y, batch_size, *, seed=None):
     data = tf.data.Dataset.from_tensor_slices((x, y))
     data = data.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     return data.batch(batch_size, drop_remainder=True).repeat().prefetch(2)
-
-
-def steps_per_epoch(num_examples, batch_size, sampling="poisson"):
-    """Steps in one epoch: ``round(N / B)`` (Poisson: one pass in
-    expectation) or ``N // B`` (shuffled, remainder dropped)."""
-    if sampling == "poisson":
-        return max(1, int(round(num_examples / batch_size)))
-    return num_examples // batch_size

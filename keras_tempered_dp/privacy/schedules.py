@@ -25,17 +25,18 @@ Example:
 True
 """
 
-import functools
 import math
-
-import numpy as np
-from dp_accounting.rdp import rdp_privacy_accountant
+from typing import List, Optional, Tuple
 
 from keras_tempered_dp.privacy.accounting import (
-    _accountant,
-    _check,
+    Segment,
+    check_delta,
+    check_integer,
+    check_noise_multiplier,
+    check_run,
+    check_sampling,
+    compose_epsilon,
     compute_epsilon,
-    dp_sgd_event,
     smallest_noise,
 )
 
@@ -49,22 +50,35 @@ def _positive(name, value):
 
 
 class NoiseSchedule:
-    """Base class: ``schedule(epoch) -> noise multiplier``."""
+    """Base class: ``schedule(epoch) -> noise multiplier``.
 
-    def __init__(self, sigma0):
+    The extension point: a subclass implements ``__call__(epoch) -> sigma``
+    (a finite sigma >= 0 fixed before training, so that the schedule reveals
+    nothing about the data) and ``get_config()`` returning its constructor
+    arguments, ``sigma0`` included.
+    """
+
+    def __init__(self, sigma0: float):
         self.sigma0 = _positive("sigma0", sigma0)
 
-    def __call__(self, epoch):
+    def __call__(self, epoch: int) -> float:
         raise NotImplementedError
 
-    def with_sigma0(self, sigma0):
+    def with_sigma0(self, sigma0: float) -> "NoiseSchedule":
         """The same schedule shape starting from another sigma0."""
         config = self.get_config()
         config["sigma0"] = sigma0
         return type(self)(**config)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {"sigma0": self.sigma0}
+
+    def __eq__(self, other):
+        return (type(self) is type(other)
+                and self.get_config() == other.get_config())
+
+    def __hash__(self):
+        return hash((type(self), tuple(sorted(self.get_config().items()))))
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
@@ -126,64 +140,66 @@ SCHEDULES = {"constant": ConstantNoise, "step": StepDecay,
              "exponential": ExponentialDecay, "time": TimeBasedDecay}
 
 
-def noise_per_step(schedule, *, steps_per_epoch, steps):
-    """``[(sigma, count), ...]``: the run's steps grouped by their sigma."""
-    if isinstance(steps_per_epoch, bool) or not isinstance(
-            steps_per_epoch, int) or steps_per_epoch < 1:
-        raise ValueError(f"steps_per_epoch={steps_per_epoch!r}: must be a "
-                         "positive integer.")
-    out, epoch = [], 0
+def noise_per_step(schedule: NoiseSchedule, *, steps_per_epoch: int,
+                   steps: int, first_epoch: int = 0
+                   ) -> List[Tuple[float, int]]:
+    """``[(sigma, count), ...]``: the run's steps grouped by epoch, starting
+    at epoch ``first_epoch``."""
+    steps_per_epoch = check_integer("steps_per_epoch", steps_per_epoch, 1)
+    steps = check_integer("steps", steps)
+    out, epoch = [], check_integer("first_epoch", first_epoch)
     while steps > 0:
         count = min(steps, steps_per_epoch)
-        out.append((schedule(epoch), count))
+        out.append((check_noise_multiplier(
+            schedule(epoch), f"schedule({epoch})"), count))
         steps -= count
         epoch += 1
     return out
 
 
-def schedule_epsilon(num_examples, batch_size, schedule, *, steps_per_epoch,
-                     epochs=None, steps=None, delta=1e-5,
-                     sampling="poisson"):
+def schedule_segments(num_examples: int, batch_size: int,
+                      schedule: NoiseSchedule, *, steps_per_epoch: int,
+                      steps: int, sampling: str = "poisson",
+                      first_epoch: int = 0) -> List[Segment]:
+    """The run under ``schedule`` as one :class:`Segment` per epoch."""
+    return [Segment(num_examples, batch_size, count, sigma, sampling)
+            for sigma, count in noise_per_step(
+                schedule, steps_per_epoch=steps_per_epoch, steps=steps,
+                first_epoch=first_epoch)]
+
+
+def schedule_epsilon(num_examples: int, batch_size: int,
+                     schedule: NoiseSchedule, *, steps_per_epoch: int,
+                     epochs: Optional[int] = None,
+                     steps: Optional[int] = None, delta: float = 1e-5,
+                     sampling: str = "poisson") -> float:
     """Epsilon after ``steps`` (or ``epochs`` whole epochs) under a schedule.
 
     Composes, for each epoch, ``steps_per_epoch`` subsampled Gaussian events
-    with that epoch's sigma (RDP accountant, same assumptions as
-    :func:`~keras_tempered_dp.privacy.accounting.compute_epsilon`).
+    with that epoch's sigma (:func:`~keras_tempered_dp.privacy.accounting.
+    compose_epsilon`, same assumptions as :func:`~keras_tempered_dp.privacy.
+    accounting.compute_epsilon`).
     """
+    num_examples, batch_size = check_run(num_examples, batch_size)
+    check_delta(delta, num_examples)
+    check_sampling(sampling)
     if (epochs is None) == (steps is None):
         raise ValueError("Give exactly one of epochs= and steps=.")
+    steps_per_epoch = check_integer("steps_per_epoch", steps_per_epoch, 1)
     if steps is None:
-        steps = int(epochs) * steps_per_epoch
-    parts = noise_per_step(schedule, steps_per_epoch=steps_per_epoch,
-                           steps=steps)
-    for sigma, _ in parts:
-        _check(num_examples, batch_size, sigma, delta, sampling)
-    if not parts:
-        return 0.0
-    if any(sigma == 0 for sigma, _ in parts):
-        return math.inf
-    # RDP adds up over composed events: one cached vector per distinct
-    # sigma keeps the per-epoch callback linear in the number of epochs.
-    total = sum(count * _rdp_one_step(num_examples, batch_size, sigma,
-                                      sampling)
-                for sigma, count in parts)
-    orders = _accountant(sampling)._orders
-    return float(rdp_privacy_accountant.compute_epsilon(orders, total,
-                                                        delta)[0])
+        steps = check_integer("epochs", epochs) * steps_per_epoch
+    return compose_epsilon(
+        schedule_segments(num_examples, batch_size, schedule,
+                          steps_per_epoch=steps_per_epoch, steps=steps,
+                          sampling=sampling),
+        delta=delta, sampling=sampling)
 
 
-@functools.lru_cache(maxsize=4096)
-def _rdp_one_step(num_examples, batch_size, sigma, sampling):
-    """RDP at every order of one step (dp_accounting's own computation)."""
-    accountant = _accountant(sampling)
-    accountant.compose(dp_sgd_event(num_examples, batch_size, sigma, 1,
-                                    sampling))
-    return np.asarray(accountant._rdp, dtype=float)
-
-
-def calibrate_schedule(target_epsilon, num_examples, batch_size, schedule, *,
-                       steps_per_epoch, epochs, delta=1e-5,
-                       sampling="poisson", tolerance=1e-3):
+def calibrate_schedule(target_epsilon: float, num_examples: int,
+                       batch_size: int, schedule: NoiseSchedule, *,
+                       steps_per_epoch: int, epochs: int,
+                       delta: float = 1e-5, sampling: str = "poisson",
+                       tolerance: float = 1e-3) -> NoiseSchedule:
     """``schedule`` with the smallest sigma0 whose run ends at epsilon <=
     ``target_epsilon`` (bisection; the shape of the decay is kept).
 
@@ -194,6 +210,12 @@ def calibrate_schedule(target_epsilon, num_examples, batch_size, schedule, *,
     >>> bool(2.99 < eps <= 3.0)
     True
     """
+    # Refuse bad arguments before searching.
+    schedule_epsilon(num_examples, batch_size, schedule,
+                     steps_per_epoch=steps_per_epoch, steps=0, delta=delta,
+                     sampling=sampling)
+    check_integer("epochs", epochs)
+
     def eps(sigma0):
         return schedule_epsilon(
             num_examples, batch_size, schedule.with_sigma0(sigma0),
@@ -205,4 +227,5 @@ def calibrate_schedule(target_epsilon, num_examples, batch_size, schedule, *,
 
 __all__ = ["NoiseSchedule", "ConstantNoise", "StepDecay", "ExponentialDecay",
            "TimeBasedDecay", "SCHEDULES", "noise_per_step",
-           "schedule_epsilon", "calibrate_schedule", "compute_epsilon"]
+           "schedule_segments", "schedule_epsilon", "calibrate_schedule",
+           "compute_epsilon"]

@@ -49,3 +49,52 @@ def test_microbatches_ok():
     check_microbatches(None, batch_size=7, num_examples=100)
     check_microbatches(4, batch_size=16, num_examples=100)
     check_microbatches(4, batch_size=16, num_examples=96)
+
+
+class _Block(tf.keras.layers.Layer):
+    """A custom layer holding its sublayers as attributes."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = tf.keras.layers.Dense(4)
+        self.parts = [tf.keras.layers.BatchNormalization(name="hidden_bn")]
+
+    def call(self, x):
+        return self.parts[0](self.dense(x))
+
+
+class _MyBatchNorm(tf.keras.layers.BatchNormalization):
+    pass
+
+
+@pytest.mark.parametrize("make", [
+    lambda: tf.keras.layers.BatchNormalization(name="bad"),
+    lambda: tf.keras.layers.experimental.SyncBatchNormalization(name="bad"),
+    lambda: _MyBatchNorm(name="bad"),
+    lambda: tf.compat.v1.keras.layers.BatchNormalization(name="bad"),
+])
+def test_every_batchnorm_variant_refused(make):
+    model = tf.keras.Sequential([tf.keras.Input((4,)), make()])
+    with pytest.raises(ValueError, match="'bad'"):
+        check_no_batch_mixing(model)
+
+
+def test_batchnorm_inside_custom_layer_refused_with_its_path():
+    inputs = tf.keras.Input((4,))
+    outputs = _Block(name="block")(inputs)
+    inner = tf.keras.Model(inputs, outputs, name="inner")
+    model = tf.keras.Sequential([tf.keras.Input((4,)), inner], name="outer")
+    with pytest.raises(ValueError) as error:
+        check_no_batch_mixing(model)
+    message = str(error.value)
+    assert "inner/block/hidden_bn" in message
+    assert "every other example's gradient" in message
+    assert "GroupNormalization" in message and "LayerNormalization" in message
+
+
+def test_compile_dp_refuses_batchnorm_in_custom_layer_for_tf_privacy():
+    from keras_tempered_dp.privacy.compile import compile_dp
+    model = tf.keras.Sequential([tf.keras.Input((4,)), _Block()])
+    with pytest.raises(ValueError, match="hidden_bn"):
+        compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.0,
+                   optimizer="dp_keras_sgd")

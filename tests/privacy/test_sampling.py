@@ -58,9 +58,10 @@ def test_shuffled_batches_fixed_size_each_example_once_per_epoch():
 
 
 def test_steps_and_errors():
-    assert steps_per_epoch(60000, 256) == 234
+    assert steps_per_epoch(60000, 256) == 235  # what fit runs on arrays
+    assert steps_per_epoch(60000, 256, "poisson") == 234
     assert steps_per_epoch(60000, 256, "shuffle") == 234
-    assert steps_per_epoch(60000, 2048) == 29
+    assert steps_per_epoch(60000, 2048, "poisson") == 29
     with pytest.raises(ValueError, match="batch_size=0"):
         poisson_batches(np.zeros((5, 1)), np.zeros(5), 0)
     with pytest.raises(ValueError, match="y has 4"):

@@ -9,7 +9,11 @@ import pytest
 import tensorflow as tf
 
 from keras_tempered_dp.callbacks import EpsilonCallback, NoiseScheduler
-from keras_tempered_dp.privacy.accounting import RDP_ORDERS, compute_epsilon
+from keras_tempered_dp.privacy.accounting import (
+    RDP_ORDERS,
+    Segment,
+    compute_epsilon,
+)
 from keras_tempered_dp.privacy.compile import compile_dp
 from keras_tempered_dp.privacy.schedules import (
     ConstantNoise,
@@ -96,10 +100,13 @@ def test_fit_with_scheduler_logs_exact_epsilon_and_noise():
     schedule = StepDecay(3.0, factor=0.5, period=1)
     compile_dp(model, l2_norm_clip=1.0, noise_multiplier=3.0,
                learning_rate=0.1)
+    callback = EpsilonCallback(40, 10, delta=1e-3)
     history = model.fit(
         x, y, batch_size=10, epochs=3, verbose=0,
-        callbacks=[EpsilonCallback(40, 10, delta=1e-3),
-                   NoiseScheduler(schedule)])
+        callbacks=[callback, NoiseScheduler(schedule)])
+    # One segment per epoch sigma, ready for a checkpoint.
+    assert callback.segments() == tuple(
+        Segment(40, 10, 4, sigma) for sigma in (3.0, 1.5, 0.75))
     assert history.history["noise_multiplier"] == [3.0, 1.5, 0.75]
     assert get_dp_state(model).engine.noise_multiplier == 0.75
     for epochs, eps in enumerate(history.history["epsilon"], start=1):
@@ -124,3 +131,21 @@ def test_lowered_noise_without_the_accounting_is_refused():
     with pytest.raises(RuntimeError, match="below the 2.0"):
         model.fit(x, y, batch_size=10, epochs=1, verbose=0,
                   callbacks=[Sneaky(), EpsilonCallback(40, 10, delta=1e-3)])
+
+
+def test_schedule_yielding_bad_noise_refused_by_name():
+    class Broken(ConstantNoise):
+        def __call__(self, epoch):
+            return float("inf") if epoch == 1 else self.sigma0
+
+    with pytest.raises(ValueError, match=r"schedule\(1\)=inf"):
+        schedule_epsilon(N, B, Broken(1.0), steps_per_epoch=10, epochs=2,
+                         delta=DELTA)
+
+
+def test_schedule_segments_group_steps_by_epoch():
+    from keras_tempered_dp.privacy.schedules import schedule_segments
+    assert schedule_segments(N, B, StepDecay(2.0, 0.5), steps_per_epoch=10,
+                             steps=25) == [Segment(N, B, 10, 2.0),
+                                           Segment(N, B, 10, 1.0),
+                                           Segment(N, B, 5, 0.5)]

@@ -1,0 +1,191 @@
+"""The shared test of a Keras layer of the package (STYLE.md, Tests).
+
+A layer is described once by a :class:`LayerCase`; ``tests/test_layers.py``
+runs every check below on every case:
+
+* values against golden numbers per dtype (:func:`check_golden`),
+* the layer's exact identities (the case's ``identities``),
+* a float64 numerical-gradient check of the inputs and every weight
+  (:func:`check_numerical_gradient`),
+* get_config/from_config round trip compared as JSON, every constructor
+  argument present in the config (:func:`check_config`),
+* save and load (.keras and SavedModel) in a fresh process giving the same
+  predictions (:func:`check_save_load`),
+* a one-step fit, plain and DP-SGD, that changes the weights
+  (:func:`check_one_step_fit`).
+"""
+
+import dataclasses
+import inspect
+import json
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+
+@dataclasses.dataclass
+class LayerCase:
+    """One layer under test.
+
+    Attributes:
+        name: the id pytest shows.
+        cls: the layer class.
+        kwargs: constructor arguments, none at its default where possible
+            (each must come back from get_config with this value).
+        input_shape: one example's shape.
+        golden_input: a fixed batch of inputs (float64).
+        golden: ``golden(dtype) -> expected outputs`` for ``golden_input``.
+        tolerances: dtype name -> absolute tolerance of the golden check.
+        set_weights: ``fn(layer)`` giving a built layer fixed weights for
+            the golden check; None for layers without weights.
+        identities: ``fn(rng)`` checks that hold exactly for the layer.
+    """
+
+    name: str
+    cls: type
+    kwargs: dict
+    input_shape: Tuple[int, ...]
+    golden_input: np.ndarray
+    golden: Callable[[str], np.ndarray]
+    tolerances: Dict[str, float]
+    set_weights: Optional[Callable[[tf.keras.layers.Layer], None]] = None
+    identities: List[Callable[[np.random.Generator], None]] = \
+        dataclasses.field(default_factory=list)
+
+    def make(self, **overrides):
+        return self.cls(**dict(self.kwargs, **overrides))
+
+
+def check_golden(case, dtype):
+    layer = case.make(dtype=dtype)
+    x = case.golden_input.astype(dtype)
+    layer.build(x.shape)
+    if case.set_weights is not None:
+        case.set_weights(layer)
+    y = layer(x)
+    assert y.dtype == dtype
+    np.testing.assert_allclose(np.asarray(y, "float64"), case.golden(dtype),
+                               atol=case.tolerances[dtype], rtol=0)
+
+
+def check_numerical_gradient(case, rng, directions=3, h=1e-5):
+    """Autodiff against central differences of a random projection of the
+    output, along random directions of the input and of every weight."""
+    layer = case.make(dtype="float64")
+    x = tf.Variable(rng.normal(size=(2,) + case.input_shape))
+    layer.build(x.shape)
+    weights = list(layer.trainable_weights)
+    projection = tf.constant(rng.normal(size=layer(x).shape))
+
+    def loss():
+        return tf.reduce_sum(layer(x) * projection)
+
+    with tf.GradientTape() as tape:
+        value = loss()
+    grads = tape.gradient(value, [x] + weights)
+    for variable, grad in zip([x] + weights, grads):
+        start = variable.numpy()
+        for _ in range(directions):
+            d = rng.normal(size=start.shape)
+            variable.assign(start + h * d)
+            up = float(loss())
+            variable.assign(start - h * d)
+            down = float(loss())
+            variable.assign(start)
+            numerical = (up - down) / (2 * h)
+            analytic = float(np.sum(grad.numpy() * d))
+            np.testing.assert_allclose(analytic, numerical, rtol=1e-6,
+                                       atol=1e-8, err_msg=variable.name)
+
+
+def constructor_arguments(cls):
+    """The named arguments of ``cls`` and, when it forwards ``*args`` or
+    ``**kwargs`` to a Keras parent other than Layer, of that parent."""
+    names = []
+    for klass in (cls, cls.__mro__[1]):
+        if klass in (tf.keras.layers.Layer, object):
+            break
+        params = inspect.signature(klass.__init__).parameters.values()
+        names += [p.name for p in params if p.name != "self" and p.kind in (
+            p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        if not any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                   for p in params):
+            break
+    return names
+
+
+def check_config(case):
+    layer = case.make(name="under_test")
+    config = layer.get_config()
+    for name in constructor_arguments(case.cls):
+        assert name in config, f"constructor argument {name!r} not in config"
+    for name, value in case.kwargs.items():
+        got = config[name]
+        if isinstance(got, dict):  # a serialized initializer, activation...
+            continue
+        assert json.loads(json.dumps(got)) == json.loads(
+            json.dumps(list(value) if isinstance(value, tuple) else value)), \
+            (name, got, value)
+    clone = case.cls.from_config(json.loads(json.dumps(config)))
+    assert json.dumps(clone.get_config(), sort_keys=True) == \
+        json.dumps(config, sort_keys=True)
+    serialized = tf.keras.layers.serialize(layer)
+    assert serialized["registered_name"] == \
+        f"keras_tempered_dp>{case.cls.__name__}"
+    again = tf.keras.layers.deserialize(json.loads(json.dumps(serialized)))
+    assert type(again) is case.cls
+    assert json.dumps(again.get_config(), sort_keys=True) == \
+        json.dumps(config, sort_keys=True)
+
+
+def _model(case):
+    return tf.keras.Sequential([tf.keras.Input(case.input_shape),
+                                case.make(),
+                                tf.keras.layers.Flatten(),
+                                tf.keras.layers.Dense(2)])
+
+
+def check_save_load(case, fmt, tmp_path, fresh_python, rng):
+    """Saved as .keras or SavedModel, loaded where only the package is
+    imported: the same layer class and the same predictions."""
+    model = _model(case)
+    x = rng.normal(size=(4,) + case.input_shape).astype("float32")
+    path = tmp_path / ("model.keras" if fmt == "keras" else "saved_model")
+    model.save(str(path))
+    np.save(tmp_path / "x.npy", x)
+    fresh_python(f"""
+        import numpy as np, tensorflow as tf
+        import keras_tempered_dp.layers as layers
+        model = tf.keras.models.load_model({str(path)!r})
+        assert type(model.layers[0]).__name__ == {case.cls.__name__!r}
+        if {fmt!r} == "keras":
+            assert type(model.layers[0]) is layers.{case.cls.__name__}
+        np.save({str(tmp_path / 'y.npy')!r},
+                model.predict(np.load({str(tmp_path / 'x.npy')!r}),
+                              verbose=0))
+    """)
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"),
+                               model.predict(x, verbose=0), rtol=1e-6,
+                               atol=1e-6)
+
+
+def check_one_step_fit(case, private, rng):
+    """One step of fit (plain SGD or the package's DP-SGD) changes the
+    model's weights, the layer's own included."""
+    from keras_tempered_dp.privacy.compile import compile_dp
+    model = _model(case)
+    if private:
+        compile_dp(model, l2_norm_clip=1.0, noise_multiplier=0.5,
+                   learning_rate=0.5)
+    else:
+        model.compile(optimizer=tf.keras.optimizers.SGD(0.5),
+                      loss=tf.keras.losses.SparseCategoricalCrossentropy(
+                          from_logits=True))
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    x = rng.normal(size=(8,) + case.input_shape).astype("float32")
+    history = model.fit(x, rng.integers(0, 2, 8), batch_size=8, epochs=1,
+                        verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    for w, old in zip(model.trainable_weights, before):
+        assert np.abs(w.numpy() - old).max() > 0, f"{w.name} did not move"

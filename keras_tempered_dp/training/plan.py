@@ -13,11 +13,13 @@ import dataclasses
 from typing import Optional, Sequence
 
 from keras_tempered_dp.privacy.accounting import (
+    Segment,
     calibrate_noise_multiplier,
+    compose_epsilon,
     compute_epsilon,
     smallest_noise,
+    steps_per_epoch,
 )
-from keras_tempered_dp.privacy.sampling import steps_per_epoch
 from keras_tempered_dp.privacy.schedules import (
     SCHEDULES,
     NoiseSchedule,
@@ -37,7 +39,7 @@ class NoisePlan:
     delta: float
     noise_multiplier: float          # sigma, or the schedule's sigma0
     schedule: Optional[NoiseSchedule]
-    previous: Sequence = ()  # earlier parts with other settings
+    previous: Sequence[Segment] = ()  # earlier parts with other settings
 
     @property
     def accounting_sampling(self):
@@ -47,7 +49,6 @@ class NoisePlan:
 
     def segments(self, epochs):
         """The segments of ``epochs`` epochs of this part."""
-        from keras_tempered_dp.privacy.accounting import Segment  # TODO
         sigmas = ([self.schedule(e) for e in range(epochs)]
                   if self.schedule is not None
                   else [self.noise_multiplier] * epochs)
@@ -57,7 +58,6 @@ class NoisePlan:
     def epsilon(self, epochs):
         """Epsilon after the earlier parts and ``epochs`` epochs of this."""
         if self.previous:
-            from keras_tempered_dp.privacy.accounting import compose_epsilon
             return compose_epsilon(
                 list(self.previous) + self.segments(epochs),
                 delta=self.delta)
@@ -119,7 +119,6 @@ def plan_noise(privacy, *, num_examples, batch_size, sampling, epochs,
             steps=plan.steps_per_epoch * epochs, delta=delta)
         return _with_sigma(plan, sigma)
 
-    from keras_tempered_dp.privacy.accounting import compose_epsilon
     spent = compose_epsilon(list(previous), delta=delta)
     if spent >= privacy.target_epsilon:
         raise ValueError(

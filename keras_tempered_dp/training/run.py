@@ -28,6 +28,7 @@ from keras_tempered_dp.averaging import ParameterAveraging
 from keras_tempered_dp.callbacks import EpsilonCallback, NoiseScheduler
 from keras_tempered_dp.data import load_dataset
 from keras_tempered_dp.models import DEFAULT_MODEL, MODELS, activation_layer
+from keras_tempered_dp.privacy.accounting import Segment
 from keras_tempered_dp.privacy.compile import compile_dp, make_private
 from keras_tempered_dp.privacy.sampling import (
     poisson_batches,
@@ -161,7 +162,6 @@ def _segments(ledger):
     """Ledger epochs as accounting segments, equal neighbours merged."""
     if not ledger:
         return ()
-    from keras_tempered_dp.privacy.accounting import Segment  # TODO top
     merged = []
     for e in ledger:
         key = (e["num_examples"], e["batch_size"], e["noise_multiplier"])

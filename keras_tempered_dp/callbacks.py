@@ -16,7 +16,7 @@ from keras_tempered_dp.privacy.accounting import (
     compose_epsilon,
     steps_per_epoch as default_steps_per_epoch,
 )
-from keras_tempered_dp.privacy.checks import check_no_batch_mixing
+from keras_tempered_dp.privacy.checks import check_dp_trainable
 from keras_tempered_dp.privacy.schedules import NoiseSchedule, \
     schedule_segments
 from keras_tempered_dp.privacy.state import get_dp_state
@@ -316,7 +316,7 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
 
     # -- Keras hooks -------------------------------------------------------
     def on_train_begin(self, logs=None):
-        check_no_batch_mixing(self.model)
+        check_dp_trainable(self.model)
         training = self._training()
         fit_steps = (self.params or {}).get("steps")
         if fit_steps is not None and fit_steps != self.steps_per_epoch:

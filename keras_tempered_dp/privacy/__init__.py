@@ -10,6 +10,7 @@ from keras_tempered_dp.privacy.accounting import (
 )
 from keras_tempered_dp.privacy.checks import (
     check_microbatches,
+    check_dp_trainable,
     check_no_batch_mixing,
 )
 from keras_tempered_dp.privacy.compile import compile_dp, make_private

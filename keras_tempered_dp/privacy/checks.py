@@ -121,3 +121,69 @@ def check_microbatches(num_microbatches, batch_size=None, num_examples=None):
                 f"{num_examples - last} examples), or pick a batch size that "
                 f"divides {num_examples}."
             )
+
+
+_REGULARIZERS = ("kernel_regularizer", "bias_regularizer",
+                 "activity_regularizer", "embeddings_regularizer",
+                 "depthwise_regularizer", "pointwise_regularizer",
+                 "recurrent_regularizer", "beta_regularizer",
+                 "gamma_regularizer")
+
+
+def check_no_regularizers(model):
+    """Raises if ``model`` adds losses that are not per-example losses.
+
+    A regularizer's loss (``kernel_regularizer=``, ``activity_regularizer=``
+    or ``add_loss``) is added once to the batch's loss: it is no example's
+    own, so per-example clipping cannot bound it, and TF Privacy's
+    optimizers fail on it in the middle of a step.
+
+    Raises:
+        ValueError: naming the layer and the regularizer.
+    """
+    for path, layer in walk_layers(model):
+        found = [a for a in _REGULARIZERS if getattr(layer, a, None)]
+        if found:
+            raise ValueError(
+                f"Layer {path!r} ({type(layer).__name__}) has "
+                f"{', '.join(found)}. DP-SGD clips each example's own "
+                "gradient; a regularizer's loss belongs to no example and "
+                "would escape the clipping. Remove it: use the optimizer's "
+                "weight decay (e.g. tf.keras.optimizers.SGD(weight_decay=...)"
+                " with make_private) instead of an L2 kernel regularizer.")
+    if getattr(model, "built", False) and model.losses:
+        raise ValueError(
+            "The model adds losses of its own (add_loss): they belong to no "
+            "example, so per-example clipping cannot bound them. Remove "
+            "them, or fold them into the per-example loss.")
+
+
+def check_float32(model):
+    """Raises if ``model`` computes in float16 or bfloat16 (mixed precision).
+
+    The clip factors, the norms and the noise are computed in the layers'
+    dtype. In float16 a per-example norm above 65504 overflows to inf, so
+    its clip factor is 0 or NaN, and the Gaussian noise is rounded to a
+    coarse grid; neither matches the mechanism the accountant assumes.
+
+    Raises:
+        ValueError: naming the layer and its dtype.
+    """
+    for path, layer in walk_layers(model):
+        dtype = getattr(layer, "compute_dtype", None)
+        if dtype is not None and tf.as_dtype(dtype) in (tf.float16,
+                                                        tf.bfloat16):
+            raise ValueError(
+                f"Layer {path!r} computes in {tf.as_dtype(dtype).name} "
+                "(mixed precision). DP-SGD's norms, clip factors and noise "
+                "need float32: in 16 bits large norms overflow and the "
+                "noise is rounded. Build the model under "
+                "tf.keras.mixed_precision.set_global_policy('float32').")
+
+
+def check_dp_trainable(model):
+    """Every refusal that a DP training entry point applies to a model:
+    batch-mixing layers, regularizers and 16-bit computation."""
+    check_no_batch_mixing(model)
+    check_no_regularizers(model)
+    check_float32(model)

@@ -15,8 +15,8 @@ from tensorflow_privacy import (
 )
 
 from keras_tempered_dp.privacy.checks import (
+    check_dp_trainable,
     check_microbatches,
-    check_no_batch_mixing,
 )
 from keras_tempered_dp.privacy.clipping import ClippingEngine
 from keras_tempered_dp.privacy.config import (
@@ -101,7 +101,7 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
         noise_seed=noise_seed,
         **({} if optimizer is None else {"optimizer": optimizer}),
     )
-    check_no_batch_mixing(model)
+    check_dp_trainable(model)
     check_microbatches(config.num_microbatches, batch_size, num_examples)
     if config.optimizer == "fast":
         options = _engine_options(engine_options, flat)
@@ -164,7 +164,7 @@ def make_private(model, *, l2_norm_clip, noise_multiplier,
                       noise_multiplier=noise_multiplier, learning_rate=None,
                       num_microbatches=num_microbatches, optimizer="fast",
                       noise_seed=noise_seed)
-    check_no_batch_mixing(model)
+    check_dp_trainable(model)
     if model.optimizer is None:
         raise ValueError("make_private needs a compiled model: call "
                          "model.compile(optimizer=..., loss=...) first, or "

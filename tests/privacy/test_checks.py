@@ -98,3 +98,28 @@ def test_compile_dp_refuses_batchnorm_in_custom_layer_for_tf_privacy():
     with pytest.raises(ValueError, match="hidden_bn"):
         compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.0,
                    optimizer="dp_keras_sgd")
+
+
+@pytest.mark.parametrize("optimizer", ["fast", "dp_keras_sgd"])
+@pytest.mark.parametrize("kwargs", [dict(kernel_regularizer="l2"),
+                                    dict(activity_regularizer="l1")])
+def test_regularizers_are_refused_before_training(optimizer, kwargs):
+    from keras_tempered_dp.privacy.compile import compile_dp
+    model = tf.keras.Sequential([tf.keras.Input((4,)),
+                                 tf.keras.layers.Dense(3, **kwargs)])
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=f"has {name}"):
+        compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.0,
+                   optimizer=optimizer)
+
+
+def test_mixed_precision_is_refused():
+    from keras_tempered_dp.privacy.compile import compile_dp
+    tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = tf.keras.Sequential([tf.keras.Input((4,)),
+                                     tf.keras.layers.Dense(3)])
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
+    with pytest.raises(ValueError, match="computes in float16"):
+        compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.0)

@@ -1,6 +1,6 @@
 """Installing an engine on a model: checks and the replaced train_step."""
 
-from keras_tempered_dp.privacy.checks import check_no_batch_mixing
+from keras_tempered_dp.privacy.checks import check_dp_trainable
 
 
 def check_installable(model):
@@ -8,7 +8,7 @@ def check_installable(model):
     if model.optimizer is None:
         raise ValueError("Compile the model before installing the "
                          "clipping engine (or use compile_dp).")
-    check_no_batch_mixing(model)
+    check_dp_trainable(model)
 
 
 def refuse_regularization_losses(model):

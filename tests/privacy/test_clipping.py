@@ -416,7 +416,7 @@ def test_weight_standardized_conv_computes_the_standardized_convolution():
 
 
 def test_wide_resnet_matches_reference():
-    from keras_tempered_dp.wide_resnet import wide_resnet
+    from keras_tempered_dp.models import wide_resnet
     # groups=4: with one channel per group (16 groups of 16 channels) GN
     # cancels the convolutions' biases exactly, and comparing gradients that
     # are zero up to rounding says nothing.

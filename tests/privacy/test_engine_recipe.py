@@ -400,3 +400,25 @@ def test_counters_count_steps_and_weighted_examples_in_fit(options):
     assert int(engine.examples_seen) == 2 * (5 + 0 + 5 + 0)
     engine.compute_gradients(*batches[0])  # by hand: not counted
     assert int(engine.steps_taken) == 8
+
+
+def test_noise_scale_is_never_rounded_below_the_accounted_one():
+    """float32 products round to nearest; the engine's noise scale (and the
+    quantile split's sigma_g) must round up instead."""
+    from keras_tempered_dp.privacy.clipping import noise, quantile
+    rng = np.random.default_rng(11)
+    sigmas = rng.uniform(0.3, 5.0, size=400)
+    clips = rng.uniform(0.01, 3.0, size=400)
+    stored = np.array([noise.round_up_to_float32(s) for s in sigmas])
+    scale = noise.noise_stddev(tf.constant(stored), tf.constant(
+        clips.astype("float32"))).numpy().astype(np.float64)
+    assert np.all(scale >= stored.astype(np.float64)
+                  * clips.astype("float32").astype(np.float64))
+    # sigma close to 2 s_b, where the subtraction cancels.
+    count = rng.uniform(1.0, 3.0, size=400)
+    sigma = 2 * count * rng.uniform(0.99, 0.9999, size=400)
+    exact = (sigma ** -2.0 - (2 * count) ** -2.0) ** -0.5
+    got = np.array([float(noise.noise_stddev(
+        quantile.gradient_noise_multiplier(tf.constant(s, tf.float64), c),
+        tf.constant(1.0))) for s, c in zip(sigma, count)])
+    assert np.all(got >= exact)

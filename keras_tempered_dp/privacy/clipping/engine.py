@@ -233,7 +233,7 @@ class ClippingEngine:
 
         Equal to sigma (as stored: rounded up to float32) except with
         ``clipping="quantile"``, where the count release takes its share:
-        ``(sigma^-2 - (2 s_b)^-2)^(-1/2)``.
+        ``(sigma^-2 - (2 s_b)^-2)^(-1/2)`` (in float64).
         """
         sigma = (self._noise.variable if noise_multiplier is None
                  else tf.constant(float(noise_multiplier)))
@@ -294,7 +294,8 @@ class ClippingEngine:
         size = self._options.physical_batch_size
         total = (self._chunk_sum(batch) if size is None else
                  accumulated(self._chunk_sum, batch, size, self._model))
-        stddev = self.gradient_noise_multiplier() * tf.identity(self._clip)
+        stddev = noise.noise_stddev(self.gradient_noise_multiplier(),
+                                    tf.identity(self._clip))
         grads = noise.noised_mean(total.sums, stddev,
                                   self._denominator(batch), self._generator)
         if self.clipping == "quantile":

@@ -23,6 +23,30 @@ def round_up_to_float32(value):
     return stored
 
 
+def round_up_float32_tensor(exact):
+    """A float64 tensor as the smallest float32 tensor >= it, elementwise.
+
+    Products and quotients of float32 numbers round to the nearest float32,
+    which may be below the exact value; noise scales go through here.
+    """
+    nearest = tf.cast(exact, tf.float32)
+    return tf.where(tf.cast(nearest, tf.float64) < exact,
+                    tf.math.nextafter(nearest, tf.constant(np.inf,
+                                                           tf.float32)),
+                    nearest)
+
+
+def noise_stddev(sigma, clip):
+    """``sigma * C`` computed in float64 and rounded *up* to float32: the
+    noise's standard deviation is never below what the accountant assumes.
+
+    >>> float(noise_stddev(tf.constant(1.1), tf.constant(0.1))) >= 1.1 * 0.1
+    True
+    """
+    return round_up_float32_tensor(tf.cast(sigma, tf.float64)
+                                   * tf.cast(clip, tf.float64))
+
+
 class NoiseMultiplier:
     """sigma: the Python number the accountant reads, and the variable the
     traced step reads (rounded up)."""

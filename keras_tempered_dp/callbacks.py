@@ -84,7 +84,9 @@ def tf_privacy_training(optimizer):
     own_noise = getattr(optimizer, "_noise_multiplier", None)
     own_clip = getattr(optimizer, "_l2_norm_clip", None)
     if own_noise is not None and own_clip is not None:
-        noise = min(noise, float(own_noise) * float(own_clip) / clip)
+        # They clip at their own C and add own_noise * own_C: their
+        # noise multiplier is own_noise itself.
+        noise = min(noise, float(own_noise))
     return DPTraining(noise_multiplier=noise, l2_norm_clip=clip,
                       num_microbatches=optimizer._num_microbatches)
 
@@ -223,6 +225,9 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
         # logs to NumPy for it (that would wait for every step).
         self._supports_tf_logs = True
         self._recorded = []  # one segment per epoch of every fit so far
+        # The initial steps' segments, fixed when the first fit starts: the
+        # noise of steps already taken must not follow later changes.
+        self._initial = None
         self._engine = None
         self._counters = None
         self._last_batch = -1
@@ -277,6 +282,11 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
         """This run's first ``steps`` steps as Segments, under its settings."""
         schedule = self._schedule()
         if schedule is not None:
+            if self.model is not None and self._settings()[1]:
+                raise ValueError(
+                    "A noise schedule with microbatches of more than one "
+                    "example is not accounted (the analysis halves sigma "
+                    "for microbatches); use per-example clipping.")
             return schedule_segments(
                 self.num_examples, self.batch_size, schedule,
                 steps_per_epoch=self.steps_per_epoch, steps=steps,
@@ -301,9 +311,10 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
         same settings merged). Store ``[dataclasses.asdict(s) for s in
         callback.segments()]`` in a checkpoint to resume with other
         settings."""
+        initial = (self._initial if self._initial is not None
+                   else tuple(self._run_segments(self.initial_steps)))
         merged = []
-        for segment in (list(self.previous_segments)
-                        + self._run_segments(self.initial_steps)
+        for segment in (list(self.previous_segments) + list(initial)
                         + self._recorded):
             last = merged[-1] if merged else None
             if last is not None and dataclasses.replace(
@@ -328,6 +339,8 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
                 "the callback the num_examples, batch_size and "
                 "steps_per_epoch that fit uses.")
         self._engine = training.engine
+        if self._initial is None:
+            self._initial = tuple(self._run_segments(self.initial_steps))
         # The constant noise accounted for this fit: what the model runs now.
         self._noise_at_start = training.noise_multiplier
         self._microbatching_at_start = (bool(self.used_microbatching)
@@ -462,6 +475,13 @@ class NoiseScheduler(tf.keras.callbacks.Callback):
                 "NoiseScheduler needs the package's clipping engine "
                 "(compile_dp(..., optimizer='fast') or make_private); TF "
                 "Privacy's optimizers fix their noise when built.")
+        if state.engine.num_microbatches is not None:
+            raise ValueError(
+                "NoiseScheduler needs per-example clipping: with "
+                f"num_microbatches={state.engine.num_microbatches} one "
+                "example can move a microbatch's mean by 2C, which the "
+                "schedule's accounting does not halve sigma for. Use "
+                "num_microbatches=None.")
         state.noise_schedule = self.schedule
 
     def on_epoch_begin(self, epoch, logs=None):

@@ -300,3 +300,33 @@ def test_a_second_fit_with_the_same_callback_adds_its_steps(rng):
     assert history.history["epsilon"][0] == pytest.approx(
         compute_epsilon(100, 20, 1.5, steps=10, delta=1e-3), rel=1e-12)
     assert callback.segments() == (Segment(100, 20, 10, 1.5),)
+
+
+def test_initial_steps_keep_the_noise_they_ran_with():
+    """A later change of the engine's noise does not re-price steps already
+    taken (raising the noise must not lower the reported epsilon)."""
+    from keras_tempered_dp import compile_dp
+    x = np.zeros((100, 4), "float32")
+    y = np.zeros(100)
+    model = tf.keras.Sequential([tf.keras.Input((4,)),
+                                 tf.keras.layers.Dense(2)])
+    compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.0)
+    callback = EpsilonCallback(1000, 10, delta=1e-5, initial_steps=500,
+                               steps_per_epoch=10)
+    model.fit(x, y, batch_size=10, epochs=1, verbose=0, callbacks=[callback])
+    before = compose_epsilon(callback.segments(), delta=1e-5)
+    get_dp_state(model).engine.noise_multiplier = 4.0
+    assert compose_epsilon(callback.segments(), delta=1e-5) == before
+    assert callback.segments()[0].noise_multiplier == 1.0
+
+
+def test_noise_scheduler_refuses_microbatches():
+    from keras_tempered_dp import NoiseScheduler, compile_dp
+    from keras_tempered_dp.privacy.schedules import StepDecay
+    model = tf.keras.Sequential([tf.keras.Input((4,)),
+                                 tf.keras.layers.Dense(2)])
+    compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.0,
+               num_microbatches=2)
+    with pytest.raises(ValueError, match="per-example clipping"):
+        model.fit(np.zeros((8, 4), "float32"), np.zeros(8), batch_size=4,
+                  verbose=0, callbacks=[NoiseScheduler(StepDecay(1.0))])

@@ -12,6 +12,8 @@ The selection must stay secret: the generator is seeded from the operating
 system unless a seed is given (a seed is for tests and reproductions).
 """
 
+import secrets
+
 import numpy as np
 import tensorflow as tf
 
@@ -82,7 +84,14 @@ def shuffled_batches(x, y, batch_size, *, seed=None):
     examples. Epsilon for this scheme is the Poisson number by convention,
     or the "without_replacement" accounting; see
     :mod:`keras_tempered_dp.privacy.accounting`.
+
+    The order must stay secret, like the Poisson draw: ``seed=None`` draws
+    the shuffle's seed from the operating system. (Passing None on to
+    tf.data would not do: under ``tf.keras.utils.set_random_seed`` its
+    order follows the public global seed.)
     """
+    if seed is None:
+        seed = secrets.randbits(63)
     data = tf.data.Dataset.from_tensor_slices((x, y))
     data = data.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     return data.batch(batch_size, drop_remainder=True).repeat().prefetch(2)

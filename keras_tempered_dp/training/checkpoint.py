@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 # Settings that shape the model: never changed by a resume.
-MODEL_KEYS = ("model", "activation", "s", "T", "o")
+MODEL_KEYS = ("model", "activation", "s", "T", "o", "ema_decay")
 # Settings that shape the privacy guarantee.
 PRIVACY_KEYS = ("num_examples", "batch_size", "sampling", "steps_per_epoch",
                 "l2_norm_clip", "clipping", "noise_multiplier",
@@ -85,10 +85,23 @@ def save(output_dir, model, checkpoint, averaging=None):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def exists(output_dir):
+def _candidates(output_dir):
+    """Checkpoint folders, newest complete first: the swapped-in one; a
+    fresh write whose state.json (written last) exists, if the swap was
+    interrupted; the one it replaced."""
     final = folder_of(output_dir)
+    return (final, final + ".writing", final + ".old")
+
+
+def exists(output_dir):
     return any(os.path.exists(os.path.join(p, "state.json"))
-               for p in (final, final + ".old"))
+               for p in _candidates(output_dir))
+
+
+def remove(output_dir):
+    """Deletes every checkpoint folder of ``output_dir``."""
+    for folder in _candidates(output_dir):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def load(output_dir):
@@ -97,8 +110,7 @@ def load(output_dir):
     Raises:
         CheckpointError: for a checkpoint that cannot be read whole.
     """
-    final = folder_of(output_dir)
-    for folder in (final, final + ".old"):  # .old: a swap was interrupted
+    for folder in _candidates(output_dir):
         path = os.path.join(folder, "state.json")
         if os.path.exists(path):
             break
@@ -132,6 +144,11 @@ def load_model(checkpoint):
 
 
 def load_ema(checkpoint):
+    if not os.path.exists(checkpoint.ema_path()):
+        raise CheckpointError(
+            f"{checkpoint.ema_path()} is missing: the checkpoint has no "
+            "weight average to continue. Resume without --ema_decay, or "
+            "start a new run.")
     with np.load(checkpoint.ema_path()) as data:
         average = [data[f"arr_{i}"] for i in range(len(data.files) - 1)]
         return {"updates": int(data["updates"]), "average": average}

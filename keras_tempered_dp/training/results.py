@@ -26,6 +26,18 @@ def save_model(model, path):
     os.replace(tmp, path)
 
 
+def truncate_log(path, epochs):
+    """Keeps the CSV log's header and its first ``epochs`` rows (rows of
+    epochs after the checkpoint belong to a part that is trained again)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    with open(path + ".writing", "w") as f:
+        f.writelines(lines[:1 + epochs])
+    os.replace(path + ".writing", path)
+
+
 def read_log(path):
     """The CSVLogger's rows as dictionaries of floats."""
     with open(path) as f:
@@ -59,6 +71,9 @@ def statement(plan, epochs, epsilon):
                 "composed with dp_accounting's RDP accountant assuming "
                 "Poisson subsampling with q = batch_size / N, "
                 "add-or-remove-one neighbours.")
+    text += (" The training loss and accuracy in the logs are computed on "
+             "the raw batches and are not private; the validation numbers "
+             "are the test set's.")
     if plan.sampling != "poisson":
         text += (" Training used shuffled fixed-size batches: this epsilon "
                  "is the Poisson number by convention, not a proof for "

@@ -118,7 +118,7 @@ def _existing_checkpoint(output):
                 "an earlier run. Pass --resume to continue it, --overwrite "
                 "to delete it and start over, or choose another "
                 "--output_dir.")
-        shutil.rmtree(ckpt.folder_of(output.output_dir))
+        ckpt.remove(output.output_dir)
     return None
 
 
@@ -127,6 +127,12 @@ def _plan_run(config, num_examples, checkpoint):
     model_name = config.model.model or DEFAULT_MODEL[config.data.dataset]
     part_start = checkpoint.part_start if checkpoint else 0
     ledger = list(checkpoint.ledger) if checkpoint else []
+    if checkpoint is not None and \
+            checkpoint.epochs_done >= config.optimizer.epochs:
+        raise ckpt.CheckpointError(
+            f"The checkpoint has {checkpoint.epochs_done} epochs done and "
+            f"epochs={config.optimizer.epochs}: nothing left to train. Pass "
+            "a larger --epochs to train on.")
     run = _Run(_plan(config, num_examples, ledger[:part_start], part_start),
                None, model_name, checkpoint=checkpoint, ledger=ledger,
                part_start=part_start,
@@ -137,11 +143,6 @@ def _plan_run(config, num_examples, checkpoint):
         run.part_start = checkpoint.epochs_done
         run.plan = _plan(config, num_examples, ledger, run.part_start)
         run.record = _record(config, run.plan, model_name)
-    if run.epochs_done >= config.optimizer.epochs:
-        raise ckpt.CheckpointError(
-            f"The checkpoint has {run.epochs_done} epochs done and epochs="
-            f"{config.optimizer.epochs}: nothing left to train. Pass a "
-            "larger --epochs to train on.")
     return run
 
 
@@ -187,7 +188,8 @@ def _record(config, plan, model_name):
         clipping=config.engine.clipping,
         noise_multiplier=plan.noise_multiplier,
         noise_schedule=repr(plan.schedule) if plan.schedule else "constant",
-        delta=plan.delta, accountant="rdp")
+        delta=plan.delta, accountant="rdp",
+        ema_decay=config.recipe.ema_decay)
 
 
 def _engine_settings(config, run):
@@ -214,7 +216,8 @@ def _build_or_resume(config, run, input_shape, num_classes):
     if run.checkpoint is not None:
         network = ckpt.load_model(run.checkpoint)
         make_private(network, **settings)
-        if run.checkpoint.l2_norm_clip is not None:  # the adaptive clip
+        if (run.checkpoint.l2_norm_clip is not None
+                and config.engine.clipping == "quantile"):  # adapted clip
             get_dp_state(network).engine.l2_norm_clip = \
                 run.checkpoint.l2_norm_clip
         if run.averaging is not None:
@@ -276,7 +279,7 @@ def _fit(config, run, network, x, y, x_test, y_test):
     seed = _engine_settings(config, run)["noise_seed"]
     batches = (poisson_batches(x, y, batch_size, seed=seed)
                if plan.sampling == "poisson" else
-               shuffled_batches(x, y, batch_size, seed=config.data.seed))
+               shuffled_batches(x, y, batch_size, seed=seed))
     epsilon = EpsilonCallback(
         plan.num_examples, batch_size, delta=plan.delta,
         steps_per_epoch=plan.steps_per_epoch,
@@ -288,16 +291,19 @@ def _fit(config, run, network, x, y, x_test, y_test):
     if run.averaging is not None:
         extra.append(run.averaging)
     log = os.path.join(folder, "log.csv")
+    if run.epochs_done:
+        out.truncate_log(log, run.epochs_done)  # rows of unsaved epochs
     network.fit(
         batches, epochs=config.optimizer.epochs,
         initial_epoch=run.epochs_done, steps_per_epoch=plan.steps_per_epoch,
         validation_data=(x_test, y_test), verbose=config.output.verbose,
+        # The checkpoint (and its ledger) before the logs: an epoch whose
+        # metrics and epsilon were written out is always accounted.
         callbacks=extra + [
-            StopOnNonFiniteLoss(), epsilon,
+            StopOnNonFiniteLoss(), epsilon, _EpochCheckpoint(config, run),
             tf.keras.callbacks.CSVLogger(log, append=run.epochs_done > 0),
             tf.keras.callbacks.TensorBoard(os.path.join(folder,
                                                         "tensorboard")),
-            _EpochCheckpoint(config, run),
         ])
     return out.read_log(log)
 

@@ -39,9 +39,11 @@ def truncate_log(path, epochs):
 
 
 def read_log(path):
-    """The CSVLogger's rows as dictionaries of floats."""
+    """The CSVLogger's rows as dictionaries of floats (a column that a
+    resumed part does not log, such as an adapted clip, is left out)."""
     with open(path) as f:
-        return [{k: float(v) for k, v in row.items()}
+        return [{k: float(v) for k, v in row.items()
+                 if k is not None and v not in (None, "")}
                 for row in csv.DictReader(f)]
 
 

@@ -66,3 +66,18 @@ def test_steps_and_errors():
         poisson_batches(np.zeros((5, 1)), np.zeros(5), 0)
     with pytest.raises(ValueError, match="y has 4"):
         poisson_batches(np.zeros((5, 1)), np.zeros(4), 2)
+
+
+def test_shuffled_order_is_secret_without_a_seed():
+    """Under a public global seed, tf.data's own seed=None would repeat the
+    order; the sampler draws its seed from the operating system."""
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_tempered_dp.privacy.sampling import shuffled_batches
+    orders = []
+    for _ in range(2):
+        tf.keras.utils.set_random_seed(0)
+        data = shuffled_batches(np.arange(200), np.arange(200), 50)
+        orders.append(np.asarray(next(iter(data))[0]))
+    assert not np.array_equal(orders[0], orders[1])

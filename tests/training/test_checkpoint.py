@@ -1,0 +1,86 @@
+"""Checkpoints: swapped in whole, found after an interrupted swap, removed
+whole, and the ledger written before the logs."""
+
+import json
+import shutil
+
+import pytest
+
+from keras_tempered_dp.training import checkpoint as ckpt
+from keras_tempered_dp.training import train
+
+
+def _args(tmp_path, **kwargs):
+    args = dict(dataset="digits", epochs=1, batch_size=64,
+                noise_multiplier=1.0, output_dir=str(tmp_path / "run"),
+                verbose=0, noise_seed=3)
+    args.update(kwargs)
+    return args
+
+
+def test_interrupted_swap_resumes_from_the_complete_write(tmp_path):
+    train(**_args(tmp_path, epochs=2))
+    folder = tmp_path / "run" / "checkpoint"
+    # As if the swap stopped after "checkpoint -> .old": the fresh write
+    # (state.json written last) is complete and newer than .old.
+    shutil.copytree(folder, str(folder) + ".writing")
+    state = json.loads((folder / "state.json").read_text())
+    older = dict(state, epochs_done=1, ledger=state["ledger"][:1])
+    (folder / "state.json").write_text(json.dumps(older))
+    folder.rename(str(folder) + ".old")
+    found = ckpt.load(str(tmp_path / "run"))
+    assert found.epochs_done == 2 and found.folder.endswith(".writing")
+
+
+def test_overwrite_removes_every_checkpoint_folder(tmp_path):
+    train(**_args(tmp_path))
+    folder = tmp_path / "run" / "checkpoint"
+    folder.rename(str(folder) + ".old")  # only the replaced one is left
+    with pytest.raises(ckpt.CheckpointError, match="--overwrite"):
+        train(**_args(tmp_path))
+    train(**_args(tmp_path, overwrite=True))
+    assert not (tmp_path / "run" / "checkpoint.old").exists()
+    assert ckpt.load(str(tmp_path / "run")).epochs_done == 1
+
+
+def test_log_rows_never_outnumber_the_ledger(tmp_path):
+    """A crash after an epoch's checkpoint leaves at most that many log
+    rows; rows of epochs after the checkpoint are dropped on resume."""
+    train(**_args(tmp_path, epochs=2))
+    run = tmp_path / "run"
+    log = run / "log.csv"
+    rows = log.read_text().splitlines()
+    log.write_text("\n".join(rows + [rows[-1]]) + "\n")  # a stray row
+    state = run / "checkpoint" / "state.json"
+    saved = json.loads(state.read_text())
+    state.write_text(json.dumps(dict(saved, epochs_done=1,
+                                     ledger=saved["ledger"][:1])))
+    resumed = train(**_args(tmp_path, epochs=2, resume=True))
+    assert [round(e["epoch"]) for e in resumed["epochs"]] == [0, 1]
+    assert len(resumed["ledger"]) == 2
+
+
+def test_ema_turned_on_at_resume_is_refused(tmp_path):
+    train(**_args(tmp_path))
+    with pytest.raises(ckpt.CheckpointError, match="ema_decay"):
+        train(**_args(tmp_path, epochs=2, resume=True, ema_decay=0.9))
+
+
+def test_leaving_quantile_clipping_uses_the_new_clip(tmp_path):
+    from keras_tempered_dp.privacy.state import get_dp_state
+    import keras_tempered_dp.training.run as run_module
+    train(**_args(tmp_path, clipping="quantile", l2_norm_clip=1000.0))
+    seen = []
+    original = run_module._fit
+
+    def spy(config, run, network, *args):
+        seen.append(get_dp_state(network).engine.l2_norm_clip)
+        return original(config, run, network, *args)
+
+    run_module._fit = spy
+    try:
+        train(**_args(tmp_path, epochs=2, resume=True, change_privacy=True,
+                      l2_norm_clip=0.5))
+    finally:
+        run_module._fit = original
+    assert seen == [0.5]

@@ -6,16 +6,8 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.accounting import (
-    Segment,
-    check_delta,
-    check_integer,
-    check_noise_multiplier,
-    check_run,
-    check_sampling,
-    compose_epsilon,
-    steps_per_epoch as default_steps_per_epoch,
-)
+from keras_tempered_dp.privacy import accounting
+from keras_tempered_dp.privacy.accounting import Segment, compose_epsilon
 from keras_tempered_dp.privacy.checks import check_dp_trainable
 from keras_tempered_dp.privacy.schedules import NoiseSchedule, \
     schedule_segments
@@ -187,17 +179,20 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
                  noise_schedule: Optional[NoiseSchedule] = None,
                  previous_segments: Sequence[Segment] = ()):
         super().__init__()
-        self.num_examples, self.batch_size = check_run(num_examples,
-                                                       batch_size)
-        self.delta = check_delta(delta, self.num_examples)
-        self.sampling = check_sampling(sampling)
-        self.noise_multiplier = (None if noise_multiplier is None else
-                                 check_noise_multiplier(noise_multiplier))
+        check = accounting
+        self.num_examples, self.batch_size = check.check_run(num_examples,
+                                                             batch_size)
+        self.delta = check.check_delta(delta, self.num_examples)
+        self.sampling = check.check_sampling(sampling)
+        self.noise_multiplier = (
+            None if noise_multiplier is None
+            else check.check_noise_multiplier(noise_multiplier))
         self.steps_per_epoch = (
-            default_steps_per_epoch(self.num_examples, self.batch_size)
+            check.steps_per_epoch(self.num_examples, self.batch_size)
             if steps_per_epoch is None else
-            check_integer("steps_per_epoch", steps_per_epoch, 1))
-        self.initial_steps = check_integer("initial_steps", initial_steps)
+            check.check_integer("steps_per_epoch", steps_per_epoch, 1))
+        self.initial_steps = check.check_integer("initial_steps",
+                                                 initial_steps)
         if used_microbatching not in (None, True, False):
             raise ValueError(f"used_microbatching={used_microbatching!r}: "
                              "must be None (inferred), True or False.")
@@ -300,7 +295,7 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
     def epsilon_after(self, steps):
         """Epsilon after ``steps`` steps of this run (the previous segments
         included), assuming the run's settings."""
-        steps = check_integer("steps", steps)
+        steps = accounting.check_integer("steps", steps)
         return compose_epsilon(
             self.previous_segments + tuple(self._run_segments(steps)),
             delta=self.delta, sampling=self.sampling)

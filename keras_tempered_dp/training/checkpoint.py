@@ -124,7 +124,8 @@ def load(output_dir):
             raise FileNotFoundError(checkpoint.model_path())
     except (ValueError, TypeError, OSError) as error:
         raise CheckpointError(
-            f"The checkpoint in {folder} cannot be read ({type(error).__name__}"
+            f"The checkpoint in {folder} cannot be read "
+            f"({type(error).__name__}"
             f": {str(error)[:200]}): it is incomplete or not this package's. "
             "Start over with --overwrite (deletes it) or use another "
             "--output_dir.") from error

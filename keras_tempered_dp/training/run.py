@@ -317,7 +317,8 @@ def _finish(config, run, network, per_epoch, x_test, y_test, start):
     epochs = config.optimizer.epochs - run.part_start
     epsilon = run.plan.epsilon(epochs)
     flat = config.flat()
-    flat.update(model=run.model_name, noise_multiplier=run.plan.noise_multiplier,
+    flat.update(model=run.model_name,
+                noise_multiplier=run.plan.noise_multiplier,
                 delta=run.plan.delta, num_examples=run.plan.num_examples,
                 noise_schedule=run.record["noise_schedule"])
     results = {

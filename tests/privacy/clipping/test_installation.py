@@ -1,0 +1,88 @@
+"""What installing the engine refuses (clipping/installation.py, tap.py)."""
+
+import pytest
+import tensorflow as tf
+
+from keras_tempered_dp.privacy.clipping import (
+    ClippingEngine,
+)
+from keras_tempered_dp.privacy.compile import make_private
+from tests.privacy.clipping.support import (
+    L,
+    _head,
+    _install,
+)
+
+
+def test_shared_layer_refused_by_name():
+    shared = L.Dense(3, name="shared_dense")
+    inputs = tf.keras.Input((3,))
+    model = tf.keras.Model(inputs, shared(shared(inputs)))
+    engine = _install(model)
+    with pytest.raises(ValueError, match="'shared_dense' was called 2 times"):
+        engine.compute_gradients(tf.ones((2, 3)), tf.constant([0, 1]))
+
+
+def test_regularizers_refused_at_install():
+    model = _head(L.Dense(3, kernel_regularizer="l2"), input_shape=(3,))
+    with pytest.raises(ValueError, match="kernel_regularizer.*weight decay"):
+        _install(model)
+
+
+def test_weights_outside_leaf_layers_refused():
+    class Owning(L.Layer):
+        def build(self, shape):
+            self.inner = L.Dense(3)
+            self.scale = self.add_weight(name="own_scale", shape=())
+
+        def call(self, x):
+            return self.inner(x) * self.scale
+
+    model = _head(Owning(), input_shape=(3,))
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ValueError, match="own_scale"):
+        ClippingEngine(1.0, 1.0).install(model)
+
+
+class _TiedTranspose(L.Layer):
+    """A decoder reusing an encoder's kernel, transposed (tied weights)."""
+
+    def __init__(self, source, **kwargs):
+        super().__init__(**kwargs)
+        self.source = source
+
+    def build(self, shape):
+        self.kernel = self.source.kernel
+
+    def call(self, x):
+        return tf.matmul(x, self.kernel, transpose_b=True)
+
+
+def test_tied_weights_refused_naming_the_variable_and_layers():
+    # Before the refusal the engine kept one layer's gradient for the shared
+    # kernel: relative error 0.64 against the per-example reference.
+    inputs = tf.keras.Input((4,))
+    encoder = L.Dense(3, use_bias=False, activation="tanh", name="encoder")
+    outputs = _TiedTranspose(encoder, name="decoder")(encoder(inputs))
+    model = tf.keras.Model(inputs, outputs)
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ValueError, match=r"'encoder/kernel:0' is shared by "
+                       r"the layers 'encoder', 'decoder'"):
+        ClippingEngine(1.0, 0.0).install(model)
+    with pytest.raises(ValueError, match="tied weights"):
+        make_private(model, l2_norm_clip=1.0, noise_multiplier=0.0)
+
+
+def test_batch_mixing_refused_by_the_engine_itself():
+    model = _head(L.BatchNormalization(name="bn"), input_shape=(3,))
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ValueError, match="'bn'.*GroupNormalization"):
+        ClippingEngine(1.0, 1.0).install(model)
+
+
+def test_batchnorm_refused_by_make_private():
+    model = _head(L.BatchNormalization(name="bn"), input_shape=(3,))
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ValueError, match="'bn'.*GroupNormalization"):
+        make_private(model, l2_norm_clip=1.0, noise_multiplier=1.0)
+

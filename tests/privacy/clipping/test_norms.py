@@ -1,0 +1,165 @@
+"""Per-layer norm functions (clipping/norms/) against the per-example reference."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_tempered_dp.layers import TemperedSigmoid
+from keras_tempered_dp.privacy.clipping import (
+    register_norm_fn,
+    registry,
+)
+from tests.privacy.clipping.support import (
+    CONV_CASES,
+    WS_CASES,
+    L,
+    _assert_matches_reference,
+    _head,
+    _images,
+    _labels,
+)
+
+
+@pytest.mark.parametrize("conv", CONV_CASES, ids=lambda c: str(c))
+def test_conv2d(conv):
+    model = _head(L.Conv2D(**conv), TemperedSigmoid(),
+                  input_shape=(7, 8, 4))
+    _assert_matches_reference(model, _images((7, 8, 4)), _labels())
+
+
+@pytest.mark.parametrize("input_shape", [(5,), (4, 5)])
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_dense(input_shape, use_bias):
+    model = _head(L.Dense(6, use_bias=use_bias, activation="tempered_sigmoid"),
+                  L.Dense(4, activation="relu"), input_shape=input_shape)
+    _assert_matches_reference(model, _images(input_shape), _labels())
+
+
+def test_embedding_with_repeated_ids():
+    model = tf.keras.Sequential([tf.keras.Input((5,), dtype="int32"),
+                                 L.Embedding(7, 4), L.Flatten(), L.Dense(3)])
+    ids = np.array([[1, 2, 1, 1, 0], [3, 3, 3, 3, 3], [0, 1, 2, 3, 4],
+                    [6, 5, 6, 5, 6], [2, 2, 0, 0, 1], [4, 4, 4, 1, 1]],
+                   "int32")
+    _assert_matches_reference(model, ids, _labels())
+
+
+@pytest.mark.parametrize("norm", [
+    lambda: L.LayerNormalization(),
+    lambda: L.LayerNormalization(axis=[1, 2, 3]),
+    lambda: L.GroupNormalization(groups=2),
+    lambda: L.GroupNormalization(groups=2, center=False),
+], ids=["ln", "ln_all_axes", "gn", "gn_no_center"])
+def test_normalization_layers(norm):
+    model = _head(L.Conv2D(4, 3), norm(), TemperedSigmoid(),
+                  input_shape=(6, 6, 2))
+    # Non-trivial norm weights, so their gradients are not all equal.
+    rng = np.random.default_rng(1)
+    for var in model.trainable_variables:
+        var.assign(var + rng.normal(size=var.shape).astype("float32") * 0.3)
+    _assert_matches_reference(model, _images((6, 6, 2)), _labels())
+
+
+@pytest.mark.parametrize("layer", [
+    lambda: L.Conv1D(3, 2),
+    lambda: L.DepthwiseConv2D(2),
+    lambda: L.Conv2DTranspose(2, 2, strides=2),
+], ids=["conv1d", "depthwise", "conv2d_transpose"])
+def test_unregistered_layers_take_the_exact_generic_route(layer,
+                                                          monkeypatch):
+    shape = (6, 3) if isinstance(layer(), L.Conv1D) else (5, 5, 2)
+    model = _head(layer(), TemperedSigmoid(), input_shape=shape)
+    routed = _count_generic_calls(monkeypatch)
+    _assert_matches_reference(model, _images(shape), _labels())
+    assert routed == [model.layers[0].name]
+
+
+def _count_generic_calls(monkeypatch):
+    """The names of the layers the engine sends to the generic route."""
+    routed = []
+    generic = registry.generic_sq_norms
+
+    def spy(layer, *args):
+        routed.append(layer.name)
+        return generic(layer, *args)
+
+    monkeypatch.setattr(registry, "generic_sq_norms", spy)
+    return routed
+
+
+class _Affine(L.Layer):
+    """``x * w + b``; ``b`` may be frozen while ``w`` trains."""
+
+    def __init__(self, train_b, **kwargs):
+        super().__init__(**kwargs)
+        self.train_b = train_b
+
+    def build(self, shape):
+        self.w = self.add_weight("w", shape[-1:], initializer="ones")
+        self.b = self.add_weight("b", shape[-1:], initializer="ones",
+                                 trainable=self.train_b)
+
+    def call(self, x):
+        return x * self.w + self.b
+
+
+def test_partly_trainable_layer_takes_the_exact_generic_route(monkeypatch):
+    def refusing(layer, *args):  # a registered fn may assume all trainable
+        raise AssertionError("the registered function must not be called")
+
+    register_norm_fn(_Affine, refusing)
+    layer = _Affine(train_b=False, name="affine")
+    model = _head(layer, L.Dense(4, activation="tanh"), input_shape=(5,))
+    routed = _count_generic_calls(monkeypatch)
+    _assert_matches_reference(model, _images((5,)), _labels())
+    assert routed == ["affine"]
+    with pytest.raises(AssertionError, match="must not be called"):
+        _assert_matches_reference(  # all trainable: the registered one
+            _head(_Affine(train_b=True), input_shape=(5,)), _images((5,)),
+            _labels())
+
+
+@pytest.mark.parametrize("conv", WS_CASES, ids=lambda c: str(c))
+@pytest.mark.parametrize("num_groups", [None, 2])
+def test_weight_standardized_conv(conv, num_groups):
+    from keras_tempered_dp.layers import WSConv2D
+    model = _head(WSConv2D(**conv), L.GroupNormalization(groups=1),
+                  TemperedSigmoid(), input_shape=(6, 6, 2))
+    rng = np.random.default_rng(6)
+    for var in model.trainable_variables:  # gains away from 1
+        var.assign(var + rng.normal(size=var.shape).astype("float32") * 0.3)
+    _assert_matches_reference(model, _images((6, 6, 2)), _labels(),
+                              num_groups)
+
+
+def test_weight_standardized_conv_computes_the_standardized_convolution():
+    from keras_tempered_dp.layers import WSConv2D
+    layer = WSConv2D(3, 2, padding="valid")
+    x = tf.constant(_images((5, 5, 2), 2))
+    y = layer(x)
+    layer.gain.assign([0.5, 1.0, 2.0])
+    w = layer.kernel.numpy().reshape(-1, 3).astype("float64")
+    fan_in = w.shape[0]
+    w_hat = (w - w.mean(0)) / np.sqrt(np.maximum(w.var(0) * fan_in, 1e-4))
+    w_hat = (w_hat * [0.5, 1.0, 2.0]).reshape(layer.kernel.shape)
+    want = tf.nn.conv2d(x, w_hat.astype("float32"), 1, "VALID") + layer.bias
+    np.testing.assert_allclose(layer(x), want, atol=1e-5)
+    assert y.shape == want.shape
+
+
+@pytest.mark.parametrize("conv", CONV_CASES[:6], ids=lambda c: str(c))
+@pytest.mark.parametrize("channels", [1, 2, 8])
+def test_conv2d_patches_equal_extract_patches(conv, channels):
+    """Both patch routes (one-hot convolution, extract_patches) are exact."""
+    from keras_tempered_dp.privacy.clipping.norms.conv import conv2d_patches
+    layer = L.Conv2D(**conv)
+    x = tf.constant(_images((9, 8, channels), 3))
+    layer(x)
+    kh, kw = layer.kernel_size
+    want = tf.image.extract_patches(
+        x, [1, kh, kw, 1], [1, *layer.strides, 1],
+        [1, *layer.dilation_rate, 1], layer.padding.upper())
+    got = conv2d_patches(layer, x)
+    np.testing.assert_array_equal(
+        got, tf.reshape(want, [3, -1, kh * kw * channels]))
+

@@ -308,17 +308,8 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
         settings."""
         initial = (self._initial if self._initial is not None
                    else tuple(self._run_segments(self.initial_steps)))
-        merged = []
-        for segment in (list(self.previous_segments) + list(initial)
-                        + self._recorded):
-            last = merged[-1] if merged else None
-            if last is not None and dataclasses.replace(
-                    last, steps=segment.steps) == segment:
-                merged[-1] = dataclasses.replace(
-                    last, steps=last.steps + segment.steps)
-            else:
-                merged.append(segment)
-        return tuple(merged)
+        return accounting.merge_segments(
+            list(self.previous_segments) + list(initial) + self._recorded)
 
     # -- Keras hooks -------------------------------------------------------
     def on_train_begin(self, logs=None):

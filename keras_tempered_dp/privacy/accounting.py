@@ -239,6 +239,26 @@ def one_step_rdp(num_examples, batch_size, noise_multiplier, sampling):
     return np.array(accountant._rdp, dtype=float)  # noqa: SLF001
 
 
+def merge_segments(segments):
+    """``segments`` with adjacent ones that differ only in their steps
+    merged into one (the composition is the same).
+
+    >>> merge_segments([Segment(100, 10, 5, 1.0), Segment(100, 10, 3, 1.0),
+    ...                 Segment(100, 10, 2, 2.0)])[0].steps
+    8
+    """
+    merged = []
+    for segment in segments:
+        last = merged[-1] if merged else None
+        if last is not None and dataclasses.replace(
+                last, steps=segment.steps) == segment:
+            merged[-1] = dataclasses.replace(
+                last, steps=last.steps + segment.steps)
+        else:
+            merged.append(segment)
+    return tuple(merged)
+
+
 def compose_epsilon(segments, *, delta, sampling="poisson"):
     """Epsilon of the composition of ``segments`` (RDP accountant).
 

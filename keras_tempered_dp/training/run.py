@@ -28,7 +28,7 @@ from keras_tempered_dp.averaging import ParameterAveraging
 from keras_tempered_dp.callbacks import EpsilonCallback, NoiseScheduler
 from keras_tempered_dp.data import load_dataset
 from keras_tempered_dp.models import DEFAULT_MODEL, MODELS, activation_layer
-from keras_tempered_dp.privacy.accounting import Segment
+from keras_tempered_dp.privacy.accounting import Segment, merge_segments
 from keras_tempered_dp.privacy.compile import compile_dp, make_private
 from keras_tempered_dp.privacy.sampling import (
     poisson_batches,
@@ -161,17 +161,9 @@ def _plan(config, num_examples, earlier_ledger, part_start):
 
 def _segments(ledger):
     """Ledger epochs as accounting segments, equal neighbours merged."""
-    if not ledger:
-        return ()
-    merged = []
-    for e in ledger:
-        key = (e["num_examples"], e["batch_size"], e["noise_multiplier"])
-        if merged and merged[-1][0] == key:
-            merged[-1][1] += e["steps"]
-        else:
-            merged.append([key, e["steps"]])
-    return tuple(Segment(n, b, steps, sigma)
-                 for (n, b, sigma), steps in merged)
+    return merge_segments(
+        Segment(e["num_examples"], e["batch_size"], e["steps"],
+                e["noise_multiplier"]) for e in ledger)
 
 
 def _record(config, plan, model_name):
@@ -192,17 +184,23 @@ def _record(config, plan, model_name):
         ema_decay=config.recipe.ema_decay)
 
 
-def _engine_settings(config, run):
+def _noise_seed(config, run):
+    """The seed of this part's noise and batches (None: the OS's)."""
     noise_seed = config.privacy.noise_seed
     if noise_seed is not None and run.epochs_done:
         # A resumed run must not replay the first epochs' noise (equal
         # noise on two steps cancels in their difference) or batches.
         noise_seed = resumed_seed(noise_seed, run.epochs_done)
+    return noise_seed
+
+
+def _engine_settings(config, run):
     expected = (config.optimizer.batch_size
                 if config.data.sampling == "poisson" else None)
     return dict(
         l2_norm_clip=config.privacy.l2_norm_clip,
-        noise_multiplier=run.plan.noise_multiplier, noise_seed=noise_seed,
+        noise_multiplier=run.plan.noise_multiplier,
+        noise_seed=_noise_seed(config, run),
         expected_batch_size=expected,
         augmentation_multiplicity=config.recipe.augmentation_multiplicity,
         augment=config.recipe.augment(),
@@ -276,7 +274,7 @@ class _EpochCheckpoint(tf.keras.callbacks.Callback):
 def _fit(config, run, network, x, y, x_test, y_test):
     folder = config.output.output_dir
     plan, batch_size = run.plan, config.optimizer.batch_size
-    seed = _engine_settings(config, run)["noise_seed"]
+    seed = _noise_seed(config, run)
     batches = (poisson_batches(x, y, batch_size, seed=seed)
                if plan.sampling == "poisson" else
                shuffled_batches(x, y, batch_size, seed=seed))

@@ -8,14 +8,11 @@ import pytest
 
 from keras_tempered_dp.training import checkpoint as ckpt
 from keras_tempered_dp.training import train
+from tests.training.support import run_args
 
 
 def _args(tmp_path, **kwargs):
-    args = dict(dataset="digits", epochs=1, batch_size=64,
-                noise_multiplier=1.0, output_dir=str(tmp_path / "run"),
-                verbose=0, noise_seed=3)
-    args.update(kwargs)
-    return args
+    return run_args(tmp_path, **kwargs)
 
 
 def test_interrupted_swap_resumes_from_the_complete_write(tmp_path):

@@ -9,14 +9,11 @@ import pytest
 from keras_tempered_dp.training import train
 from keras_tempered_dp.training.checkpoint import CheckpointError
 from keras_tempered_dp.training.guards import NonFiniteError
+from tests.training.support import run_args
 
 
 def _args(tmp_path, **kwargs):
-    args = dict(dataset="digits", epochs=2, batch_size=64,
-                noise_multiplier=1.0, output_dir=str(tmp_path / "run"),
-                verbose=0, noise_seed=3)
-    args.update(kwargs)
-    return args
+    return run_args(tmp_path, **dict(dict(epochs=2), **kwargs))
 
 
 def _small_data(seed, n=256, nan_at=None):

@@ -9,7 +9,7 @@ A process builds the model, compiles it, takes warm-up steps (tracing), then
 times single ``train_on_batch`` steps on a fixed random batch and reports
 the median. Methods:
 
-    ordinary     tf.keras SGD, mean loss (no privacy): the baseline
+    ordinary     keras SGD, mean loss (no privacy): the baseline
     engine       keras_tempered_dp's clipping engine (compile_dp default)
     dp_keras     TF Privacy DPKerasSGDOptimizer
     vectorized   TF Privacy VectorizedDPKerasSGDOptimizer
@@ -42,13 +42,14 @@ def _rss_kib(field):
 
 def measure(model_name, batch_size, method, steps):
     """Runs in the child process; returns a dict of measurements."""
+    import keras
     import numpy as np
     import tensorflow as tf
 
     from keras_tempered_dp import models
     from keras_tempered_dp.privacy import compile_dp
 
-    tf.keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(0)
     build = models.MODELS[model_name]
     shape = (28, 28, 1) if model_name == "mnist_cnn" else (32, 32, 3)
     x = tf.constant(np.random.default_rng(0).uniform(
@@ -64,15 +65,15 @@ def measure(model_name, batch_size, method, steps):
         model = DPSequential(
             l2_norm_clip=1.0, noise_multiplier=1.1,
             layer_registry=layer_registry.make_default_layer_registry(),
-            layers=[tf.keras.Input(shape)] + reference.layers)
-        model.compile(optimizer=tf.keras.optimizers.SGD(0.1),
-                      loss=tf.keras.losses.SparseCategoricalCrossentropy(
+            layers=[keras.Input(shape)] + reference.layers)
+        model.compile(optimizer=keras.optimizers.SGD(0.1),
+                      loss=keras.losses.SparseCategoricalCrossentropy(
                           from_logits=True, reduction="none"))
     else:
         model = build("tanh")
         if method == "ordinary":
-            model.compile(optimizer=tf.keras.optimizers.SGD(0.1),
-                          loss=tf.keras.losses.SparseCategoricalCrossentropy(
+            model.compile(optimizer=keras.optimizers.SGD(0.1),
+                          loss=keras.losses.SparseCategoricalCrossentropy(
                               from_logits=True))
         else:
             optimizer = {"engine": "fast", "dp_keras": "dp_keras_sgd",

@@ -11,29 +11,29 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
+import keras
 
-from keras_tempered_dp import (  # noqa: E402
+from keras_tempered_dp import (
     EpsilonCallback,
     TemperedSigmoid,
     compile_dp,
     privacy_statement,
 )
-from keras_tempered_dp.data import load_digits  # noqa: E402
+from keras_tempered_dp.data import load_digits
 
 
 def run(*, epochs=15, batch_size=56, l2_norm_clip=1.0, noise_multiplier=1.0,
         learning_rate=0.5, momentum=0.9, delta=1e-4, seed=0):
     """Trains a small MLP with DP-SGD; returns (test accuracy, epsilon)."""
-    tf.keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(seed)
     (x, y), (x_test, y_test) = load_digits(seed=seed)
     x, y = x[:1400], y[:1400]  # 25 full batches of 56
 
-    model = tf.keras.Sequential([tf.keras.Input((8, 8, 1)),
-                                 tf.keras.layers.Flatten()])
-    model.add(tf.keras.layers.Dense(64))
+    model = keras.Sequential([keras.Input((8, 8, 1)),
+                                 keras.layers.Flatten()])
+    model.add(keras.layers.Dense(64))
     model.add(TemperedSigmoid(s=2, T=2, o=1))
-    model.add(tf.keras.layers.Dense(10))
+    model.add(keras.layers.Dense(10))
     compile_dp(model, l2_norm_clip=l2_norm_clip,
                noise_multiplier=noise_multiplier, learning_rate=learning_rate,
                momentum=momentum, batch_size=batch_size, num_examples=len(x))

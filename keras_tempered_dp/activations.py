@@ -11,21 +11,22 @@ exactly ``tanh`` and ``(1, 1, 0)`` is the logistic sigmoid.
 
 The registry maps names to activation functions and makes every registered
 name usable wherever Keras takes an activation string, e.g.
-``tf.keras.layers.Conv2D(16, 3, activation="tempered_sigmoid")``. Models built
+``keras.layers.Conv2D(16, 3, activation="tempered_sigmoid")``. Models built
 that way save and load once this module has been imported.
 """
 
 import math
 import numbers
 
+import keras
 import tensorflow as tf
 
 __all__ = [
-    "tempered_sigmoid",
-    "make_tempered_sigmoid",
-    "register_activation",
     "get_activation",
     "list_activations",
+    "make_tempered_sigmoid",
+    "register_activation",
+    "tempered_sigmoid",
 ]
 
 
@@ -114,7 +115,7 @@ def make_tempered_sigmoid(s=2.0, T=2.0, o=1.0, name=None):
     def fn(x):
         return tempered_sigmoid(x, s=s, T=T, o=o)
 
-    fn.__name__ = name or "tempered_sigmoid_s{:g}_T{:g}_o{:g}".format(s, T, o)
+    fn.__name__ = name or f"tempered_sigmoid_s{s:g}_T{T:g}_o{o:g}"
     fn.__qualname__ = fn.__name__
     fn.__doc__ = f"Tempered sigmoid with s={s:g}, T={T:g}, o={o:g}."
     fn.tempered_sigmoid_parameters = (s, T, o)
@@ -184,19 +185,19 @@ def register_activation(name, fn, force=False):
         fn.__name__ = name
         fn.__qualname__ = name
     _REGISTRY[name] = fn
-    tf.keras.utils.get_custom_objects()[name] = fn
+    keras.utils.get_custom_objects()[name] = fn
     return fn
 
 
 def _known_to_keras(name):
     """True if Keras resolves ``name`` (a built-in or someone's custom
     object) to something this module did not register."""
-    custom = tf.keras.utils.get_custom_objects()
+    custom = keras.utils.get_custom_objects()
     if name in custom:
         # Ours from an earlier import of this module (e.g. a reload).
         return getattr(custom[name], "__module__", None) != __name__
     try:
-        tf.keras.activations.get(name)
+        keras.activations.get(name)
     except (ValueError, TypeError):
         return False
     return True
@@ -243,9 +244,9 @@ def list_activations():
 
 # Keras' own functions keep their Keras names, so models stay loadable
 # without this package for these three.
-_REGISTRY["relu"] = tf.keras.activations.relu
-_REGISTRY["tanh"] = tf.keras.activations.tanh
-_REGISTRY["sigmoid"] = tf.keras.activations.sigmoid
+_REGISTRY["relu"] = keras.activations.relu
+_REGISTRY["tanh"] = keras.activations.tanh
+_REGISTRY["sigmoid"] = keras.activations.sigmoid
 register_activation(
     "tempered_sigmoid", make_tempered_sigmoid(2.0, 2.0, 1.0, "tempered_sigmoid")
 )

@@ -9,6 +9,7 @@ not change (:class:`~keras_tempered_dp.privacy.clipping.ClippingEngine`,
 
 from typing import Protocol
 
+import keras
 import tensorflow as tf
 
 
@@ -25,7 +26,7 @@ class Augment(Protocol):
         ...
 
 
-@tf.keras.utils.register_keras_serializable(package="keras_tempered_dp")
+@keras.utils.register_keras_serializable(package="keras_tempered_dp")
 class RandomCropFlip:
     """Pads images by ``padding`` pixels, crops back at a random offset,
     and flips left-right with probability 1/2; per image, vectorized.

@@ -15,11 +15,12 @@ steps.
 
 import contextlib
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 
-class ParameterAveraging(tf.keras.callbacks.Callback):
+class ParameterAveraging(keras.callbacks.Callback):
     """Keeps an EMA of the model's trainable weights during ``fit``.
 
     Args:
@@ -34,7 +35,7 @@ class ParameterAveraging(tf.keras.callbacks.Callback):
 
     >>> from keras_tempered_dp.models import digits_cnn
     >>> model = digits_cnn()
-    >>> model.compile("sgd", tf.keras.losses.SparseCategoricalCrossentropy(
+    >>> model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(
     ...     from_logits=True))
     >>> ema = ParameterAveraging(decay=0.9)
     >>> _ = model.fit(tf.zeros([4, 8, 8, 1]), tf.zeros([4]), verbose=0,

@@ -2,15 +2,14 @@
 
 import dataclasses
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
-import tensorflow as tf
+import keras
 
 from keras_tempered_dp.privacy import accounting
 from keras_tempered_dp.privacy.accounting import Segment, compose_epsilon
 from keras_tempered_dp.privacy.checks import check_dp_trainable
-from keras_tempered_dp.privacy.schedules import NoiseSchedule, \
-    schedule_segments
+from keras_tempered_dp.privacy.schedules import NoiseSchedule, schedule_segments
 from keras_tempered_dp.privacy.state import get_dp_state
 
 # Honest Poisson runs stay within this many standard deviations of the
@@ -32,8 +31,8 @@ class DPTraining:
 
     noise_multiplier: float
     l2_norm_clip: float
-    num_microbatches: Optional[int]
-    engine: Optional[object] = None
+    num_microbatches: int | None
+    engine: object | None = None
 
 
 def tf_privacy_training(optimizer):
@@ -110,7 +109,7 @@ def dp_training(model):
         "compile_dp) before fit.")
 
 
-class EpsilonCallback(tf.keras.callbacks.Callback):
+class EpsilonCallback(keras.callbacks.Callback):
     """Writes ``epsilon``, the privacy spent so far, into the logs each epoch.
 
     Because it edits the epoch-end ``logs``, History, CSVLogger, TensorBoard
@@ -171,12 +170,12 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
     """
 
     def __init__(self, num_examples: int, batch_size: int,
-                 noise_multiplier: Optional[float] = None,
+                 noise_multiplier: float | None = None,
                  delta: float = 1e-5, sampling: str = "poisson",
-                 steps_per_epoch: Optional[int] = None,
+                 steps_per_epoch: int | None = None,
                  initial_steps: int = 0,
-                 used_microbatching: Optional[bool] = None,
-                 noise_schedule: Optional[NoiseSchedule] = None,
+                 used_microbatching: bool | None = None,
+                 noise_schedule: NoiseSchedule | None = None,
                  previous_segments: Sequence[Segment] = ()):
         super().__init__()
         check = accounting
@@ -430,7 +429,7 @@ class EpsilonCallback(tf.keras.callbacks.Callback):
         return assumed
 
 
-class NoiseScheduler(tf.keras.callbacks.Callback):
+class NoiseScheduler(keras.callbacks.Callback):
     """Sets the clipping engine's noise multiplier at each epoch's start.
 
     The noise of epoch e is ``schedule(e)``; :class:`EpsilonCallback` finds

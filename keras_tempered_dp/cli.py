@@ -53,7 +53,7 @@ def add_flag(parser, name, kind, help, default=argparse.SUPPRESS,
 def _field_kind(field):
     kind = field.type
     if isinstance(kind, str):  # postponed annotations
-        kind = eval(kind, vars(typing))  # noqa: S307 - our own dataclasses
+        kind = eval(kind, vars(typing))
     args = [a for a in typing.get_args(kind) if a is not type(None)]
     return args[0] if args else kind
 

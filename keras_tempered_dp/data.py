@@ -12,17 +12,16 @@ import dataclasses
 import os
 import shutil
 import socket
-from typing import Optional, Tuple
 
 import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
-    tfds_name: Optional[str]
-    shape: Tuple[int, int, int]
-    files: Tuple[str, ...] = ()
-    search_dirs: Tuple[str, ...] = ()
+    tfds_name: str | None
+    shape: tuple[int, int, int]
+    files: tuple[str, ...] = ()
+    search_dirs: tuple[str, ...] = ()
     provider: str = ""
 
 

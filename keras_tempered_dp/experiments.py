@@ -34,7 +34,6 @@ Example:
 import dataclasses
 import json
 import os
-from typing import Dict, Tuple, Union
 
 from keras_tempered_dp.plots import plot_accuracy_vs_epsilon
 from keras_tempered_dp.training import train
@@ -50,8 +49,8 @@ class Run:
     epsilon, or one number), and train() settings."""
 
     label: str
-    settings: Dict
-    reference: Union[None, float, Dict[float, float]] = None
+    settings: dict
+    reference: None | float | dict[float, float] = None
 
     def reference_at(self, epsilon):
         if isinstance(self.reference, dict):
@@ -62,8 +61,8 @@ class Run:
 @dataclasses.dataclass(frozen=True)
 class Experiment:
     title: str
-    epsilons: Tuple[float, ...]
-    runs: Tuple[Run, ...]
+    epsilons: tuple[float, ...]
+    runs: tuple[Run, ...]
 
 
 def _paper(epsilon, paper, **settings):
@@ -248,5 +247,11 @@ def format_table(dataset, plan, rows, command=None):
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["Run", "Experiment", "RECIPES", "experiment", "reproduce",
-           "format_table"]
+__all__ = [
+    "RECIPES",
+    "Experiment",
+    "Run",
+    "experiment",
+    "format_table",
+    "reproduce",
+]

@@ -4,10 +4,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from keras_tempered_dp.activations import tempered_sigmoid  # noqa: E402
+from keras_tempered_dp.activations import tempered_sigmoid
 
 
 def plot_activations(triples=((2, 2, 1), (1, 1, 0), (2, 1, 1), (3, 4, 1.5)),

@@ -109,10 +109,10 @@ def search(*, dataset="digits", target_epsilon=3.0, max_trials=10, epochs=5,
     import numpy as np
 
     from keras_tempered_dp.data import load_dataset
+    from keras_tempered_dp.models import DEFAULT_MODEL, MODELS
     from keras_tempered_dp.privacy.accounting import (
         calibrate_noise_multiplier,
     )
-    from keras_tempered_dp.models import DEFAULT_MODEL, MODELS
 
     (x, y), _ = load_dataset(dataset, data_dir=data_dir,
                              manual_dir=manual_dir, download=download)

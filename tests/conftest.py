@@ -6,17 +6,17 @@ import zlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import pytest
 
 
 @pytest.fixture(autouse=True)
 def seeded():
     """Seeds Python, NumPy and TensorFlow before every test."""
-    tf.keras.utils.set_random_seed(1234)
+    keras.utils.set_random_seed(1234)
     yield
-    tf.keras.backend.clear_session()
+    keras.backend.clear_session()
 
 
 def run_fresh_python(code, timeout=300):

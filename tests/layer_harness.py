@@ -18,8 +18,9 @@ runs every check below on every case:
 import dataclasses
 import inspect
 import json
-from typing import Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -45,12 +46,12 @@ class LayerCase:
     name: str
     cls: type
     kwargs: dict
-    input_shape: Tuple[int, ...]
+    input_shape: tuple[int, ...]
     golden_input: np.ndarray
     golden: Callable[[str], np.ndarray]
-    tolerances: Dict[str, float]
-    set_weights: Optional[Callable[[tf.keras.layers.Layer], None]] = None
-    identities: List[Callable[[np.random.Generator], None]] = \
+    tolerances: dict[str, float]
+    set_weights: Callable[[keras.layers.Layer], None] | None = None
+    identities: list[Callable[[np.random.Generator], None]] = \
         dataclasses.field(default_factory=list)
 
     def make(self, **overrides):
@@ -104,7 +105,7 @@ def constructor_arguments(cls):
     ``**kwargs`` to a Keras parent other than Layer, of that parent."""
     names = []
     for klass in (cls, cls.__mro__[1]):
-        if klass in (tf.keras.layers.Layer, object):
+        if klass in (keras.layers.Layer, object):
             break
         params = inspect.signature(klass.__init__).parameters.values()
         names += [p.name for p in params if p.name != "self" and p.kind in (
@@ -130,20 +131,20 @@ def check_config(case):
     clone = case.cls.from_config(json.loads(json.dumps(config)))
     assert json.dumps(clone.get_config(), sort_keys=True) == \
         json.dumps(config, sort_keys=True)
-    serialized = tf.keras.layers.serialize(layer)
+    serialized = keras.layers.serialize(layer)
     assert serialized["registered_name"] == \
         f"keras_tempered_dp>{case.cls.__name__}"
-    again = tf.keras.layers.deserialize(json.loads(json.dumps(serialized)))
+    again = keras.layers.deserialize(json.loads(json.dumps(serialized)))
     assert type(again) is case.cls
     assert json.dumps(again.get_config(), sort_keys=True) == \
         json.dumps(config, sort_keys=True)
 
 
 def _model(case):
-    return tf.keras.Sequential([tf.keras.Input(case.input_shape),
+    return keras.Sequential([keras.Input(case.input_shape),
                                 case.make(),
-                                tf.keras.layers.Flatten(),
-                                tf.keras.layers.Dense(2)])
+                                keras.layers.Flatten(),
+                                keras.layers.Dense(2)])
 
 
 def check_save_load(case, fmt, tmp_path, fresh_python, rng):
@@ -155,9 +156,9 @@ def check_save_load(case, fmt, tmp_path, fresh_python, rng):
     model.save(str(path))
     np.save(tmp_path / "x.npy", x)
     fresh_python(f"""
-        import numpy as np, tensorflow as tf
+        import keras, numpy as np, tensorflow as tf
         import keras_tempered_dp.layers as layers
-        model = tf.keras.models.load_model({str(path)!r})
+        model = keras.models.load_model({str(path)!r})
         assert type(model.layers[0]).__name__ == {case.cls.__name__!r}
         if {fmt!r} == "keras":
             assert type(model.layers[0]) is layers.{case.cls.__name__}
@@ -179,8 +180,8 @@ def check_one_step_fit(case, private, rng):
         compile_dp(model, l2_norm_clip=1.0, noise_multiplier=0.5,
                    learning_rate=0.5)
     else:
-        model.compile(optimizer=tf.keras.optimizers.SGD(0.5),
-                      loss=tf.keras.losses.SparseCategoricalCrossentropy(
+        model.compile(optimizer=keras.optimizers.SGD(0.5),
+                      loss=keras.losses.SparseCategoricalCrossentropy(
                           from_logits=True))
     before = [w.numpy().copy() for w in model.trainable_weights]
     x = rng.normal(size=(8,) + case.input_shape).astype("float32")

@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -91,13 +92,13 @@ def test_builtins_registered():
     for name in ["relu", "tanh", "sigmoid", "tempered_sigmoid",
                  "tempered_sigmoid_logistic"]:
         assert name in names
-    assert get_activation("relu") is tf.keras.activations.relu
+    assert get_activation("relu") is keras.activations.relu
     assert get_activation("tempered_sigmoid").tempered_sigmoid_parameters \
         == (2.0, 2.0, 1.0)
 
 
 def test_callable_passes_through():
-    fn = lambda x: x  # noqa: E731
+    fn = lambda x: x
     assert get_activation(fn) is fn
 
 
@@ -119,7 +120,7 @@ def test_duplicate_registration_needs_force():
 
 
 def test_keras_layers_accept_registered_names():
-    layer = tf.keras.layers.Dense(3, activation="tempered_sigmoid")
+    layer = keras.layers.Dense(3, activation="tempered_sigmoid")
     x = tf.constant([[0.3, -0.2]])
     y = layer(x)
     pre = tf.matmul(x, layer.kernel) + layer.bias
@@ -147,15 +148,15 @@ def test_register_rejects_non_callables():
 
 @pytest.mark.parametrize("name", ["softplus", "elu", "gelu", "swish"])
 def test_keras_builtin_names_need_force(name):
-    before = tf.keras.activations.get(name)
+    before = keras.activations.get(name)
     with pytest.raises(ValueError, match=rf"name='{name}'.*Keras.*force=True"):
         register_activation(name, make_tempered_sigmoid(2, 1, 1))
-    assert tf.keras.activations.get(name) is before
+    assert keras.activations.get(name) is before
     assert name not in list_activations()
 
 
 def test_names_in_keras_custom_objects_need_force():
-    objects = tf.keras.utils.get_custom_objects()
+    objects = keras.utils.get_custom_objects()
     objects["someone_elses_act"] = tf.nn.relu
     try:
         with pytest.raises(ValueError, match="someone_elses_act.*force=True"):

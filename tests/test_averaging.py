@@ -1,15 +1,15 @@
 """Parameter averaging against a NumPy EMA of the recorded weights."""
 
+import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from keras_tempered_dp.averaging import ParameterAveraging
 from keras_tempered_dp.models import digits_cnn
 from keras_tempered_dp.privacy.compile import compile_dp
 
 
-class _Record(tf.keras.callbacks.Callback):
+class _Record(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.seen = []
 
@@ -61,7 +61,7 @@ def test_validation_uses_average_and_apply_at_end(tmp_path):
     loss = model.evaluate(x, y, verbose=0)[0]
     assert history.history["val_loss"][0] == pytest.approx(loss, rel=1e-5)
     model.save(tmp_path / "averaged.keras")
-    loaded = tf.keras.models.load_model(tmp_path / "averaged.keras")
+    loaded = keras.models.load_model(tmp_path / "averaged.keras")
     np.testing.assert_allclose(loaded.predict(x, verbose=0),
                                model.predict(x, verbose=0), atol=1e-6)
 

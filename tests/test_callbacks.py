@@ -1,6 +1,7 @@
 import csv
 import dataclasses
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -17,9 +18,9 @@ from keras_tempered_dp.privacy.state import get_dp_state
 
 
 def _model():
-    return tf.keras.Sequential([tf.keras.Input((6,)),
-                                tf.keras.layers.Dense(4, activation="tanh"),
-                                tf.keras.layers.Dense(3)])
+    return keras.Sequential([keras.Input((6,)),
+                                keras.layers.Dense(4, activation="tanh"),
+                                keras.layers.Dense(3)])
 
 
 def test_epsilon_every_epoch_in_history_csv_and_tensorboard(tmp_path):
@@ -33,8 +34,8 @@ def test_epsilon_every_epoch_in_history_csv_and_tensorboard(tmp_path):
         x, y, batch_size=20, epochs=3, verbose=0,
         callbacks=[EpsilonCallback(num_examples=100, batch_size=20,
                                    delta=1e-3),
-                   tf.keras.callbacks.CSVLogger(str(csv_path)),
-                   tf.keras.callbacks.TensorBoard(str(tmp_path / "tb"))])
+                   keras.callbacks.CSVLogger(str(csv_path)),
+                   keras.callbacks.TensorBoard(str(tmp_path / "tb"))])
     expected = [compute_epsilon(100, 20, 1.5, steps=5 * e, delta=1e-3)
                 for e in (1, 2, 3)]
     np.testing.assert_allclose(history.history["epsilon"], expected)
@@ -53,7 +54,7 @@ def test_noise_read_from_tf_privacy_optimizer():
     model = _model()
     model.compile(optimizer=DPKerasSGDOptimizer(
         l2_norm_clip=2.0, noise_multiplier=0.9, num_microbatches=None,
-        learning_rate=0.1), loss=tf.keras.losses.SparseCategoricalCrossentropy(
+        learning_rate=0.1), loss=keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction="none"))
     callback = EpsilonCallback(num_examples=40, batch_size=10)
     model.fit(np.zeros((40, 6)), np.zeros(40), batch_size=10, epochs=1,
@@ -96,7 +97,7 @@ def test_model_without_dp_refused_even_with_explicit_noise(rng, tmp_path):
     model = _model()
     compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.1)
     model.save(str(tmp_path / "m.keras"))
-    reloaded = tf.keras.models.load_model(str(tmp_path / "m.keras"))
+    reloaded = keras.models.load_model(str(tmp_path / "m.keras"))
     with pytest.raises(ValueError, match="does not train with DP-SGD.*"
                        "make_private"):
         reloaded.fit(x, y, batch_size=20, epochs=1, verbose=0,
@@ -139,14 +140,14 @@ def test_microbatching_denied_but_used_refused(rng):
 def test_batchnorm_model_with_users_tf_privacy_optimizer_refused(rng):
     from tensorflow_privacy import DPKerasSGDOptimizer
     x, y = _data(rng)
-    model = tf.keras.Sequential([tf.keras.Input((6,)),
-                                 tf.keras.layers.Dense(4),
-                                 tf.keras.layers.BatchNormalization(
+    model = keras.Sequential([keras.Input((6,)),
+                                 keras.layers.Dense(4),
+                                 keras.layers.BatchNormalization(
                                      name="bn"),
-                                 tf.keras.layers.Dense(3)])
+                                 keras.layers.Dense(3)])
     model.compile(optimizer=DPKerasSGDOptimizer(
         l2_norm_clip=1.0, noise_multiplier=1.1, num_microbatches=None,
-        learning_rate=0.1), loss=tf.keras.losses.SparseCategoricalCrossentropy(
+        learning_rate=0.1), loss=keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction="none"))
     with pytest.raises(ValueError, match="'bn'.*every other example"):
         model.fit(x, y, batch_size=20, epochs=1, verbose=0,
@@ -182,7 +183,7 @@ def _count_engine_steps(model):
     step = engine.train_step
 
     def counting(data):
-        x, _, weight = tf.keras.utils.unpack_x_y_sample_weight(data)
+        x, _, weight = keras.utils.unpack_x_y_sample_weight(data)
         seen = (tf.shape(x)[0] if weight is None
                 else tf.reduce_sum(tf.cast(weight > 0, tf.int32)))
         engine.steps_taken.assign_add(1)
@@ -308,8 +309,8 @@ def test_initial_steps_keep_the_noise_they_ran_with():
     from keras_tempered_dp import compile_dp
     x = np.zeros((100, 4), "float32")
     y = np.zeros(100)
-    model = tf.keras.Sequential([tf.keras.Input((4,)),
-                                 tf.keras.layers.Dense(2)])
+    model = keras.Sequential([keras.Input((4,)),
+                                 keras.layers.Dense(2)])
     compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.0)
     callback = EpsilonCallback(1000, 10, delta=1e-5, initial_steps=500,
                                steps_per_epoch=10)
@@ -323,8 +324,8 @@ def test_initial_steps_keep_the_noise_they_ran_with():
 def test_noise_scheduler_refuses_microbatches():
     from keras_tempered_dp import NoiseScheduler, compile_dp
     from keras_tempered_dp.privacy.schedules import StepDecay
-    model = tf.keras.Sequential([tf.keras.Input((4,)),
-                                 tf.keras.layers.Dense(2)])
+    model = keras.Sequential([keras.Input((4,)),
+                                 keras.layers.Dense(2)])
     compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.0,
                num_microbatches=2)
     with pytest.raises(ValueError, match="per-example clipping"):

@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 
-
 from keras_tempered_dp.experiments import experiment, reproduce
 from keras_tempered_dp.tuning import search
 

@@ -1,9 +1,9 @@
 """Every layer of the package through the shared harness
 (tests/layer_harness.py), plus each layer's own refusals."""
 
+import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from keras_tempered_dp.layers import TemperedSigmoid, WSConv2D
 from tests.layer_harness import (
@@ -14,7 +14,6 @@ from tests.layer_harness import (
     check_one_step_fit,
     check_save_load,
 )
-
 
 # -- TemperedSigmoid ----------------------------------------------------------
 
@@ -168,16 +167,16 @@ def test_activation_name_loads_in_fresh_process(tmp_path, fresh_python,
                                                 rng):
     """A model using the registered name "tempered_sigmoid" loads where
     only the package is imported."""
-    model = tf.keras.Sequential([
-        tf.keras.Input((5,)),
-        tf.keras.layers.Dense(3, activation="tempered_sigmoid")])
+    model = keras.Sequential([
+        keras.Input((5,)),
+        keras.layers.Dense(3, activation="tempered_sigmoid")])
     x = rng.normal(size=(6, 5)).astype("float32")
     model.save(str(tmp_path / "model.keras"))
     np.save(tmp_path / "x.npy", x)
     fresh_python(f"""
-        import numpy as np, tensorflow as tf
+        import keras, numpy as np, tensorflow as tf
         import keras_tempered_dp
-        model = tf.keras.models.load_model({str(tmp_path / 'model.keras')!r})
+        model = keras.models.load_model({str(tmp_path / 'model.keras')!r})
         np.save({str(tmp_path / 'y.npy')!r},
                 model.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0))
     """)

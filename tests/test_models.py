@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -65,9 +66,9 @@ def test_registered_name_model_saves_and_loads(tmp_path, fresh_python, fmt):
     model.save(str(path))
     np.save(tmp_path / "x.npy", x)
     fresh_python(f"""
-        import numpy as np, tensorflow as tf
+        import keras, numpy as np, tensorflow as tf
         import keras_tempered_dp
-        model = tf.keras.models.load_model({str(path)!r})
+        model = keras.models.load_model({str(path)!r})
         np.save({str(tmp_path / 'y.npy')!r},
                 model.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0))
     """)
@@ -77,8 +78,7 @@ def test_registered_name_model_saves_and_loads(tmp_path, fresh_python, fmt):
 
 def test_wrn16_4_as_de_et_al(tmp_path):
     from keras_tempered_dp.layers import WSConv2D
-    from keras_tempered_dp.models import MODELS
-    from keras_tempered_dp.models import wide_resnet
+    from keras_tempered_dp.models import MODELS, wide_resnet
 
     model = MODELS["wrn16_4"](TemperedSigmoid())
     assert model.count_params() == 2753402
@@ -87,11 +87,11 @@ def test_wrn16_4_as_de_et_al(tmp_path):
     convs = [l for l in model.layers if isinstance(l, WSConv2D)]
     assert len(convs) == 1 + 3 * 2 * 2 + 3  # stem, block convs, shortcuts
     assert {l.groups for l in model.layers
-            if isinstance(l, tf.keras.layers.GroupNormalization)} == {16}
+            if isinstance(l, keras.layers.GroupNormalization)} == {16}
     small = wide_resnet(10, 1, "tempered_sigmoid", input_shape=(8, 8, 3))
     x = np.random.default_rng(0).uniform(size=(2, 8, 8, 3)).astype("float32")
     small.save(tmp_path / "wrn.keras")
-    loaded = tf.keras.models.load_model(tmp_path / "wrn.keras")
+    loaded = keras.models.load_model(tmp_path / "wrn.keras")
     np.testing.assert_allclose(loaded.predict(x, verbose=0),
                                small.predict(x, verbose=0), atol=1e-6)
 

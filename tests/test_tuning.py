@@ -3,8 +3,8 @@ import numpy as np
 
 from keras_tempered_dp.layers import TemperedSigmoid
 from keras_tempered_dp.models import digits_cnn
-from keras_tempered_dp.tuning import TemperedSigmoidHyperModel
 from keras_tempered_dp.privacy.state import get_dp_state
+from keras_tempered_dp.tuning import TemperedSigmoidHyperModel
 
 
 def test_space_defaults_pinned():

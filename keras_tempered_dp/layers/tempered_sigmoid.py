@@ -1,6 +1,6 @@
 """Keras layers: thin wrappers over the math in :mod:`activations`."""
 
-import tensorflow as tf
+import keras
 
 from keras_tempered_dp.activations import (
     check_tempered_sigmoid_parameters,
@@ -11,8 +11,8 @@ from keras_tempered_dp.activations import (
 PACKAGE = "keras_tempered_dp"
 
 
-@tf.keras.utils.register_keras_serializable(package=PACKAGE)
-class TemperedSigmoid(tf.keras.layers.Layer):
+@keras.utils.register_keras_serializable(package=PACKAGE)
+class TemperedSigmoid(keras.layers.Layer):
     """Tempered sigmoid activation ``s * sigmoid(T * x) - o`` as a layer.
 
     Papernot et al., "Tempered Sigmoid Activations for Deep Learning with
@@ -24,7 +24,7 @@ class TemperedSigmoid(tf.keras.layers.Layer):
         s: output scale, > 0. The output lies in ``(-o, s - o)``.
         T: inverse temperature, > 0. The slope is at most ``s * T / 4``.
         o: offset.
-        **kwargs: forwarded to ``tf.keras.layers.Layer`` (name, dtype, ...).
+        **kwargs: forwarded to ``keras.layers.Layer`` (name, dtype, ...).
 
     Raises:
         ValueError: if ``s <= 0``, ``T <= 0`` or an argument is not finite.
@@ -32,8 +32,8 @@ class TemperedSigmoid(tf.keras.layers.Layer):
     Example:
 
     >>> import tensorflow as tf
-    >>> model = tf.keras.Sequential([tf.keras.Input((4,)),
-    ...                              tf.keras.layers.Dense(3),
+    >>> model = keras.Sequential([keras.Input((4,)),
+    ...                              keras.layers.Dense(3),
     ...                              TemperedSigmoid(s=2, T=2, o=1)])
     >>> model(tf.zeros((1, 4))).shape
     TensorShape([1, 3])

@@ -11,6 +11,7 @@ and the clipping engine computes its per-example gradient norms exactly
 (:mod:`keras_tempered_dp.privacy.clipping.norms.standardized_conv`).
 """
 
+import keras
 import tensorflow as tf
 
 
@@ -25,8 +26,8 @@ def standardize(kernel, gain, eps):
     return (kernel - mean) * scale * gain
 
 
-@tf.keras.utils.register_keras_serializable(package="keras_tempered_dp")
-class WSConv2D(tf.keras.layers.Conv2D):
+@keras.utils.register_keras_serializable(package="keras_tempered_dp")
+class WSConv2D(keras.layers.Conv2D):
     """Conv2D with scaled weight standardization and a learnable gain.
 
     Takes Conv2D's arguments plus ``eps`` (default 1e-4, as jax_privacy).

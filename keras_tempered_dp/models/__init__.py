@@ -17,5 +17,13 @@ MODELS = {"mnist_cnn": mnist_cnn, "cifar10_cnn": cifar10_cnn,
 DEFAULT_MODEL = {"digits": "digits_cnn", "mnist": "mnist_cnn",
                  "fashion_mnist": "mnist_cnn", "cifar10": "cifar10_cnn"}
 
-__all__ = ["MODELS", "DEFAULT_MODEL", "activation_layer", "cifar10_cnn",
-           "digits_cnn", "mnist_cnn", "wide_resnet", "wrn16_4"]
+__all__ = [
+          "DEFAULT_MODEL",
+          "MODELS",
+          "activation_layer",
+          "cifar10_cnn",
+          "digits_cnn",
+          "mnist_cnn",
+          "wide_resnet",
+          "wrn16_4",
+]

@@ -1,11 +1,11 @@
 """One resolver from what a user names as an activation to a Keras layer."""
 
-import tensorflow as tf
+import keras
 
 from keras_tempered_dp.activations import get_activation
 from keras_tempered_dp.layers import TemperedSigmoid
 
-layers = tf.keras.layers
+layers = keras.layers
 
 
 def activation_layer(activation, name=None, s=None, T=None, o=None):

@@ -8,11 +8,11 @@ last layer returns logits. No normalization layers and no dropout, as in the
 paper, so per-example clipping bounds each example's influence.
 """
 
-import tensorflow as tf
+import keras
 
 from keras_tempered_dp.models.activation import activation_layer
 
-layers = tf.keras.layers
+layers = keras.layers
 
 
 def mnist_cnn(activation="tempered_sigmoid", input_shape=(28, 28, 1),
@@ -27,9 +27,9 @@ def mnist_cnn(activation="tempered_sigmoid", input_shape=(28, 28, 1),
     >>> mnist_cnn("tanh").count_params()
     26010
     """
-    return tf.keras.Sequential(
+    return keras.Sequential(
         [
-            tf.keras.Input(input_shape),
+            keras.Input(input_shape),
             layers.Conv2D(16, 8, strides=2, padding="same", name="conv1"),
             activation_layer(activation, "act1"),
             layers.MaxPool2D(2, strides=1, name="pool1"),
@@ -57,7 +57,7 @@ def cifar10_cnn(activation="tempered_sigmoid", input_shape=(32, 32, 3),
     >>> cifar10_cnn("tanh").count_params()
     550570
     """
-    stack = [tf.keras.Input(input_shape)]
+    stack = [keras.Input(input_shape)]
     index = 0
     for block, filters in enumerate((32, 64, 128), start=1):
         for _ in range(2):
@@ -72,7 +72,7 @@ def cifar10_cnn(activation="tempered_sigmoid", input_shape=(32, 32, 3),
         activation_layer(activation, f"act{index + 1}"),
         layers.Dense(num_classes, name="logits"),
     ]
-    return tf.keras.Sequential(stack, name=name)
+    return keras.Sequential(stack, name=name)
 
 
 def digits_cnn(activation="tempered_sigmoid", input_shape=(8, 8, 1),
@@ -89,9 +89,9 @@ def digits_cnn(activation="tempered_sigmoid", input_shape=(8, 8, 1),
     >>> digits_cnn("tanh").count_params()
     9258
     """
-    return tf.keras.Sequential(
+    return keras.Sequential(
         [
-            tf.keras.Input(input_shape),
+            keras.Input(input_shape),
             layers.Conv2D(16, 3, padding="same", name="conv1"),
             activation_layer(activation, "act1"),
             layers.MaxPool2D(2, name="pool1"),

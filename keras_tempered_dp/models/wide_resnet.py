@@ -14,12 +14,12 @@ average pooling and a dense layer on top. The activation is configurable,
 tempered sigmoids included.
 """
 
-import tensorflow as tf
+import keras
 
 from keras_tempered_dp.layers.ws_conv import WSConv2D
 from keras_tempered_dp.models.activation import activation_layer
 
-layers = tf.keras.layers
+layers = keras.layers
 
 
 def wide_resnet(depth=16, width=4, activation="relu",
@@ -53,7 +53,7 @@ def wide_resnet(depth=16, width=4, activation="relu",
         return layers.GroupNormalization(
             min(groups, x.shape[-1]), name=f"gn{counter['gn']}")(x)
 
-    inputs = tf.keras.Input(input_shape)
+    inputs = keras.Input(input_shape)
     x = WSConv2D(16, 3, padding="same", name="stem")(inputs)
     for stage, filters in enumerate((16 * width, 32 * width, 64 * width)):
         for block in range(blocks):
@@ -74,7 +74,7 @@ def wide_resnet(depth=16, width=4, activation="relu",
     x = act(norm(x))
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = layers.Dense(num_classes, name="logits")(x)
-    return tf.keras.Model(inputs, outputs,
+    return keras.Model(inputs, outputs,
                           name=name or f"wrn_{depth}_{width}")
 
 

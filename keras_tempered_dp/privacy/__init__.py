@@ -9,8 +9,8 @@ from keras_tempered_dp.privacy.accounting import (
     steps_per_epoch,
 )
 from keras_tempered_dp.privacy.checks import (
-    check_microbatches,
     check_dp_trainable,
+    check_microbatches,
     check_no_batch_mixing,
 )
 from keras_tempered_dp.privacy.compile import compile_dp, make_private

@@ -236,7 +236,7 @@ def one_step_rdp(num_examples, batch_size, noise_multiplier, sampling):
                                     noise_multiplier, 1, sampling))
     # The one place that reads dp_accounting's private state: RdpAccountant
     # has no public accessor for its RDP vector (dp_accounting 0.4).
-    return np.array(accountant._rdp, dtype=float)  # noqa: SLF001
+    return np.array(accountant._rdp, dtype=float)
 
 
 def merge_segments(segments):

@@ -1,27 +1,32 @@
 """Refusals that protect the privacy guarantee, each explaining why."""
 
+import importlib
+
+import keras
 import tensorflow as tf
 
+from keras_tempered_dp import stack
+
 # Layers whose training-mode output for one example depends on the others.
-# Keras 2.15's BatchNormalization, its v1 class and SyncBatchNormalization
-# all derive from BatchNormalizationBase; the public classes are listed too
-# in case a Keras build moves the base.
-_BATCH_MIXING = (tf.keras.layers.BatchNormalization,
-                 tf.keras.layers.experimental.SyncBatchNormalization)
-try:
-    from keras.src.layers.normalization.batch_normalization import (
-        BatchNormalizationBase as _BatchNormalizationBase,
-    )
-    _BATCH_MIXING += (_BatchNormalizationBase,)
-except ImportError:  # pragma: no cover - depends on the Keras build
-    pass
-try:  # Keras 2.15 keeps the v1 layer in a separate class.
-    from keras.src.layers.normalization.batch_normalization_v1 import (
-        BatchNormalization as _BatchNormalizationV1,
-    )
-    _BATCH_MIXING += (_BatchNormalizationV1,)
-except ImportError:  # pragma: no cover - depends on the Keras build
-    pass
+# Keras 3 has one BatchNormalization (synchronized=True included). Keras
+# 2.15's BatchNormalization, its v1 class and SyncBatchNormalization all
+# derive from BatchNormalizationBase; the public classes are listed too in
+# case a Keras build moves the base.
+_BATCH_MIXING = (keras.layers.BatchNormalization,)
+_SYNC = getattr(getattr(keras.layers, "experimental", None),
+                "SyncBatchNormalization", None)
+if _SYNC is not None:  # Keras 2 only
+    _BATCH_MIXING += (_SYNC,)
+for _module, _name in (
+        ("keras.src.layers.normalization.batch_normalization",
+         "BatchNormalizationBase"),
+        # Keras 2.15 keeps the v1 layer in a separate class.
+        ("keras.src.layers.normalization.batch_normalization_v1",
+         "BatchNormalization")):
+    try:
+        _BATCH_MIXING += (getattr(importlib.import_module(_module), _name),)
+    except (ImportError, AttributeError):  # depends on the Keras build
+        pass
 
 
 def iter_layers(model):
@@ -39,8 +44,8 @@ def walk_layers(layer, prefix=""):
 
     Example:
 
-    >>> model = tf.keras.Sequential([tf.keras.Input((2,)),
-    ...                              tf.keras.layers.Dense(1, name="d")],
+    >>> model = keras.Sequential([keras.Input((2,)),
+    ...                              keras.layers.Dense(1, name="d")],
     ...                             name="m")
     >>> [path for path, _ in walk_layers(model)]
     ['d']
@@ -53,7 +58,7 @@ def walk_layers(layer, prefix=""):
         for child in parent._flatten_layers(include_self=False,
                                             recursive=False):
             if id(child) in seen or isinstance(child,
-                                               tf.keras.layers.InputLayer):
+                                               keras.layers.InputLayer):
                 continue
             seen.add(id(child))
             path = f"{prefix}{child.name}"
@@ -84,7 +89,7 @@ def check_no_batch_mixing(model):
                 "every other example's output and every other example's "
                 "gradient; clipping each example's gradient then no longer "
                 "bounds that example's influence, and the privacy guarantee "
-                "does not hold. Use tf.keras.layers.GroupNormalization or "
+                "does not hold. Use keras.layers.GroupNormalization or "
                 "LayerNormalization (per-example statistics) instead, or no "
                 "normalization, as in the paper's models."
             )
@@ -149,7 +154,7 @@ def check_no_regularizers(model):
                 f"{', '.join(found)}. DP-SGD clips each example's own "
                 "gradient; a regularizer's loss belongs to no example and "
                 "would escape the clipping. Remove it: use the optimizer's "
-                "weight decay (e.g. tf.keras.optimizers.SGD(weight_decay=...)"
+                "weight decay (e.g. keras.optimizers.SGD(weight_decay=...)"
                 " with make_private) instead of an L2 kernel regularizer.")
     if getattr(model, "built", False) and model.losses:
         raise ValueError(
@@ -178,12 +183,15 @@ def check_float32(model):
                 "(mixed precision). DP-SGD's norms, clip factors and noise "
                 "need float32: in 16 bits large norms overflow and the "
                 "noise is rounded. Build the model under "
-                "tf.keras.mixed_precision.set_global_policy('float32').")
+                "keras.mixed_precision.set_global_policy('float32').")
 
 
 def check_dp_trainable(model):
-    """Every refusal that a DP training entry point applies to a model:
-    batch-mixing layers, regularizers and 16-bit computation."""
+    """Every refusal that a DP training entry point applies to a model: a
+    Keras backend other than TensorFlow, batch-mixing layers, regularizers
+    and 16-bit computation."""
+    stack.require_tensorflow_backend("DP-SGD training (compile_dp, "
+                                     "make_private, the clipping engine)")
     check_no_batch_mixing(model)
     check_no_regularizers(model)
     check_float32(model)

@@ -8,12 +8,9 @@ Both take the engine's options either as one
 written only in ``EngineOptions``.
 """
 
-import tensorflow as tf
-from tensorflow_privacy import (
-    DPKerasSGDOptimizer,
-    VectorizedDPKerasSGDOptimizer,
-)
+import keras
 
+from keras_tempered_dp import stack
 from keras_tempered_dp.privacy.checks import (
     check_dp_trainable,
     check_microbatches,
@@ -27,10 +24,17 @@ from keras_tempered_dp.privacy.config import (
 from keras_tempered_dp.privacy.losses import per_example_loss
 from keras_tempered_dp.privacy.state import attach
 
+# TF Privacy's optimizers by name; imported only when asked for, since TF
+# Privacy exists only on the legacy stack (keras_tempered_dp.stack).
 _TFP_OPTIMIZERS = {
-    "dp_keras_sgd": DPKerasSGDOptimizer,
-    "vectorized_dp_keras_sgd": VectorizedDPKerasSGDOptimizer,
+    "dp_keras_sgd": "DPKerasSGDOptimizer",
+    "vectorized_dp_keras_sgd": "VectorizedDPKerasSGDOptimizer",
 }
+
+
+def _tf_privacy_optimizer(name):
+    module = stack.require_tf_privacy(f"compile_dp(optimizer={name!r})")
+    return getattr(module, _TFP_OPTIMIZERS[name])
 
 
 def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
@@ -106,10 +110,10 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
     if config.optimizer == "fast":
         options = _engine_options(engine_options, flat)
         if loss is None:
-            loss = tf.keras.losses.SparseCategoricalCrossentropy(
+            loss = keras.losses.SparseCategoricalCrossentropy(
                 from_logits=True)
         model.compile(
-            optimizer=tf.keras.optimizers.SGD(
+            optimizer=keras.optimizers.SGD(
                 learning_rate=config.learning_rate,
                 momentum=config.momentum),
             loss=loss, metrics=list(metrics or []), **kwargs)
@@ -117,7 +121,7 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
         return config
     _refuse_engine_only(config.optimizer, expected_batch_size,
                         engine_options, flat)
-    dp_optimizer = _TFP_OPTIMIZERS[config.optimizer](
+    dp_optimizer = _tf_privacy_optimizer(config.optimizer)(
         l2_norm_clip=config.l2_norm_clip,
         noise_multiplier=config.noise_multiplier,
         num_microbatches=config.num_microbatches,
@@ -154,8 +158,8 @@ def make_private(model, *, l2_norm_clip, noise_multiplier,
     >>> import tensorflow as tf
     >>> from keras_tempered_dp.models import mnist_cnn
     >>> model = mnist_cnn()
-    >>> model.compile(optimizer=tf.keras.optimizers.Adam(1e-3),
-    ...               loss=tf.keras.losses.SparseCategoricalCrossentropy(
+    >>> model.compile(optimizer=keras.optimizers.Adam(1e-3),
+    ...               loss=keras.losses.SparseCategoricalCrossentropy(
     ...                   from_logits=True))
     >>> make_private(model, l2_norm_clip=1.0, noise_multiplier=1.1).optimizer
     'fast'

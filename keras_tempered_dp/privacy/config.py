@@ -8,7 +8,6 @@ package's clipping engine offers. Each default is written once, here.
 import dataclasses
 import math
 import numbers
-from typing import Optional
 
 from keras_tempered_dp.augmentation import Augment, RandomCropFlip
 
@@ -62,14 +61,14 @@ class DPConfig:
 
     l2_norm_clip: float
     noise_multiplier: float
-    learning_rate: Optional[float] = 0.15
+    learning_rate: float | None = 0.15
     momentum: float = 0.0
-    num_microbatches: Optional[int] = None
+    num_microbatches: int | None = None
     optimizer: str = OPTIMIZERS[0]
-    noise_seed: Optional[int] = None
+    noise_seed: int | None = None
 
     def __post_init__(self):
-        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        set_ = lambda k, v: object.__setattr__(self, k, v)
         set_("l2_norm_clip", _number("l2_norm_clip", self.l2_norm_clip))
         if self.l2_norm_clip <= 0:
             raise ValueError(
@@ -145,10 +144,10 @@ class QuantileClipping:
 
     target_quantile: float = 0.5
     clip_learning_rate: float = 0.2
-    count_stddev: Optional[float] = None
+    count_stddev: float | None = None
 
     def __post_init__(self):
-        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        set_ = lambda k, v: object.__setattr__(self, k, v)
         set_("target_quantile",
              _number("target_quantile", self.target_quantile))
         if not 0 < self.target_quantile < 1:
@@ -223,12 +222,12 @@ class EngineOptions:
     clipping: str = "clip"
     gamma: float = 0.01
     augmentation_multiplicity: int = 1
-    augment: Optional[Augment] = None
-    physical_batch_size: Optional[int] = None
-    quantile: Optional[QuantileClipping] = None
+    augment: Augment | None = None
+    physical_batch_size: int | None = None
+    quantile: QuantileClipping | None = None
 
     def __post_init__(self):
-        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        set_ = lambda k, v: object.__setattr__(self, k, v)
         if self.clipping not in CLIPPING_MODES:
             raise ValueError(
                 f"clipping={self.clipping!r}: must be 'clip' "

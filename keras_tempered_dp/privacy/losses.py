@@ -1,11 +1,12 @@
 """Per-example losses: DP-SGD clips each example's own gradient."""
 
-import tensorflow as tf
+import keras
 
-NONE = tf.keras.losses.Reduction.NONE
+# "none" on both stacks (Keras 2 spells it Reduction.NONE, Keras 3 has no enum).
+NONE = "none"
 
 
-class _FunctionLoss(tf.keras.losses.Loss):
+class _FunctionLoss(keras.losses.Loss):
     """A loss function ``(y_true, y_pred) -> per-example loss`` as a Loss."""
 
     def __init__(self, fn, name):
@@ -21,7 +22,7 @@ class _FunctionLoss(tf.keras.losses.Loss):
                 "DP-SGD clips each example's gradient, so the loss must "
                 "return one value per example (shape [batch]): drop the "
                 "final mean or sum (e.g. return "
-                "tf.keras.losses.sparse_categorical_crossentropy(y_true, "
+                "keras.losses.sparse_categorical_crossentropy(y_true, "
                 "y_pred, from_logits=True), not its tf.reduce_mean).")
         return losses
 
@@ -31,7 +32,7 @@ def per_example_loss(loss=None):
 
     Args:
         loss: None (sparse categorical cross-entropy on logits, what the
-            package's models need), a Keras loss name, a ``tf.keras.losses.Loss``
+            package's models need), a Keras loss name, a ``keras.losses.Loss``
             instance (copied with reduction NONE) or a function
             ``(y_true, y_pred) -> per-example loss``.
 
@@ -41,13 +42,13 @@ def per_example_loss(loss=None):
     'none'
     """
     if loss is None:
-        return tf.keras.losses.SparseCategoricalCrossentropy(
+        return keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction=NONE)
     if isinstance(loss, str):
-        resolved = tf.keras.losses.get(loss)
+        resolved = keras.losses.get(loss)
     else:
         resolved = loss
-    if isinstance(resolved, tf.keras.losses.Loss):
+    if isinstance(resolved, keras.losses.Loss):
         config = dict(resolved.get_config(), reduction=NONE)
         return resolved.__class__.from_config(config)
     if callable(resolved):
@@ -55,5 +56,5 @@ def per_example_loss(loss=None):
         return _FunctionLoss(resolved, name=name)
     raise ValueError(
         f"loss={loss!r}: expected None, a Keras loss name, a "
-        "tf.keras.losses.Loss or a function (y_true, y_pred) -> loss."
+        "keras.losses.Loss or a function (y_true, y_pred) -> loss."
     )

@@ -87,7 +87,7 @@ def shuffled_batches(x, y, batch_size, *, seed=None):
 
     The order must stay secret, like the Poisson draw: ``seed=None`` draws
     the shuffle's seed from the operating system. (Passing None on to
-    tf.data would not do: under ``tf.keras.utils.set_random_seed`` its
+    tf.data would not do: under ``keras.utils.set_random_seed`` its
     order follows the public global seed.)
     """
     if seed is None:

@@ -26,7 +26,6 @@ True
 """
 
 import math
-from typing import List, Optional, Tuple
 
 from keras_tempered_dp.privacy.accounting import (
     Segment,
@@ -142,7 +141,7 @@ SCHEDULES = {"constant": ConstantNoise, "step": StepDecay,
 
 def noise_per_step(schedule: NoiseSchedule, *, steps_per_epoch: int,
                    steps: int, first_epoch: int = 0
-                   ) -> List[Tuple[float, int]]:
+                   ) -> list[tuple[float, int]]:
     """``[(sigma, count), ...]``: the run's steps grouped by epoch, starting
     at epoch ``first_epoch``."""
     steps_per_epoch = check_integer("steps_per_epoch", steps_per_epoch, 1)
@@ -160,7 +159,7 @@ def noise_per_step(schedule: NoiseSchedule, *, steps_per_epoch: int,
 def schedule_segments(num_examples: int, batch_size: int,
                       schedule: NoiseSchedule, *, steps_per_epoch: int,
                       steps: int, sampling: str = "poisson",
-                      first_epoch: int = 0) -> List[Segment]:
+                      first_epoch: int = 0) -> list[Segment]:
     """The run under ``schedule`` as one :class:`Segment` per epoch."""
     return [Segment(num_examples, batch_size, count, sigma, sampling)
             for sigma, count in noise_per_step(
@@ -170,8 +169,8 @@ def schedule_segments(num_examples: int, batch_size: int,
 
 def schedule_epsilon(num_examples: int, batch_size: int,
                      schedule: NoiseSchedule, *, steps_per_epoch: int,
-                     epochs: Optional[int] = None,
-                     steps: Optional[int] = None, delta: float = 1e-5,
+                     epochs: int | None = None,
+                     steps: int | None = None, delta: float = 1e-5,
                      sampling: str = "poisson") -> float:
     """Epsilon after ``steps`` (or ``epochs`` whole epochs) under a schedule.
 
@@ -225,7 +224,16 @@ def calibrate_schedule(target_epsilon: float, num_examples: int,
     return schedule.with_sigma0(
         smallest_noise(eps, target_epsilon, tolerance, "sigma0"))
 
-__all__ = ["NoiseSchedule", "ConstantNoise", "StepDecay", "ExponentialDecay",
-           "TimeBasedDecay", "SCHEDULES", "noise_per_step",
-           "schedule_segments", "schedule_epsilon", "calibrate_schedule",
-           "compute_epsilon"]
+__all__ = [
+    "SCHEDULES",
+    "ConstantNoise",
+    "ExponentialDecay",
+    "NoiseSchedule",
+    "StepDecay",
+    "TimeBasedDecay",
+    "calibrate_schedule",
+    "compute_epsilon",
+    "noise_per_step",
+    "schedule_epsilon",
+    "schedule_segments",
+]

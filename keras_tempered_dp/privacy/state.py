@@ -10,19 +10,19 @@ the callback then reads the optimizer itself.
 
 Example:
 
->>> import tensorflow as tf
+>>> import keras
 >>> from keras_tempered_dp import compile_dp, mnist_cnn
 >>> model = mnist_cnn()
 >>> _ = compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.1)
 >>> state = get_dp_state(model)
 >>> state.config.noise_multiplier, state.engine is not None
 (1.1, True)
->>> get_dp_state(tf.keras.Sequential()) is None
+>>> get_dp_state(keras.Sequential()) is None
 True
 """
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any
 
 from keras_tempered_dp.privacy.config import DPConfig
 
@@ -47,8 +47,8 @@ class DPState:
     """
 
     config: DPConfig
-    engine: Optional[Any] = None
-    noise_schedule: Optional[Any] = None
+    engine: Any | None = None
+    noise_schedule: Any | None = None
 
 
 def attach(model, config, engine=None):

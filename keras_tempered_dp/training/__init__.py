@@ -22,4 +22,4 @@ checks), :mod:`.guards` (non-finite data and losses), :mod:`.results`
 from keras_tempered_dp.training.config import RunConfig
 from keras_tempered_dp.training.run import resumed_seed, train
 
-__all__ = ["RunConfig", "train", "resumed_seed"]
+__all__ = ["RunConfig", "resumed_seed", "train"]

@@ -24,10 +24,9 @@ import dataclasses
 import json
 import os
 import shutil
-from typing import List, Optional
 
+import keras
 import numpy as np
-import tensorflow as tf
 
 # Settings that shape the model: never changed by a resume.
 MODEL_KEYS = ("model", "activation", "s", "T", "o", "ema_decay")
@@ -47,8 +46,8 @@ class Checkpoint:
 
     epochs_done: int
     record: dict
-    ledger: List[dict]
-    l2_norm_clip: Optional[float] = None  # the adaptive clip, if any
+    ledger: list[dict]
+    l2_norm_clip: float | None = None  # the adaptive clip, if any
     part_start: int = 0  # the epoch where the record's settings began
     folder: str = ""
 
@@ -135,7 +134,7 @@ def load(output_dir):
 def load_model(checkpoint):
     """The checkpoint's model, or a CheckpointError saying it is damaged."""
     try:
-        return tf.keras.models.load_model(checkpoint.model_path())
+        return keras.models.load_model(checkpoint.model_path())
     except Exception as error:  # Keras raises many types for bad files
         raise CheckpointError(
             f"The model in {checkpoint.model_path()} cannot be loaded "

@@ -33,7 +33,6 @@ import inspect
 import math
 import numbers
 import os
-from typing import Optional
 
 from keras_tempered_dp.augmentation import RandomCropFlip
 from keras_tempered_dp.data import DATASETS
@@ -101,8 +100,8 @@ class DataConfig(_Section):
     """Which data, how batches are drawn, and the initialization seed."""
 
     dataset: str = _field("digits", "Dataset.", tuple(DATASETS))
-    data_dir: Optional[str] = _field(None, "TFDS data folder.")
-    manual_dir: Optional[str] = _field(
+    data_dir: str | None = _field(None, "TFDS data folder.")
+    manual_dir: str | None = _field(
         None, "Folder with the dataset's original files (offline "
         "preparation).")
     download: bool = _field(True, "Allow TFDS downloads (--nodownload: "
@@ -123,7 +122,7 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     """The network and its activation."""
 
-    model: Optional[str] = _field(
+    model: str | None = _field(
         None, "mnist_cnn, cifar10_cnn, digits_cnn or wrn16_4; default: the "
         "paper's model for the dataset.")
     activation: str = _field(
@@ -184,20 +183,20 @@ class PrivacyConfig(_Section):
     """Clip, noise (or the epsilon to calibrate it for), delta, schedule."""
 
     l2_norm_clip: float = _field(1.0, "Per-example clipping norm C.")
-    noise_multiplier: Optional[float] = _field(
+    noise_multiplier: float | None = _field(
         None, "Noise std in units of C; default 1.0 unless "
         "--target_epsilon is given (give one or the other).")
-    target_epsilon: Optional[float] = _field(
+    target_epsilon: float | None = _field(
         None, "Calibrate the noise so the run ends at this epsilon.")
-    delta: Optional[float] = _field(
+    delta: float | None = _field(
         None, "delta; default min(1e-5, 1/(10 N)); must be below 1/N.")
-    noise_seed: Optional[int] = _field(
+    noise_seed: int | None = _field(
         None, "Seed of the noise and the Poisson sampling (tests and exact "
         "reproductions only: a known seed makes the noise predictable).")
     noise_schedule: str = _field(
         "constant", "Noise multiplier by epoch; epsilon is composed "
         "exactly.", tuple(SCHEDULES))
-    noise_decay: Optional[float] = _field(
+    noise_decay: float | None = _field(
         None, "step: factor in (0, 1]; exponential / time: rate >= 0.")
     noise_decay_period: int = _field(1, "step: epochs per decay.")
 
@@ -258,7 +257,7 @@ class EngineConfig(_Section):
     target_quantile: float = _field(
         _default(QuantileClipping, "target_quantile"),
         "--clipping=quantile: the quantile of per-example norms C tracks.")
-    physical_batch_size: Optional[int] = _field(
+    physical_batch_size: int | None = _field(
         _default(EngineOptions, "physical_batch_size"),
         "Accumulate the clipped sums over chunks of this many examples "
         "(large logical batches in little memory).")
@@ -296,7 +295,7 @@ class RecipeConfig(_Section):
     flip: bool = _field(_default(RandomCropFlip, "flip"),
                         "Random horizontal flips for augmentation "
                         "multiplicity (--noflip: none).")
-    ema_decay: Optional[float] = _field(
+    ema_decay: float | None = _field(
         None, "Keep an EMA of the weights with this decay (e.g. 0.9999) and "
         "evaluate and save it.")
 

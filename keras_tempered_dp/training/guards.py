@@ -7,8 +7,8 @@ the data before any step, :class:`StopOnNonFiniteLoss` at every step's loss.
 
 import math
 
+import keras
 import numpy as np
-import tensorflow as tf
 
 
 class NonFiniteError(FloatingPointError):
@@ -60,7 +60,7 @@ def check_data(x, y, name, num_classes=None):
             "data, or build the model with more classes.")
 
 
-class StopOnNonFiniteLoss(tf.keras.callbacks.Callback):
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
     """Stops ``fit`` with an error at the first step whose loss is not
     finite, naming the epoch, the step and the loss.
 

@@ -10,7 +10,7 @@ those parts' steps with the new ones.
 """
 
 import dataclasses
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from keras_tempered_dp.privacy.accounting import (
     Segment,
@@ -38,7 +38,7 @@ class NoisePlan:
     sampling: str
     delta: float
     noise_multiplier: float          # sigma, or the schedule's sigma0
-    schedule: Optional[NoiseSchedule]
+    schedule: NoiseSchedule | None
     previous: Sequence[Segment] = ()  # earlier parts with other settings
 
     @property

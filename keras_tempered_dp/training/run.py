@@ -21,8 +21,8 @@ import os
 import shutil
 import time
 
+import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_tempered_dp.averaging import ParameterAveraging
 from keras_tempered_dp.callbacks import EpsilonCallback, NoiseScheduler
@@ -68,7 +68,7 @@ def train(config=None, *, data=None, **settings):
         config = RunConfig.from_flat(**settings)
     elif settings:
         config = config.replace(**settings)
-    tf.keras.utils.set_random_seed(config.data.seed)
+    keras.utils.set_random_seed(config.data.seed)
     (x, y), (x_test, y_test) = data or load_dataset(
         config.data.dataset, data_dir=config.data.data_dir,
         manual_dir=config.data.manual_dir, download=config.data.download)
@@ -252,7 +252,7 @@ def resumed_seed(seed, epochs_done):
         1)[0])
 
 
-class _EpochCheckpoint(tf.keras.callbacks.Callback):
+class _EpochCheckpoint(keras.callbacks.Callback):
     """After each epoch: the ledger entry, then the checkpoint."""
 
     def __init__(self, config, run):
@@ -299,8 +299,8 @@ def _fit(config, run, network, x, y, x_test, y_test):
         # metrics and epsilon were written out is always accounted.
         callbacks=extra + [
             StopOnNonFiniteLoss(), epsilon, _EpochCheckpoint(config, run),
-            tf.keras.callbacks.CSVLogger(log, append=run.epochs_done > 0),
-            tf.keras.callbacks.TensorBoard(os.path.join(folder,
+            keras.callbacks.CSVLogger(log, append=run.epochs_done > 0),
+            keras.callbacks.TensorBoard(os.path.join(folder,
                                                         "tensorboard")),
         ])
     return out.read_log(log)

@@ -137,7 +137,10 @@ def test_one_step_rule_for_every_batching():
 def test_delta_at_or_above_one_over_n_refused_everywhere(delta):
     from keras_tempered_dp.privacy.accounting import Segment, compose_epsilon
     from keras_tempered_dp.privacy.schedules import (
-        StepDecay, calibrate_schedule, schedule_epsilon)
+        StepDecay,
+        calibrate_schedule,
+        schedule_epsilon,
+    )
     calls = [
         lambda: compute_epsilon(100, 10, 1.0, steps=10, delta=delta),
         lambda: calibrate_noise_multiplier(1.0, 100, 10, steps=10,
@@ -184,6 +187,7 @@ def test_calibration_refuses_tolerances_that_never_end(tolerance):
 
 def test_segment_is_frozen_and_validated():
     import dataclasses
+
     from keras_tempered_dp.privacy.accounting import Segment
     segment = Segment(60000, 256, 100, 1.1)
     assert segment.sampling == "poisson" and not segment.used_microbatching
@@ -206,7 +210,10 @@ def test_segment_is_frozen_and_validated():
 
 def test_compose_epsilon_matches_dp_accounting_composing_the_events():
     from keras_tempered_dp.privacy.accounting import (
-        RDP_ORDERS, Segment, compose_epsilon)
+        RDP_ORDERS,
+        Segment,
+        compose_epsilon,
+    )
     segments = [Segment(60000, 256, 500, 1.3), Segment(60000, 512, 200, 0.9),
                 Segment(50000, 256, 300, 2.0, used_microbatching=True)]
     direct = dp_accounting.rdp.RdpAccountant(list(RDP_ORDERS))
@@ -225,7 +232,10 @@ def test_compose_epsilon_matches_dp_accounting_composing_the_events():
 
 def test_compose_epsilon_without_replacement():
     from keras_tempered_dp.privacy.accounting import (
-        RDP_ORDERS, Segment, compose_epsilon)
+        RDP_ORDERS,
+        Segment,
+        compose_epsilon,
+    )
     direct = dp_accounting.rdp.RdpAccountant(
         list(RDP_ORDERS), dp_accounting.NeighboringRelation.REPLACE_ONE)
     direct.compose(dp_accounting.SampledWithoutReplacementDpEvent(

@@ -1,3 +1,4 @@
+import keras
 import pytest
 import tensorflow as tf
 
@@ -5,31 +6,32 @@ from keras_tempered_dp.privacy.checks import (
     check_microbatches,
     check_no_batch_mixing,
 )
+from keras_tempered_dp.stack import KERAS_3
 
 
 def test_batchnorm_refused_with_reason_and_alternative():
-    model = tf.keras.Sequential([
-        tf.keras.Input((4,)), tf.keras.layers.Dense(3),
-        tf.keras.layers.BatchNormalization(name="bn")])
+    model = keras.Sequential([
+        keras.Input((4,)), keras.layers.Dense(3),
+        keras.layers.BatchNormalization(name="bn")])
     with pytest.raises(ValueError, match="'bn'.*BatchNormalization.*"
                        "GroupNormalization"):
         check_no_batch_mixing(model)
 
 
 def test_nested_batchnorm_found():
-    inner = tf.keras.Sequential([tf.keras.Input((4,)),
-                                 tf.keras.layers.BatchNormalization(
+    inner = keras.Sequential([keras.Input((4,)),
+                                 keras.layers.BatchNormalization(
                                      name="inner_bn")])
-    outer = tf.keras.Sequential([tf.keras.Input((4,)), inner])
+    outer = keras.Sequential([keras.Input((4,)), inner])
     with pytest.raises(ValueError, match="inner_bn"):
         check_no_batch_mixing(outer)
 
 
 def test_group_and_layer_norm_allowed():
-    model = tf.keras.Sequential([
-        tf.keras.Input((8, 8, 4)),
-        tf.keras.layers.GroupNormalization(2),
-        tf.keras.layers.LayerNormalization()])
+    model = keras.Sequential([
+        keras.Input((8, 8, 4)),
+        keras.layers.GroupNormalization(2),
+        keras.layers.LayerNormalization()])
     check_no_batch_mixing(model)
 
 
@@ -51,39 +53,41 @@ def test_microbatches_ok():
     check_microbatches(4, batch_size=16, num_examples=96)
 
 
-class _Block(tf.keras.layers.Layer):
+class _Block(keras.layers.Layer):
     """A custom layer holding its sublayers as attributes."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.dense = tf.keras.layers.Dense(4)
-        self.parts = [tf.keras.layers.BatchNormalization(name="hidden_bn")]
+        self.dense = keras.layers.Dense(4)
+        self.parts = [keras.layers.BatchNormalization(name="hidden_bn")]
 
     def call(self, x):
         return self.parts[0](self.dense(x))
 
 
-class _MyBatchNorm(tf.keras.layers.BatchNormalization):
+class _MyBatchNorm(keras.layers.BatchNormalization):
     pass
 
 
 @pytest.mark.parametrize("make", [
-    lambda: tf.keras.layers.BatchNormalization(name="bad"),
-    lambda: tf.keras.layers.experimental.SyncBatchNormalization(name="bad"),
+    lambda: keras.layers.BatchNormalization(name="bad"),
+    lambda: (keras.layers.BatchNormalization(synchronized=True, name="bad")
+             if KERAS_3 else
+             keras.layers.experimental.SyncBatchNormalization(name="bad")),
     lambda: _MyBatchNorm(name="bad"),
     lambda: tf.compat.v1.keras.layers.BatchNormalization(name="bad"),
 ])
 def test_every_batchnorm_variant_refused(make):
-    model = tf.keras.Sequential([tf.keras.Input((4,)), make()])
+    model = keras.Sequential([keras.Input((4,)), make()])
     with pytest.raises(ValueError, match="'bad'"):
         check_no_batch_mixing(model)
 
 
 def test_batchnorm_inside_custom_layer_refused_with_its_path():
-    inputs = tf.keras.Input((4,))
+    inputs = keras.Input((4,))
     outputs = _Block(name="block")(inputs)
-    inner = tf.keras.Model(inputs, outputs, name="inner")
-    model = tf.keras.Sequential([tf.keras.Input((4,)), inner], name="outer")
+    inner = keras.Model(inputs, outputs, name="inner")
+    model = keras.Sequential([keras.Input((4,)), inner], name="outer")
     with pytest.raises(ValueError) as error:
         check_no_batch_mixing(model)
     message = str(error.value)
@@ -94,7 +98,7 @@ def test_batchnorm_inside_custom_layer_refused_with_its_path():
 
 def test_compile_dp_refuses_batchnorm_in_custom_layer_for_tf_privacy():
     from keras_tempered_dp.privacy.compile import compile_dp
-    model = tf.keras.Sequential([tf.keras.Input((4,)), _Block()])
+    model = keras.Sequential([keras.Input((4,)), _Block()])
     with pytest.raises(ValueError, match="hidden_bn"):
         compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.0,
                    optimizer="dp_keras_sgd")
@@ -105,8 +109,8 @@ def test_compile_dp_refuses_batchnorm_in_custom_layer_for_tf_privacy():
                                     dict(activity_regularizer="l1")])
 def test_regularizers_are_refused_before_training(optimizer, kwargs):
     from keras_tempered_dp.privacy.compile import compile_dp
-    model = tf.keras.Sequential([tf.keras.Input((4,)),
-                                 tf.keras.layers.Dense(3, **kwargs)])
+    model = keras.Sequential([keras.Input((4,)),
+                                 keras.layers.Dense(3, **kwargs)])
     name = next(iter(kwargs))
     with pytest.raises(ValueError, match=f"has {name}"):
         compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.0,
@@ -115,11 +119,11 @@ def test_regularizers_are_refused_before_training(optimizer, kwargs):
 
 def test_mixed_precision_is_refused():
     from keras_tempered_dp.privacy.compile import compile_dp
-    tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        model = tf.keras.Sequential([tf.keras.Input((4,)),
-                                     tf.keras.layers.Dense(3)])
+        model = keras.Sequential([keras.Input((4,)),
+                                     keras.layers.Dense(3)])
     finally:
-        tf.keras.mixed_precision.set_global_policy("float32")
+        keras.mixed_precision.set_global_policy("float32")
     with pytest.raises(ValueError, match="computes in float16"):
         compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.0)

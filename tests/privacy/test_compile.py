@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -129,15 +130,15 @@ def test_refusals(kwargs, message):
 
 
 def test_batchnorm_refused():
-    model = tf.keras.Sequential([tf.keras.Input((4,)),
-                                 tf.keras.layers.Dense(2),
-                                 tf.keras.layers.BatchNormalization()])
+    model = keras.Sequential([keras.Input((4,)),
+                                 keras.layers.Dense(2),
+                                 keras.layers.BatchNormalization()])
     with pytest.raises(ValueError, match="GroupNormalization"):
         compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.0)
 
 
-@pytest.mark.parametrize("loss", ["mse", tf.keras.losses.MeanSquaredError(),
-                                  tf.keras.losses.mean_squared_error])
+@pytest.mark.parametrize("loss", ["mse", keras.losses.MeanSquaredError(),
+                                  keras.losses.mean_squared_error])
 def test_per_example_loss_shapes(loss):
     fn = per_example_loss(loss)
     value = fn(tf.zeros((5, 3)), tf.ones((5, 3)))
@@ -148,17 +149,17 @@ def test_per_example_loss_shapes(loss):
 def test_users_own_compile_with_tf_privacy_and_epsilon():
     # The design's usage, verbatim in spirit: model.add(TemperedSigmoid),
     # the user's own DPKerasSGDOptimizer, epsilon in the logs.
-    model = tf.keras.Sequential([tf.keras.Input((28, 28, 1)),
-                                 tf.keras.layers.Conv2D(4, 3, strides=2)])
+    model = keras.Sequential([keras.Input((28, 28, 1)),
+                                 keras.layers.Conv2D(4, 3, strides=2)])
     model.add(TemperedSigmoid(s=2, T=2, o=1))
-    model.add(tf.keras.layers.Flatten())
-    model.add(tf.keras.layers.Dense(10))
+    model.add(keras.layers.Flatten())
+    model.add(keras.layers.Dense(10))
     model.compile(
         optimizer=DPKerasSGDOptimizer(l2_norm_clip=1.0, noise_multiplier=1.1,
                                       num_microbatches=None,
                                       learning_rate=0.1),
-        loss=tf.keras.losses.SparseCategoricalCrossentropy(
-            from_logits=True, reduction=tf.keras.losses.Reduction.NONE))
+        loss=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction="none"))
     x = np.random.default_rng(0).uniform(size=(64, 28, 28, 1))
     y = np.arange(64) % 10
     history = model.fit(x, y, batch_size=16, epochs=2, verbose=0,
@@ -182,7 +183,7 @@ def test_paper_model_step_with_compile_dp_is_the_reference_step():
         "float32")
     y = (np.arange(8) % 10).astype("int32")
     loss_fn = per_example_loss(
-        tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     norms = [np.sqrt(sum(np.sum(g ** 2) for g in grads))
              for grads in per_group_gradients(model, loss_fn, x, y)]
     clip = float(np.median(norms))

@@ -1,6 +1,7 @@
 """Augmentation multiplicity, accumulation, normalization and a variable
 noise multiplier, against independent references (reference.py style)."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -15,17 +16,17 @@ from keras_tempered_dp.privacy.losses import per_example_loss
 from keras_tempered_dp.privacy.state import get_dp_state
 from tests.privacy.reference import global_norm, per_group_gradients
 
-L = tf.keras.layers
+L = keras.layers
 K = 3
 
 
 def _model():
-    tf.keras.utils.set_random_seed(1)
-    model = tf.keras.Sequential([
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([
         L.Conv2D(4, 3, activation="tanh", input_shape=(6, 6, 1)),
         L.GroupNormalization(2), L.Flatten(), L.Dense(3)])
-    model.compile(optimizer=tf.keras.optimizers.SGD(0.1),
-                  loss=tf.keras.losses.SparseCategoricalCrossentropy(
+    model.compile(optimizer=keras.optimizers.SGD(0.1),
+                  loss=keras.losses.SparseCategoricalCrossentropy(
                       from_logits=True), metrics=["accuracy"])
     return model
 
@@ -37,8 +38,8 @@ def _loss_fn(model):
 def _install(model, clip=1.0, noise=0.0, **kwargs):
     """An engine built through the public entry point, make_private."""
     if model.optimizer is None:
-        model.compile(optimizer=tf.keras.optimizers.SGD(0.1),
-                      loss=tf.keras.losses.SparseCategoricalCrossentropy(
+        model.compile(optimizer=keras.optimizers.SGD(0.1),
+                      loss=keras.losses.SparseCategoricalCrossentropy(
                           from_logits=True), metrics=["accuracy"])
     make_private(model, l2_norm_clip=clip, noise_multiplier=noise, **kwargs)
     return get_dp_state(model).engine
@@ -138,7 +139,7 @@ def test_accumulation_equals_one_big_batch(multiplicity):
 
 
 def test_accumulated_noise_is_added_once_per_logical_batch():
-    model = tf.keras.Sequential([L.Dense(10, input_shape=(50,))])
+    model = keras.Sequential([L.Dense(10, input_shape=(50,))])
     engine = _install(model, clip=0.7, noise=1.3, physical_batch_size=4)
     rng = np.random.default_rng(2)
     x = tf.constant(rng.normal(size=(16, 50)).astype("float32"))
@@ -154,7 +155,7 @@ def test_accumulated_noise_is_added_once_per_logical_batch():
 
 
 def test_noise_multiplier_change_reaches_a_traced_step():
-    model = tf.keras.Sequential([L.Dense(10, input_shape=(50,))])
+    model = keras.Sequential([L.Dense(10, input_shape=(50,))])
     engine = _install(model, clip=1.0, noise=2.0, noise_seed=5)
     x = tf.constant(np.zeros((16, 50), "float32"))
     y = tf.constant(np.arange(16) % 10)
@@ -274,7 +275,7 @@ def test_quantile_clipping_update_and_clip_step_match_reference():
 
 
 def test_quantile_clipping_splits_the_noise_budget_exactly():
-    model = tf.keras.Sequential([L.Dense(10, input_shape=(50,))])
+    model = keras.Sequential([L.Dense(10, input_shape=(50,))])
     engine = _install(model, clip=0.5, noise=1.2, clipping="quantile",
                       count_stddev=2.0, noise_seed=1)
     sigma_g = float(engine.gradient_noise_multiplier())
@@ -343,7 +344,7 @@ def test_quantile_count_ignores_rows_of_weight_zero():
     is no example. Counted, it made the centred count +1/2 (clip moved from
     1.0 to 0.975 here): neighbours could differ by 1, twice the sensitivity
     the noise split assumes."""
-    model = tf.keras.Sequential([L.Dense(3, input_shape=(4,))])
+    model = keras.Sequential([L.Dense(3, input_shape=(4,))])
     engine = _install(model, clip=1.0, clipping="quantile", count_stddev=0.0,
                       target_quantile=0.5, clip_learning_rate=0.2,
                       expected_batch_size=4)

@@ -22,9 +22,9 @@ def test_trained_model_saves_loads_and_trains_further(tmp_path, fresh_python,
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", y)
     out = fresh_python(f"""
-        import numpy as np, tensorflow as tf
+        import keras, numpy as np, tensorflow as tf
         import keras_tempered_dp as kdp
-        model = tf.keras.models.load_model({str(path)!r})
+        model = keras.models.load_model({str(path)!r})
         x, y = np.load({str(tmp_path / 'x.npy')!r}), np.load(
             {str(tmp_path / 'y.npy')!r})
         np.save({str(tmp_path / 'pred.npy')!r}, model.predict(x, verbose=0))

@@ -1,5 +1,6 @@
 """per_example_loss: one value per example, or a clear refusal."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -12,7 +13,7 @@ def test_losses_keep_one_value_per_example():
     y = tf.constant([0, 1, 2])
     logits = tf.constant(np.eye(3, dtype="float32") * 3)
     for loss in (None, "sparse_categorical_crossentropy",
-                 tf.keras.losses.SparseCategoricalCrossentropy(
+                 keras.losses.SparseCategoricalCrossentropy(
                      from_logits=True)):
         assert per_example_loss(loss)(y, logits).shape == (3,)
 
@@ -20,11 +21,11 @@ def test_losses_keep_one_value_per_example():
 @pytest.mark.parametrize("optimizer", ["fast", "dp_keras_sgd"])
 def test_a_loss_that_averages_the_batch_is_refused(optimizer):
     def mean_loss(y_true, y_pred):
-        return tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
+        return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
             y_true, y_pred, from_logits=True))
 
-    model = tf.keras.Sequential([tf.keras.Input((4,)),
-                                 tf.keras.layers.Dense(3)])
+    model = keras.Sequential([keras.Input((4,)),
+                                 keras.layers.Dense(3)])
     compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.0,
                optimizer=optimizer, loss=mean_loss)
     before = [w.numpy() for w in model.weights]

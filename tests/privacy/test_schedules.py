@@ -4,9 +4,9 @@ dp_accounting; the scheduler drives the engine and the callback reports it."""
 import math
 
 import dp_accounting
+import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from keras_tempered_dp.callbacks import EpsilonCallback, NoiseScheduler
 from keras_tempered_dp.privacy.accounting import (
@@ -124,7 +124,7 @@ def test_lowered_noise_without_the_accounting_is_refused():
     compile_dp(model, l2_norm_clip=1.0, noise_multiplier=2.0,
                learning_rate=0.1)
 
-    class Sneaky(tf.keras.callbacks.Callback):
+    class Sneaky(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             get_dp_state(self.model).engine.noise_multiplier = 0.5
 

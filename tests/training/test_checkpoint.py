@@ -64,8 +64,8 @@ def test_ema_turned_on_at_resume_is_refused(tmp_path):
 
 
 def test_leaving_quantile_clipping_uses_the_new_clip(tmp_path):
-    from keras_tempered_dp.privacy.state import get_dp_state
     import keras_tempered_dp.training.run as run_module
+    from keras_tempered_dp.privacy.state import get_dp_state
     train(**_args(tmp_path, clipping="quantile", l2_norm_clip=1000.0))
     seen = []
     original = run_module._fit

@@ -4,6 +4,7 @@ This is where the package is assembled: the built-in norm functions are
 registered here, and only here, one per Keras layer class.
 """
 
+import keras
 import tensorflow as tf
 
 from keras_tempered_dp.layers.ws_conv import WSConv2D
@@ -38,11 +39,11 @@ __all__ = [
 ]
 
 _BUILT_IN = {
-    tf.keras.layers.Dense: dense_sq_norms,
-    tf.keras.layers.Conv2D: conv2d_sq_norms,
-    tf.keras.layers.Embedding: embedding_sq_norms,
-    tf.keras.layers.LayerNormalization: layer_norm_sq_norms,
-    tf.keras.layers.GroupNormalization: group_norm_sq_norms,
+    keras.layers.Dense: dense_sq_norms,
+    keras.layers.Conv2D: conv2d_sq_norms,
+    keras.layers.Embedding: embedding_sq_norms,
+    keras.layers.LayerNormalization: layer_norm_sq_norms,
+    keras.layers.GroupNormalization: group_norm_sq_norms,
     WSConv2D: ws_conv2d_sq_norms,
 }
 for _layer_class, _fn in _BUILT_IN.items():

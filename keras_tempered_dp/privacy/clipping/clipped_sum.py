@@ -7,7 +7,7 @@ sum from its inputs and re-weighted output gradients.
 """
 
 import contextlib
-from typing import List, NamedTuple
+from typing import NamedTuple
 
 import tensorflow as tf
 
@@ -29,7 +29,7 @@ class ClippedSum(NamedTuple):
         counted: groups of weight > 0.
     """
 
-    sums: List[tf.Tensor]
+    sums: list[tf.Tensor]
     y_pred: tf.Tensor
     below: tf.Tensor
     counted: tf.Tensor

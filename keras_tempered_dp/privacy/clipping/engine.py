@@ -45,6 +45,7 @@ Where each part lives: :mod:`.clipped_sum` (steps 1 to 5),
 import math
 import numbers
 
+import keras
 import tensorflow as tf
 
 from keras_tempered_dp.privacy.clipping import installation, noise, quantile
@@ -130,8 +131,8 @@ class ClippingEngine:
 
     >>> from keras_tempered_dp.models import digits_cnn
     >>> model = digits_cnn()
-    >>> model.compile(optimizer=tf.keras.optimizers.SGD(0.5),
-    ...     loss=tf.keras.losses.SparseCategoricalCrossentropy(
+    >>> model.compile(optimizer=keras.optimizers.SGD(0.5),
+    ...     loss=keras.losses.SparseCategoricalCrossentropy(
     ...         from_logits=True))
     >>> options = EngineOptions(clipping="normalize",
     ...     augmentation_multiplicity=2, physical_batch_size=4)
@@ -322,7 +323,7 @@ class ClippingEngine:
         """One DP-SGD step, as ``model.train_step`` (installed by
         :meth:`install`): gradient, optimizer step, counters, metrics."""
         model = self._model
-        batch = Batch(*tf.keras.utils.unpack_x_y_sample_weight(data))
+        batch = Batch(*keras.utils.unpack_x_y_sample_weight(data))
         grads, y_pred = self._noised_gradients(batch)
         model.optimizer.apply_gradients(zip(grads,
                                             model.trainable_variables))
@@ -333,7 +334,10 @@ class ClippingEngine:
             tf.cast(tf.reduce_sum(counted), tf.int64))
         k = self._options.augmentation_multiplicity
         y, sample_weight = (repeat_rows(t, k) for t in batch[1:])
-        model.compiled_loss(y, y_pred, sample_weight)
+        # compute_loss updates the loss metric (on Keras 2 and 3); its value
+        # is what fit logs as "loss", not what the step differentiated.
+        model.compute_loss(x=batch.x, y=y, y_pred=y_pred,
+                           sample_weight=sample_weight)
         logs = model.compute_metrics(batch.x, y, y_pred, sample_weight)
         if self.clipping == "quantile":
             logs = dict(logs, l2_norm_clip=tf.identity(self._clip))

@@ -15,7 +15,7 @@ In every case a group's gradient is the gradient of its *mean* loss.
 :func:`regroup` and :func:`examples_per_group` handle all three.
 """
 
-from typing import NamedTuple, Optional, Union
+from typing import NamedTuple, Union
 
 import tensorflow as tf
 
@@ -91,7 +91,7 @@ class Batch(NamedTuple):
 
     x: tf.Tensor
     y: tf.Tensor
-    sample_weight: Optional[tf.Tensor] = None
+    sample_weight: tf.Tensor | None = None
 
 
 def repeat_rows(tensor, k):

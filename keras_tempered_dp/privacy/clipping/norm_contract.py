@@ -1,14 +1,16 @@
 """The contract between the engine and a layer's norm function."""
 
-from typing import Callable, List, NamedTuple, Optional, Protocol
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
 
+import keras
 import tensorflow as tf
 
 from keras_tempered_dp.privacy.clipping.groups import Groups
 
 # ``factors [G] -> grads``: for each trainable weight of the layer, in
 # order, ``sum_m factors[m] * grad_m`` over the groups m.
-ClippedSumFn = Callable[[tf.Tensor], List[tf.Tensor]]
+ClippedSumFn = Callable[[tf.Tensor], list[tf.Tensor]]
 
 
 class NormResult(NamedTuple):
@@ -23,7 +25,7 @@ class NormResult(NamedTuple):
     """
 
     sq_norms: tf.Tensor
-    clipped_sum: Optional[ClippedSumFn] = None
+    clipped_sum: ClippedSumFn | None = None
 
 
 class NormFn(Protocol):
@@ -42,7 +44,7 @@ class NormFn(Protocol):
             functions that recompute.
     """
 
-    def __call__(self, layer: tf.keras.layers.Layer, inputs: tf.Tensor,
+    def __call__(self, layer: keras.layers.Layer, inputs: tf.Tensor,
                  grad_outputs: tf.Tensor, num_groups: Groups,
                  call: Callable[[tf.Tensor], tf.Tensor]) -> NormResult:
         ...

@@ -13,7 +13,6 @@ The package's own functions are registered in one place,
 ``keras_tempered_dp/privacy/clipping/__init__.py``.
 """
 
-from typing import Optional
 
 from keras_tempered_dp.privacy.clipping.groups import regroup  # noqa: F401
 from keras_tempered_dp.privacy.clipping.norm_contract import (  # noqa: F401
@@ -26,7 +25,7 @@ from keras_tempered_dp.privacy.clipping.norms.generic import generic_sq_norms
 _NORM_FNS = {}
 
 
-def register_norm_fn(layer_class, fn: Optional[NormFn] = None):
+def register_norm_fn(layer_class, fn: NormFn | None = None):
     """Registers ``fn`` as the norm function of ``layer_class``.
 
     Use it as a decorator (``fn`` omitted) or as a call. A later
@@ -35,10 +34,10 @@ def register_norm_fn(layer_class, fn: Optional[NormFn] = None):
     Example: a layer ``y = x * w`` with one scalar weight; one example's
     gradient is ``sum_j x_j * dz_j``.
 
-    >>> import tensorflow as tf
-    >>> class Scale(tf.keras.layers.Layer):
+    >>> import keras
+    >>> class Scale(keras.layers.Layer):
     ...     def build(self, shape):
-    ...         self.w = self.add_weight("w", ())
+    ...         self.w = self.add_weight(name="w", shape=())
     ...     def call(self, x):
     ...         return x * self.w
     >>> @register_norm_fn(Scale)
@@ -55,7 +54,7 @@ def register_norm_fn(layer_class, fn: Optional[NormFn] = None):
     return decorate if fn is None else decorate(fn)
 
 
-def lookup_norm_fn(layer) -> Optional[NormFn]:
+def lookup_norm_fn(layer) -> NormFn | None:
     """The function registered for ``type(layer)``, or None."""
     return _NORM_FNS.get(type(layer))
 

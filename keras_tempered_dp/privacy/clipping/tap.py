@@ -10,21 +10,22 @@ turns it into per-example gradient norms.
 
 import collections
 import contextlib
-from typing import Any, Dict, NamedTuple, Tuple
+from typing import Any, NamedTuple
 
+import keras
 import tensorflow as tf
 
 from keras_tempered_dp.privacy.checks import iter_layers
 
-_LINEAR = tf.keras.activations.linear
+_LINEAR = keras.activations.linear
 
 
 class TapRecord(NamedTuple):
     """One recorded call of a tapped layer."""
 
     inputs: tf.Tensor
-    args: Tuple[Any, ...]
-    kwargs: Dict[str, Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
     outputs: tf.Tensor  # before the activation: z
 
 

@@ -1,5 +1,6 @@
 """Helpers shared by the clipping tests: models, data, the reference check."""
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -8,12 +9,12 @@ from keras_tempered_dp.privacy.losses import per_example_loss
 from keras_tempered_dp.privacy.state import get_dp_state
 from tests.privacy.reference import clipped_mean, per_group_gradients
 
-L = tf.keras.layers
+L = keras.layers
 
 
 def _compile(model):
-    model.compile(optimizer=tf.keras.optimizers.SGD(0.1),
-                  loss=tf.keras.losses.SparseCategoricalCrossentropy(
+    model.compile(optimizer=keras.optimizers.SGD(0.1),
+                  loss=keras.losses.SparseCategoricalCrossentropy(
                       from_logits=True))
     return per_example_loss(model.loss)
 
@@ -60,7 +61,7 @@ def _labels(n=6, classes=3):
 
 
 def _head(*body, input_shape, classes=3):
-    return tf.keras.Sequential([tf.keras.Input(input_shape), *body,
+    return keras.Sequential([keras.Input(input_shape), *body,
                                 L.Flatten(), L.Dense(classes)])
 
 

@@ -1,5 +1,6 @@
 """Whole models, noise and batches through the engine (clipping/engine.py)."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -35,12 +36,12 @@ def test_cifar10_cnn():
 
 
 def test_functional_model_with_branches():
-    inputs = tf.keras.Input((6, 6, 2))
+    inputs = keras.Input((6, 6, 2))
     a = L.Conv2D(3, 3, padding="same", activation="tanh")(inputs)
     b = L.Conv2D(3, 1)(inputs)
     merged = L.Add()([a, b])
     outputs = L.Dense(3)(L.Flatten()(TemperedSigmoid()(merged)))
-    model = tf.keras.Model(inputs, outputs)
+    model = keras.Model(inputs, outputs)
     _assert_matches_reference(model, _images((6, 6, 2)), _labels())
 
 

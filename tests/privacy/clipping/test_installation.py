@@ -1,5 +1,6 @@
 """What installing the engine refuses (clipping/installation.py, tap.py)."""
 
+import keras
 import pytest
 import tensorflow as tf
 
@@ -16,8 +17,8 @@ from tests.privacy.clipping.support import (
 
 def test_shared_layer_refused_by_name():
     shared = L.Dense(3, name="shared_dense")
-    inputs = tf.keras.Input((3,))
-    model = tf.keras.Model(inputs, shared(shared(inputs)))
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, shared(shared(inputs)))
     engine = _install(model)
     with pytest.raises(ValueError, match="'shared_dense' was called 2 times"):
         engine.compute_gradients(tf.ones((2, 3)), tf.constant([0, 1]))
@@ -61,10 +62,10 @@ class _TiedTranspose(L.Layer):
 def test_tied_weights_refused_naming_the_variable_and_layers():
     # Before the refusal the engine kept one layer's gradient for the shared
     # kernel: relative error 0.64 against the per-example reference.
-    inputs = tf.keras.Input((4,))
+    inputs = keras.Input((4,))
     encoder = L.Dense(3, use_bias=False, activation="tanh", name="encoder")
     outputs = _TiedTranspose(encoder, name="decoder")(encoder(inputs))
-    model = tf.keras.Model(inputs, outputs)
+    model = keras.Model(inputs, outputs)
     model.compile(optimizer="sgd", loss="mse")
     with pytest.raises(ValueError, match=r"'encoder/kernel:0' is shared by "
                        r"the layers 'encoder', 'decoder'"):

@@ -1,5 +1,6 @@
 """Per-layer norm functions (clipping/norms/) against the per-example reference."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -36,7 +37,7 @@ def test_dense(input_shape, use_bias):
 
 
 def test_embedding_with_repeated_ids():
-    model = tf.keras.Sequential([tf.keras.Input((5,), dtype="int32"),
+    model = keras.Sequential([keras.Input((5,), dtype="int32"),
                                  L.Embedding(7, 4), L.Flatten(), L.Dense(3)])
     ids = np.array([[1, 2, 1, 1, 0], [3, 3, 3, 3, 3], [0, 1, 2, 3, 4],
                     [6, 5, 6, 5, 6], [2, 2, 0, 0, 1], [4, 4, 4, 1, 1]],

@@ -21,6 +21,8 @@ import numbers
 import keras
 import tensorflow as tf
 
+from keras_tempered_dp import stack
+
 __all__ = [
     "get_activation",
     "list_activations",
@@ -186,7 +188,22 @@ def register_activation(name, fn, force=False):
         fn.__qualname__ = name
     _REGISTRY[name] = fn
     keras.utils.get_custom_objects()[name] = fn
+    _keras3_string_names()[name] = fn
     return fn
+
+
+def _keras3_string_names():
+    """The dict Keras 3 resolves activation *strings* in.
+
+    Keras 2 looks strings up among the custom objects too; Keras 3's
+    ``activations.get`` only in its own table of built-ins, so a name must
+    be entered there to work as ``Dense(..., activation="name")``. A
+    throwaway dict on Keras 2.
+    """
+    if not stack.KERAS_3:
+        return {}
+    from keras.src import activations as keras_activations
+    return keras_activations.ALL_OBJECTS_DICT
 
 
 def _known_to_keras(name):

@@ -334,10 +334,7 @@ class ClippingEngine:
             tf.cast(tf.reduce_sum(counted), tf.int64))
         k = self._options.augmentation_multiplicity
         y, sample_weight = (repeat_rows(t, k) for t in batch[1:])
-        # compute_loss updates the loss metric (on Keras 2 and 3); its value
-        # is what fit logs as "loss", not what the step differentiated.
-        model.compute_loss(x=batch.x, y=y, y_pred=y_pred,
-                           sample_weight=sample_weight)
+        installation.track_loss(model, batch.x, y, y_pred, sample_weight)
         logs = model.compute_metrics(batch.x, y, y_pred, sample_weight)
         if self.clipping == "quantile":
             logs = dict(logs, l2_norm_clip=tf.identity(self._clip))

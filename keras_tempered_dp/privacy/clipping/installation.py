@@ -1,5 +1,8 @@
 """Installing an engine on a model: checks and the replaced train_step."""
 
+import tensorflow as tf
+
+from keras_tempered_dp import stack
 from keras_tempered_dp.privacy.checks import check_dp_trainable
 
 
@@ -39,3 +42,17 @@ def replace_train_step(model, step):
 
     model.train_step = train_step
     model.train_function = None  # rebuild with the new step
+
+
+def track_loss(model, x, y, y_pred, sample_weight):
+    """Updates the "loss" that ``fit`` logs: the compiled (batch-mean) loss
+    of the rows seen, not what the DP step differentiated.
+
+    Keras 2's ``compute_loss`` updates the loss metric itself; Keras 3's
+    train_step updates its loss tracker after ``compute_loss``, as here.
+    """
+    loss = model.compute_loss(x=x, y=y, y_pred=y_pred,
+                              sample_weight=sample_weight)
+    if stack.KERAS_3:
+        model._loss_tracker.update_state(loss,
+                                         sample_weight=tf.shape(y_pred)[0])

@@ -2,6 +2,9 @@
 
     python benchmarks/clipping_speed.py            # the full table (~15 min)
     python benchmarks/clipping_speed.py --quick    # MNIST CNN at batch 256
+    # two stacks side by side, 3 interleaved repeats, medians:
+    python benchmarks/clipping_speed.py --methods=ordinary,engine --repeats=3 \
+        --stacks=current=.venv/bin/python,legacy=.venv-legacy/bin/python
 
 Each (model, batch size, method) runs in its own Python process, so peak
 memory (the process's high-water mark, VmHWM) is not shared between them.
@@ -17,11 +20,20 @@ the median. Methods:
                  covers Dense and Embedding only, so convolutional models fall
                  back to per-example gradients), use_xla as shipped (True)
 
+With ``--stacks``, every child runs under each named interpreter (each a
+virtualenv with the package installed) and each ratio is to ordinary
+training on the same stack. With ``--repeats=R`` each (stack, method) runs
+R child processes, interleaved with the others so that the machine's load
+drifts over all of them alike, and the table reports the medians. TF
+Privacy's methods exist only on the legacy stack; elsewhere their rows
+say so.
+
 It measures and prints; it asserts nothing.
 """
 
 import argparse
 import json
+import statistics
 import os
 import platform
 import subprocess
@@ -46,8 +58,12 @@ def measure(model_name, batch_size, method, steps):
     import numpy as np
     import tensorflow as tf
 
-    from keras_tempered_dp import models
+    from keras_tempered_dp import models, stack
     from keras_tempered_dp.privacy import compile_dp
+
+    if method in ("dp_keras", "vectorized", "dp_sequential") \
+            and not stack.tf_privacy_available():
+        return {"error": "skipped: TF Privacy runs on the legacy stack only"}
 
     keras.utils.set_random_seed(0)
     build = models.MODELS[model_name]
@@ -94,10 +110,10 @@ def measure(model_name, batch_size, method, steps):
             "train_mib": (_rss_kib("VmHWM") - baseline) / 1024}
 
 
-def run_child(model_name, batch_size, method, steps):
+def run_child(model_name, batch_size, method, steps, python=sys.executable):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     out = subprocess.run(
-        [sys.executable, __file__, "--child", model_name, str(batch_size),
+        [python, __file__, "--child", model_name, str(batch_size),
          method, str(steps)], capture_output=True, text=True, env=env)
     if out.returncode:
         lines = out.stderr.strip().splitlines() or [f"exit {out.returncode}"]
@@ -116,43 +132,96 @@ def main():
     parser.add_argument("--slow_steps", type=int, default=3,
                         help="timed steps for TF Privacy's methods (each "
                         "takes seconds to minutes)")
+    parser.add_argument("--stacks", default=None,
+                        help="name=python,... : run every child under each "
+                        "interpreter (a virtualenv with the package)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="child processes per row, interleaved; the "
+                        "table shows medians")
     args = parser.parse_args()
     if args.child:
         name, batch, method, steps = args.child
         print(json.dumps(measure(name, int(batch), method, int(steps))))
         return
-    import tensorflow as tf
-    import tensorflow_privacy
+    stacks = _stacks(args.stacks)
     print(f"# {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPU cores, Python {platform.python_version()}, "
-          f"tensorflow {tf.__version__}, tensorflow-privacy "
-          f"{tensorflow_privacy.__version__}")
-    print("| model | batch | method | step (s) | x ordinary | peak RSS (MiB) "
-          "| training memory (MiB) | x ordinary |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"{os.cpu_count()} CPU cores; median of {args.repeats} "
+          "interleaved process(es) per row")
+    for stack, python in stacks.items():
+        print(f"# {stack}: {_describe(python)}")
+    print("| stack | model | batch | method | step (s) | x ordinary "
+          "| peak RSS (MiB) | training memory (MiB) | x ordinary |")
+    print("|---|---|---|---|---|---|---|---|---|")
     configs = CONFIGS[:1] if args.quick else CONFIGS
     if args.configs:
         configs = [(c.split(":")[0], int(c.split(":")[1]))
                    for c in args.configs.split(",")]
+    methods = args.methods.split(",")
     for name, batch in configs:
-        base = None
-        for method in args.methods.split(","):
-            slow = method in ("dp_keras", "vectorized", "dp_sequential")
-            result = run_child(name, batch, method,
-                               args.slow_steps if slow else 10)
-            if "error" in result:
-                print(f"| {name} | {batch} | {method} | failed: "
-                      f"{result['error']} | | | | |", flush=True)
-                continue
-            if method == "ordinary":
-                base = result
-            ratio = result["step_s"] / base["step_s"] if base else float("nan")
-            mem = (result["train_mib"] / base["train_mib"]
-                   if base and base["train_mib"] > 0 else float("nan"))
-            print(f"| {name} | {batch} | {method} | {result['step_s']:.4f} | "
-                  f"{ratio:.2f} | {result['peak_mib']:.0f} | "
-                  f"{result['train_mib']:.0f} | {mem:.2f} |", flush=True)
+        results = _measure_interleaved(name, batch, methods, stacks, args)
+        for stack in stacks:
+            _print_rows(stack, name, batch, methods, results[stack])
 
+
+def _stacks(spec):
+    """{"name": python} from "name=python,..."; this interpreter if None."""
+    if not spec:
+        return {"this": sys.executable}
+    pairs = [item.split("=", 1) for item in spec.split(",")]
+    if any(len(pair) != 2 for pair in pairs):
+        raise SystemExit(f"--stacks={spec!r}: expected name=python,...")
+    return dict(pairs)
+
+
+def _describe(python):
+    code = ("import platform, tensorflow as tf, keras, numpy as np; "
+            "print(f'Python {platform.python_version()}, tensorflow "
+            "{tf.__version__}, keras {keras.__version__}, numpy "
+            "{np.__version__}')")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run([python, "-c", code], capture_output=True,
+                         text=True, env=env)
+    return out.stdout.strip() or f"{python}: {out.stderr.strip()[-200:]}"
+
+
+def _measure_interleaved(name, batch, methods, stacks, args):
+    """{stack: {method: [result, ...]}}, children run round-robin."""
+    results = {stack: {m: [] for m in methods} for stack in stacks}
+    for _ in range(args.repeats):
+        for method in methods:
+            slow = method in ("dp_keras", "vectorized", "dp_sequential")
+            for stack, python in stacks.items():
+                results[stack][method].append(run_child(
+                    name, batch, method, args.slow_steps if slow else 10,
+                    python))
+    return results
+
+
+def _median(runs, key):
+    return statistics.median(run[key] for run in runs)
+
+
+def _print_rows(stack, name, batch, methods, results):
+    base = None
+    for method in methods:
+        runs = [r for r in results[method] if "error" not in r]
+        if not runs:
+            error = results[method][0]["error"]
+            if not error.startswith("skipped"):
+                error = f"failed: {error}"
+            print(f"| {stack} | {name} | {batch} | {method} | {error} "
+                  "| | | | |", flush=True)
+            continue
+        row = {k: _median(runs, k) for k in ("step_s", "peak_mib",
+                                             "train_mib")}
+        if method == "ordinary":
+            base = row
+        ratio = row["step_s"] / base["step_s"] if base else float("nan")
+        mem = (row["train_mib"] / base["train_mib"]
+               if base and base["train_mib"] > 0 else float("nan"))
+        print(f"| {stack} | {name} | {batch} | {method} | "
+              f"{row['step_s']:.4f} | {ratio:.2f} | {row['peak_mib']:.0f} | "
+              f"{row['train_mib']:.0f} | {mem:.2f} |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -15,6 +15,7 @@ from keras_tempered_dp.privacy.config import EngineOptions
 from keras_tempered_dp.privacy.losses import per_example_loss
 from keras_tempered_dp.privacy.state import get_dp_state
 from tests.privacy.reference import global_norm, per_group_gradients
+from tests.privacy.stacks import compiled
 
 L = keras.layers
 K = 3
@@ -37,7 +38,7 @@ def _loss_fn(model):
 
 def _install(model, clip=1.0, noise=0.0, **kwargs):
     """An engine built through the public entry point, make_private."""
-    if model.optimizer is None:
+    if not compiled(model):
         model.compile(optimizer=keras.optimizers.SGD(0.1),
                       loss=keras.losses.SparseCategoricalCrossentropy(
                           from_logits=True), metrics=["accuracy"])

@@ -6,9 +6,15 @@ from keras_tempered_dp import stack
 from keras_tempered_dp.privacy.checks import check_dp_trainable
 
 
+def is_compiled(model):
+    """Whether ``model.compile`` ran: Keras 2 sets ``optimizer`` to None at
+    construction, Keras 3 sets no ``optimizer`` before ``compile``."""
+    return getattr(model, "optimizer", None) is not None
+
+
 def check_installable(model):
     """Raises unless the engine can train ``model`` privately."""
-    if model.optimizer is None:
+    if not is_compiled(model):
         raise ValueError("Compile the model before installing the "
                          "clipping engine (or use compile_dp).")
     check_dp_trainable(model)

@@ -96,8 +96,11 @@ class _Affine(L.Layer):
         self.train_b = train_b
 
     def build(self, shape):
-        self.w = self.add_weight("w", shape[-1:], initializer="ones")
-        self.b = self.add_weight("b", shape[-1:], initializer="ones",
+        # Keywords: Keras 3's add_weight takes shape first.
+        self.w = self.add_weight(name="w", shape=shape[-1:],
+                                 initializer="ones")
+        self.b = self.add_weight(name="b", shape=shape[-1:],
+                                 initializer="ones",
                                  trainable=self.train_b)
 
     def call(self, x):

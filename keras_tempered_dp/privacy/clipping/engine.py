@@ -261,6 +261,8 @@ class ClippingEngine:
         self._taps = find_taps(model)
         self._model = model
         self._loss_fn = per_example_loss(model.loss)
+        if self._options.physical_batch_size is not None:
+            installation.without_xla(model)
         installation.replace_train_step(model, self.train_step)
         if config is None:
             config = DPConfig(

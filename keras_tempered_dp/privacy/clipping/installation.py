@@ -31,6 +31,18 @@ def refuse_regularization_losses(model):
             "regularizers, and remove activity regularizers.")
 
 
+def without_xla(model):
+    """Compiles the step without XLA.
+
+    Gradient accumulation loops over chunks whose number and size are only
+    known at run time, which XLA cannot compile. Keras 3 compiles with XLA
+    by default (``jit_compile="auto"``) wherever a GPU is present; Keras 2
+    only when asked.
+    """
+    if getattr(model, "jit_compile", False):
+        model.jit_compile = False
+
+
 def replace_train_step(model, step):
     """Makes ``model.fit`` (and ``train_on_batch``) run ``step(data)``.
 

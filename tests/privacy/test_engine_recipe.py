@@ -465,3 +465,22 @@ def test_accumulation_compiles_without_xla():
     assert not model.jit_compile
     x, y = _data(8)
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: keras.Sequential([L.Conv2D(2, 3, activation="tanh"),
+                              L.Flatten(), L.Dense(3)]),
+    SubclassedNet], ids=["sequential", "subclassed"])
+def test_unbuilt_models_are_tapped_at_the_first_step(make):
+    x, y = _data(8)
+    model = make()
+    engine = _install(model, clip=0.05)  # no weights yet
+    got, _ = engine.compute_gradients(tf.constant(x), tf.constant(y))
+    assert model.built and len(got) == len(model.trainable_variables) == 4
+    want, _ = _install(model, clip=0.05).compute_gradients(
+        tf.constant(x), tf.constant(y))
+    _assert_close(got, [np.asarray(w) for w in want])
+    fitted = make()
+    _install(fitted, clip=0.05, noise=1.0)
+    fitted.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert int(fitted.optimizer.iterations) == 2

@@ -1,5 +1,6 @@
 """Installing an engine on a model: checks and the replaced train_step."""
 
+import keras
 import tensorflow as tf
 
 from keras_tempered_dp import stack
@@ -29,6 +30,23 @@ def refuse_regularization_losses(model):
             "per-example losses and the engine does not clip them. Use "
             "the optimizer's weight_decay= instead of kernel "
             "regularizers, and remove activity regularizers.")
+
+
+def build(model, x):
+    """Creates an unbuilt model's weights for inputs like ``x``, adding no
+    operation to the step being traced.
+
+    Keras 3's ``fit`` builds the model before its first step, Keras 2's
+    during it; ``compute_gradients`` called by hand may meet either.
+    """
+    if model.built:
+        return
+    if stack.KERAS_3:
+        # A symbolic call: builds every layer, computes nothing.
+        model(tf.nest.map_structure(
+            lambda t: keras.KerasTensor(t.shape, dtype=t.dtype), x))
+    else:
+        model.build(tf.nest.map_structure(lambda t: t.shape, x))
 
 
 def without_xla(model):

@@ -32,7 +32,10 @@ def layer_norm_sq_norms(layer, inputs, grad_outputs, num_groups, call):
         return generic_sq_norms(layer, inputs, grad_outputs, num_groups,
                                 call)
     x = tf.cast(inputs, tf.float32)
-    axes = sorted(a % x.shape.rank for a in layer.axis)
+    # An int until the layer is built (both stacks), a list after.
+    axis = layer.axis if isinstance(layer.axis, (list, tuple)) \
+        else [layer.axis]
+    axes = sorted(a % x.shape.rank for a in axis)
     mean, variance = tf.nn.moments(x, axes, keepdims=True)
     xhat = (x - mean) * tf.math.rsqrt(variance + layer.epsilon)
     dz = tf.cast(grad_outputs, tf.float32)

@@ -15,7 +15,7 @@ from keras_tempered_dp.privacy.checks import (
     check_dp_trainable,
     check_microbatches,
 )
-from keras_tempered_dp.privacy.clipping import ClippingEngine
+from keras_tempered_dp.privacy.clipping import ClippingEngine, installation
 from keras_tempered_dp.privacy.config import (
     ENGINE_OPTIONS,
     DPConfig,
@@ -169,7 +169,7 @@ def make_private(model, *, l2_norm_clip, noise_multiplier,
                       num_microbatches=num_microbatches, optimizer="fast",
                       noise_seed=noise_seed)
     check_dp_trainable(model)
-    if model.optimizer is None:
+    if not installation.is_compiled(model):
         raise ValueError("make_private needs a compiled model: call "
                          "model.compile(optimizer=..., loss=...) first, or "
                          "use compile_dp.")

@@ -7,6 +7,7 @@ from keras_tempered_dp.privacy.checks import (
     check_no_batch_mixing,
 )
 from keras_tempered_dp.stack import KERAS_3
+from tests.privacy.stacks import needs_tf_privacy
 
 
 def test_batchnorm_refused_with_reason_and_alternative():
@@ -104,7 +105,8 @@ def test_compile_dp_refuses_batchnorm_in_custom_layer_for_tf_privacy():
                    optimizer="dp_keras_sgd")
 
 
-@pytest.mark.parametrize("optimizer", ["fast", "dp_keras_sgd"])
+@pytest.mark.parametrize("optimizer", [
+    "fast", pytest.param("dp_keras_sgd", marks=needs_tf_privacy)])
 @pytest.mark.parametrize("kwargs", [dict(kernel_regularizer="l2"),
                                     dict(activity_regularizer="l1")])
 def test_regularizers_are_refused_before_training(optimizer, kwargs):

@@ -2,10 +2,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_privacy import DPKerasSGDOptimizer
-from tensorflow_privacy.privacy.optimizers.dp_optimizer_keras import (
-    GenericDPSGDOptimizer,
-)
 
 from keras_tempered_dp.callbacks import EpsilonCallback
 from keras_tempered_dp.layers import TemperedSigmoid
@@ -15,9 +11,18 @@ from keras_tempered_dp.privacy.config import EngineOptions
 from keras_tempered_dp.privacy.losses import per_example_loss
 from keras_tempered_dp.privacy.state import get_dp_state
 from tests.privacy.reference import clipped_mean, per_group_gradients
+from tests.privacy.stacks import (
+    compiled,
+    needs_tf_privacy,
+    without_tf_privacy,
+)
 
 
+@needs_tf_privacy
 def test_compile_dp_uses_tf_privacy_and_per_example_loss():
+    from tensorflow_privacy.privacy.optimizers.dp_optimizer_keras import (
+        GenericDPSGDOptimizer,
+    )
     model = mnist_cnn()
     config = compile_dp(model, l2_norm_clip=0.5, noise_multiplier=1.3,
                         learning_rate=0.1, momentum=0.9,
@@ -39,10 +44,15 @@ def test_fast_engine_is_the_default():
     assert get_dp_state(model).engine.l2_norm_clip == 0.5
 
 
-def test_make_private_refuses_tf_privacy_optimizer_and_uncompiled():
+def test_make_private_refuses_uncompiled():
     model = mnist_cnn()
     with pytest.raises(ValueError, match="needs a compiled model"):
         make_private(model, l2_norm_clip=1.0, noise_multiplier=1.0)
+
+
+@needs_tf_privacy
+def test_make_private_refuses_tf_privacy_optimizer():
+    model = mnist_cnn()
     compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.0,
                optimizer="dp_keras_sgd")
     with pytest.raises(ValueError, match="twice"):
@@ -64,7 +74,7 @@ def test_engine_options_with_tf_privacy_refused_even_at_defaults(options,
                        r"clipping engine \(optimizer='fast'\)"):
         compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.0,
                    optimizer=optimizer, **options)
-    assert model.optimizer is None
+    assert not compiled(model)
 
 
 def test_flat_engine_options_reach_the_engine_and_the_rest_compile():
@@ -106,6 +116,7 @@ def test_expected_batch_size_needs_fast():
                    optimizer="dp_keras_sgd", expected_batch_size=64)
 
 
+@needs_tf_privacy
 def test_vectorized_selectable():
     model = mnist_cnn()
     compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.0,
@@ -126,7 +137,7 @@ def test_refusals(kwargs, message):
     model = mnist_cnn()
     with pytest.raises(ValueError, match=message):
         compile_dp(model, **args)
-    assert model.optimizer is None  # nothing half-done
+    assert not compiled(model)  # nothing half-done
 
 
 def test_batchnorm_refused():
@@ -135,6 +146,24 @@ def test_batchnorm_refused():
                                  keras.layers.BatchNormalization()])
     with pytest.raises(ValueError, match="GroupNormalization"):
         compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.0)
+
+
+@without_tf_privacy
+@pytest.mark.parametrize("optimizer", ["dp_keras_sgd",
+                                       "vectorized_dp_keras_sgd"])
+def test_tf_privacy_optimizer_without_tf_privacy_says_which_stack(optimizer):
+    model = mnist_cnn()
+    with pytest.raises(ImportError) as raised:
+        compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.0,
+                   optimizer=optimizer)
+    message = str(raised.value)
+    assert f"compile_dp(optimizer={optimizer!r}) needs TF Privacy" in message
+    assert ("supports only TensorFlow <= 2.15 with Keras 2" in message)
+    assert 'pip install "keras-tempered-dp[tf-privacy]"' in message
+    assert "optimizer='fast'" in message  # the way out on this stack
+    # Refused before anything happened to the model.
+    assert not compiled(model)
+    assert get_dp_state(model) is None
 
 
 @pytest.mark.parametrize("loss", ["mse", keras.losses.MeanSquaredError(),
@@ -146,7 +175,9 @@ def test_per_example_loss_shapes(loss):
     np.testing.assert_allclose(value, np.ones(5))
 
 
+@needs_tf_privacy
 def test_users_own_compile_with_tf_privacy_and_epsilon():
+    from tensorflow_privacy import DPKerasSGDOptimizer
     # The design's usage, verbatim in spirit: model.add(TemperedSigmoid),
     # the user's own DPKerasSGDOptimizer, epsilon in the logs.
     model = keras.Sequential([keras.Input((28, 28, 1)),

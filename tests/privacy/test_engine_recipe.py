@@ -15,6 +15,7 @@ from keras_tempered_dp.privacy.config import EngineOptions
 from keras_tempered_dp.privacy.losses import per_example_loss
 from keras_tempered_dp.privacy.state import get_dp_state
 from tests.privacy.reference import global_norm, per_group_gradients
+from tests.privacy.stacks import compiled
 
 L = keras.layers
 K = 3
@@ -37,7 +38,7 @@ def _loss_fn(model):
 
 def _install(model, clip=1.0, noise=0.0, **kwargs):
     """An engine built through the public entry point, make_private."""
-    if model.optimizer is None:
+    if not compiled(model):
         model.compile(optimizer=keras.optimizers.SGD(0.1),
                       loss=keras.losses.SparseCategoricalCrossentropy(
                           from_logits=True), metrics=["accuracy"])
@@ -423,3 +424,63 @@ def test_noise_scale_is_never_rounded_below_the_accounted_one():
         quantile.gradient_noise_multiplier(tf.constant(s, tf.float64), c),
         tf.constant(1.0))) for s, c in zip(sigma, count)])
     assert np.all(got >= exact)
+
+
+class SubclassedNet(keras.Model):
+    """A subclassed model: no ``outputs``, no ``output_shape``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = L.Conv2D(2, 3, activation="tanh")
+        self.flatten = L.Flatten()
+        self.dense = L.Dense(3)
+
+    def call(self, x):
+        return self.dense(self.flatten(self.conv(x)))
+
+
+def test_accumulation_in_a_subclassed_model_equals_one_big_batch():
+    x, y = _data(8)
+    model = SubclassedNet()
+    model(x[:1])  # built: the engine taps the layers holding weights
+    want, want_pred = _install(model, clip=0.05).compute_gradients(
+        tf.constant(x), tf.constant(y))
+    chunked = _install(model, clip=0.05, physical_batch_size=3)
+    step = tf.function(chunked.compute_gradients, input_signature=[
+        tf.TensorSpec([None, 6, 6, 1]), tf.TensorSpec([None], tf.int32)])
+    got, got_pred = step(tf.constant(x), tf.constant(y))
+    _assert_close(got, [np.asarray(w) for w in want])
+    np.testing.assert_allclose(got_pred, want_pred, atol=1e-5)
+    assert got_pred.shape.as_list() == [8, 3]
+
+
+def test_accumulation_compiles_without_xla():
+    """The chunk loop's sizes are known only at run time, which XLA cannot
+    compile; Keras 3 turns XLA on by default wherever a GPU is present."""
+    model = _model()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=True,
+                  loss=keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=True))
+    _install(model, clip=1.0, noise=1.0, physical_batch_size=3)
+    assert not model.jit_compile
+    x, y = _data(8)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: keras.Sequential([L.Conv2D(2, 3, activation="tanh"),
+                              L.Flatten(), L.Dense(3)]),
+    SubclassedNet], ids=["sequential", "subclassed"])
+def test_unbuilt_models_are_tapped_at_the_first_step(make):
+    x, y = _data(8)
+    model = make()
+    engine = _install(model, clip=0.05)  # no weights yet
+    got, _ = engine.compute_gradients(tf.constant(x), tf.constant(y))
+    assert model.built and len(got) == len(model.trainable_variables) == 4
+    want, _ = _install(model, clip=0.05).compute_gradients(
+        tf.constant(x), tf.constant(y))
+    _assert_close(got, [np.asarray(w) for w in want])
+    fitted = make()
+    _install(fitted, clip=0.05, noise=1.0)
+    fitted.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert int(fitted.optimizer.iterations) == 2

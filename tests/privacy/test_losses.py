@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from keras_tempered_dp.privacy.compile import compile_dp
 from keras_tempered_dp.privacy.losses import per_example_loss
+from tests.privacy.stacks import needs_tf_privacy
 
 
 def test_losses_keep_one_value_per_example():
@@ -18,7 +19,8 @@ def test_losses_keep_one_value_per_example():
         assert per_example_loss(loss)(y, logits).shape == (3,)
 
 
-@pytest.mark.parametrize("optimizer", ["fast", "dp_keras_sgd"])
+@pytest.mark.parametrize("optimizer", [
+    "fast", pytest.param("dp_keras_sgd", marks=needs_tf_privacy)])
 def test_a_loss_that_averages_the_batch_is_refused(optimizer):
     def mean_loss(y_true, y_pred):
         return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(

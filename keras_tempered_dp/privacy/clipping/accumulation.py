@@ -22,7 +22,7 @@ def accumulated(chunk_sum, batch, size, model):
         chunk_sum: ``Batch -> ClippedSum`` for one chunk (augmenting it).
         batch: the logical batch (:class:`.groups.Batch`).
         size: the physical batch size.
-        model: the model, for its variables and output shape.
+        model: the model, for its variables.
     """
     chunks = (tf.shape(batch.x)[0] + size - 1) // size
 
@@ -33,14 +33,21 @@ def accumulated(chunk_sum, batch, size, model):
                 below + part.below, counted + part.counted,
                 preds.write(i, part.y_pred))
 
-    outputs = getattr(model, "outputs", None)
+    # The first chunk outside the loop: its outputs' dtype and static shape
+    # are the TensorArray's, for any model (a subclassed one has no
+    # output_shape). A batch holds at least one chunk.
+    first = chunk_sum(Batch(*(_chunk(t, 0, size) for t in batch)))
+    element = first.y_pred
     _, sums, below, counted, preds = tf.while_loop(
         lambda i, *_: i < chunks, body,
-        (tf.constant(0),
-         [tf.zeros_like(v) for v in model.trainable_variables],
-         tf.constant(0.0), tf.constant(0.0),
-         tf.TensorArray(outputs[0].dtype if outputs else tf.float32,
-                        size=chunks, infer_shape=False)))
+        (tf.constant(1),
+         [tf.cast(g, v.dtype) for g, v in zip(first.sums,
+                                              model.trainable_variables)],
+         first.below, first.counted,
+         tf.TensorArray(element.dtype, size=chunks, infer_shape=False,
+                        element_shape=tf.TensorShape(
+                            [None]).concatenate(element.shape[1:]))
+         .write(0, element)))
     y_pred = preds.concat()
-    y_pred.set_shape([None] + list(model.output_shape[1:]))
+    y_pred.set_shape([None] + element.shape[1:].as_list())
     return ClippedSum(sums, y_pred, below, counted)

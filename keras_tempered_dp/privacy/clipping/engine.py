@@ -258,9 +258,13 @@ class ClippingEngine:
                 weights outside leaf layers.
         """
         installation.check_installable(model)
-        self._taps = find_taps(model)
+        # An unbuilt model has no weights to tap yet: its taps are found
+        # when the first step is traced (_tapped).
+        self._taps = find_taps(model) if model.built else None
         self._model = model
         self._loss_fn = per_example_loss(model.loss)
+        if self._options.physical_batch_size is not None:
+            installation.without_xla(model)
         installation.replace_train_step(model, self.train_step)
         if config is None:
             config = DPConfig(
@@ -278,8 +282,17 @@ class ClippingEngine:
         batch = augmented_copies(batch, k, self._options.augment,
                                  self._augment_generator)
         groups = GroupsOf(k) if k > 1 else self._num_microbatches
-        return clipped_sum(self._model, self._taps, self._loss_fn, batch,
+        return clipped_sum(self._model, self._tapped(batch.x),
+                           self._loss_fn, batch,
                            groups, tf.identity(self._clip), self._options)
+
+    def _tapped(self, x):
+        """The taps; found now (at tracing) if the model was unbuilt at
+        install."""
+        if self._taps is None:
+            installation.build(self._model, x)
+            self._taps = find_taps(self._model)
+        return self._taps
 
     def _denominator(self, batch):
         if self._expected_batch_size is not None:

@@ -1,14 +1,21 @@
 """Installing an engine on a model: checks and the replaced train_step."""
 
+import keras
 import tensorflow as tf
 
 from keras_tempered_dp import stack
 from keras_tempered_dp.privacy.checks import check_dp_trainable
 
 
+def is_compiled(model):
+    """Whether ``model.compile`` ran: Keras 2 sets ``optimizer`` to None at
+    construction, Keras 3 sets no ``optimizer`` before ``compile``."""
+    return getattr(model, "optimizer", None) is not None
+
+
 def check_installable(model):
     """Raises unless the engine can train ``model`` privately."""
-    if model.optimizer is None:
+    if not is_compiled(model):
         raise ValueError("Compile the model before installing the "
                          "clipping engine (or use compile_dp).")
     check_dp_trainable(model)
@@ -23,6 +30,35 @@ def refuse_regularization_losses(model):
             "per-example losses and the engine does not clip them. Use "
             "the optimizer's weight_decay= instead of kernel "
             "regularizers, and remove activity regularizers.")
+
+
+def build(model, x):
+    """Creates an unbuilt model's weights for inputs like ``x``, adding no
+    operation to the step being traced.
+
+    Keras 3's ``fit`` builds the model before its first step, Keras 2's
+    during it; ``compute_gradients`` called by hand may meet either.
+    """
+    if model.built:
+        return
+    if stack.KERAS_3:
+        # A symbolic call: builds every layer, computes nothing.
+        model(tf.nest.map_structure(
+            lambda t: keras.KerasTensor(t.shape, dtype=t.dtype), x))
+    else:
+        model.build(tf.nest.map_structure(lambda t: t.shape, x))
+
+
+def without_xla(model):
+    """Compiles the step without XLA.
+
+    Gradient accumulation loops over chunks whose number and size are only
+    known at run time, which XLA cannot compile. Keras 3 compiles with XLA
+    by default (``jit_compile="auto"``) wherever a GPU is present; Keras 2
+    only when asked.
+    """
+    if getattr(model, "jit_compile", False):
+        model.jit_compile = False
 
 
 def replace_train_step(model, step):

@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from keras_tempered_dp.privacy.checks import iter_layers
+from keras_tempered_dp.privacy.clipping.variables import variable_name
 
 _LINEAR = keras.activations.linear
 
@@ -106,8 +107,9 @@ def _refuse_shared_variables(model):
         if len(uses) > 1:
             names = ", ".join(repr(name) for _, name in uses)
             raise ValueError(
-                f"The trainable variable {uses[0][0].name!r} is shared by "
-                f"the layers {names} (tied weights). The clipping engine "
+                "The trainable variable "
+                f"{variable_name(uses[0][0])!r} is shared by the layers "
+                f"{names} (tied weights). The clipping engine "
                 "computes per-example gradients layer by layer and cannot "
                 "add up one variable's gradients across layers, so its "
                 "update would be wrong. Untie the weights, or use "
@@ -125,7 +127,7 @@ def find_taps(model):
     _refuse_shared_variables(model)
     taps = [Tap(layer) for layer in _leaf_layers_with_weights(model)]
     covered = {id(w) for tap in taps for w in tap.layer.trainable_weights}
-    missing = [w.name for w in model.trainable_weights
+    missing = [variable_name(w) for w in model.trainable_weights
                if id(w) not in covered]
     if missing:
         raise ValueError(

@@ -19,6 +19,7 @@ from tests.privacy.clipping.support import (
     _median_clip,
 )
 from tests.privacy.reference import clipped_mean
+from tests.privacy.stacks import needs_tf_privacy
 
 
 @pytest.mark.parametrize("num_groups", [None, 3, 2])
@@ -45,6 +46,7 @@ def test_functional_model_with_branches():
     _assert_matches_reference(model, _images((6, 6, 2)), _labels())
 
 
+@needs_tf_privacy
 def test_matches_tf_privacy_dp_keras_sgd_update():
     x = np.random.default_rng(4).uniform(size=(8, 28, 28, 1))
     x, y = x.astype("float32"), _labels(8, 10)

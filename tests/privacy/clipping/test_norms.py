@@ -1,10 +1,12 @@
-"""Per-layer norm functions (clipping/norms/) against the per-example reference."""
+"""Per-layer norm functions (clipping/norms/) against the per-example
+reference."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_tempered_dp import stack
 from keras_tempered_dp.layers import TemperedSigmoid
 from keras_tempered_dp.privacy.clipping import (
     register_norm_fn,
@@ -50,7 +52,11 @@ def test_embedding_with_repeated_ids():
     lambda: L.LayerNormalization(axis=[1, 2, 3]),
     lambda: L.GroupNormalization(groups=2),
     lambda: L.GroupNormalization(groups=2, center=False),
-], ids=["ln", "ln_all_axes", "gn", "gn_no_center"])
+    pytest.param(lambda: L.LayerNormalization(rms_scaling=True),
+                 marks=pytest.mark.skipif(
+                     not stack.KERAS_3,
+                     reason="rms_scaling is a Keras 3 option")),
+], ids=["ln", "ln_all_axes", "gn", "gn_no_center", "ln_rms_scaling"])
 def test_normalization_layers(norm):
     model = _head(L.Conv2D(4, 3), norm(), TemperedSigmoid(),
                   input_shape=(6, 6, 2))
@@ -96,8 +102,11 @@ class _Affine(L.Layer):
         self.train_b = train_b
 
     def build(self, shape):
-        self.w = self.add_weight("w", shape[-1:], initializer="ones")
-        self.b = self.add_weight("b", shape[-1:], initializer="ones",
+        # Keywords: Keras 3's add_weight takes shape first.
+        self.w = self.add_weight(name="w", shape=shape[-1:],
+                                 initializer="ones")
+        self.b = self.add_weight(name="b", shape=shape[-1:],
+                                 initializer="ones",
                                  trainable=self.train_b)
 
     def call(self, x):

@@ -15,6 +15,7 @@ from keras_tempered_dp.privacy.clipping.groups import (
     regroup,
 )
 from keras_tempered_dp.privacy.clipping.norm_contract import NormResult
+from keras_tempered_dp.privacy.clipping.variables import tf_variables
 
 
 def generic_sq_norms(layer, inputs, grad_outputs, num_groups, call):
@@ -28,6 +29,7 @@ def generic_sq_norms(layer, inputs, grad_outputs, num_groups, call):
         ``grad_outputs``.
     """
     weights = layer.trainable_weights
+    watched = tf_variables(weights)
     if num_groups is None:
         num_groups = tf.shape(grad_outputs)[0]
     x = regroup(inputs, num_groups)
@@ -37,7 +39,7 @@ def generic_sq_norms(layer, inputs, grad_outputs, num_groups, call):
     def one_group(args):
         x_g, dz_g = args
         with tf.GradientTape() as tape:
-            tape.watch(weights)
+            tape.watch(watched)
             z = call(x_g)
         grads = tape.gradient(z, weights, output_gradients=dz_g,
                               unconnected_gradients="zero")

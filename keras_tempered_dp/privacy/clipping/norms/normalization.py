@@ -7,6 +7,7 @@ so each example's gradients are ``sum dz * xhat`` (gamma) and ``sum dz``
 
 import tensorflow as tf
 
+from keras_tempered_dp.privacy.clipping.norms.generic import generic_sq_norms
 from keras_tempered_dp.privacy.clipping.norms.materialized import (
     materialized_sq_norms,
 )
@@ -25,8 +26,16 @@ def _weight_grads(layer, xhat, dz, param_axes):
 
 
 def layer_norm_sq_norms(layer, inputs, grad_outputs, num_groups, call):
+    """LayerNormalization; Keras 3's ``rms_scaling=True`` (a different
+    normalization, gain only) takes the exact generic route."""
+    if getattr(layer, "rms_scaling", False):
+        return generic_sq_norms(layer, inputs, grad_outputs, num_groups,
+                                call)
     x = tf.cast(inputs, tf.float32)
-    axes = sorted(a % x.shape.rank for a in layer.axis)
+    # An int until the layer is built (both stacks), a list after.
+    axis = layer.axis if isinstance(layer.axis, (list, tuple)) \
+        else [layer.axis]
+    axes = sorted(a % x.shape.rank for a in axis)
     mean, variance = tf.nn.moments(x, axes, keepdims=True)
     xhat = (x - mean) * tf.math.rsqrt(variance + layer.epsilon)
     dz = tf.cast(grad_outputs, tf.float32)

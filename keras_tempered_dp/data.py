@@ -6,9 +6,17 @@ Offline, TFDS prepares a dataset from a folder that holds its original files
 puts Fashion-MNIST (``/usr/share/datasets/fashion-mnist``) is searched
 automatically; ``manual_dir=`` (the CLI's ``--manual_dir``) names any other.
 Pixels are scaled to [0, 1] as in the paper; labels are int32.
+
+TFDS >= 4.9.5 checks a manual folder's files against the checksums of the
+files it would download; Debian re-compresses Fashion-MNIST (same images,
+other gzip bytes), so such a TFDS refuses them. The IDX files (MNIST,
+Fashion-MNIST) are then read directly, with their headers checked: the same
+images and labels, in the files' own order, and nothing is written to
+``data_dir``.
 """
 
 import dataclasses
+import gzip
 import os
 import shutil
 import socket
@@ -102,14 +110,28 @@ def find_manual_dir(name, manual_dir=None):
 
 
 def _prepare(builder, name, manual_dir, download):
+    """Prepares ``builder``; returns None, or the arrays when a manual
+    folder's IDX files were read directly (TFDS refused their checksums)."""
     import tensorflow_datasets as tfds
+    from tensorflow_datasets.core.download.download_manager import (
+        NonMatchingChecksumError,
+    )
 
     spec = DATASETS[name]
     folder = find_manual_dir(name, manual_dir)
     if folder is not None:
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=folder))
-        return
+        created = _missing_parents(str(builder.data_dir))
+        try:
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(
+                    manual_dir=folder))
+        except NonMatchingChecksumError:
+            if spec.files != _IDX:
+                raise
+            for made in created:  # leave no half-prepared dataset behind
+                shutil.rmtree(made, ignore_errors=True)
+            return read_idx_folder(folder, spec.shape)
+        return None
     looked = list(spec.search_dirs) + [str(builder.data_dir)]
     how = (f"{name} needs its original files ({', '.join(spec.files)}). "
            f"Looked in: {', '.join(looked)}. Get them with {spec.provider}.")
@@ -183,11 +205,49 @@ def load_dataset(name, data_dir=None, manual_dir=None, download=True):
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(DATASETS[name].tfds_name, data_dir=data_dir)
+    arrays = None
     if not builder.is_prepared():
-        _prepare(builder, name, manual_dir, download)
-    splits = builder.as_dataset(split=["train", "test"], batch_size=-1,
-                                as_supervised=True)
-    (x, y), (xt, yt) = tfds.as_numpy(splits)
+        arrays = _prepare(builder, name, manual_dir, download)
+    if arrays is None:
+        splits = builder.as_dataset(split=["train", "test"], batch_size=-1,
+                                    as_supervised=True)
+        arrays = tfds.as_numpy(splits)
+    (x, y), (xt, yt) = arrays
     scale = np.float32(1 / 255)
     return ((x.astype("float32") * scale, y.astype("int32")),
             (xt.astype("float32") * scale, yt.astype("int32")))
+
+
+def _read_idx(path, ndim):
+    """One gzipped IDX file (unsigned bytes) as an array, header checked."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    magic = int.from_bytes(data[:4], "big")
+    if magic != 0x0800 + ndim:  # 0x08: unsigned byte; then the rank
+        raise DataUnavailableError(
+            f"{path} is not an IDX file of rank {ndim} (magic {magic:#x}).")
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big")
+            for i in range(ndim)]
+    body = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DataUnavailableError(
+            f"{path} is truncated: {body.size} bytes for shape {dims}.")
+    return body.reshape(dims)
+
+
+def read_idx_folder(folder, shape):
+    """MNIST-style train/test IDX files in ``folder`` as uint8 arrays.
+
+    Returns:
+        ``((x_train, y_train), (x_test, y_test))``, images ``[N, *shape]``.
+    """
+    parts = []
+    for split in ("train", "t10k"):
+        x = _read_idx(os.path.join(folder, f"{split}-images-idx3-ubyte.gz"), 3)
+        y = _read_idx(os.path.join(folder, f"{split}-labels-idx1-ubyte.gz"), 1)
+        if len(x) != len(y) or x.shape[1:] != shape[:2]:
+            raise DataUnavailableError(
+                f"{folder}: {split} images {x.shape} do not match labels "
+                f"{y.shape} or the image shape {shape}.")
+        parts.append((x.reshape((len(x),) + shape), y))
+    return tuple(parts)

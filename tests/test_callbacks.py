@@ -15,6 +15,14 @@ from keras_tempered_dp.privacy.accounting import (
 )
 from keras_tempered_dp.privacy.compile import compile_dp
 from keras_tempered_dp.privacy.state import get_dp_state
+from keras_tempered_dp.stack import tf_privacy_available
+
+# A user's own TF Privacy optimizer runs only on the legacy stack (TF 2.15,
+# Keras 2): TF Privacy 0.9.0 does not install beside Keras 3.
+needs_tf_privacy = pytest.mark.skipif(
+    not tf_privacy_available(),
+    reason="TF Privacy is not installed: its optimizers run only on the "
+           "legacy stack (TensorFlow 2.15, Keras 2)")
 
 
 def _model():
@@ -49,6 +57,7 @@ def test_epsilon_every_epoch_in_history_csv_and_tensorboard(tmp_path):
     assert "epoch_epsilon" in tags
 
 
+@needs_tf_privacy
 def test_noise_read_from_tf_privacy_optimizer():
     from tensorflow_privacy import DPKerasSGDOptimizer
     model = _model()
@@ -137,6 +146,7 @@ def test_microbatching_denied_but_used_refused(rng):
                                              used_microbatching=False)])
 
 
+@needs_tf_privacy
 def test_batchnorm_model_with_users_tf_privacy_optimizer_refused(rng):
     from tensorflow_privacy import DPKerasSGDOptimizer
     x, y = _data(rng)
@@ -265,6 +275,7 @@ def test_previous_segments_composed_exactly(rng):
         compose_epsilon(segments, delta=1e-3), rel=1e-12)
 
 
+@needs_tf_privacy
 def test_schedule_above_a_tf_privacy_optimizers_noise_refused(rng):
     from keras_tempered_dp.privacy.schedules import ConstantNoise
     x, y = _data(rng)
@@ -277,6 +288,7 @@ def test_schedule_above_a_tf_privacy_optimizers_noise_refused(rng):
                       100, 20, noise_schedule=ConstantNoise(3.0))])
 
 
+@needs_tf_privacy
 @pytest.mark.parametrize("optimizer", ["dp_keras_sgd",
                                        "vectorized_dp_keras_sgd"])
 def test_tf_privacy_optimizers_chosen_by_name_are_read(rng, optimizer):

@@ -60,3 +60,30 @@ def test_fashion_mnist_error_names_the_debian_package(tmp_path):
                            match="apt-get install dataset-fashion-mnist"):
             load_dataset("fashion_mnist", data_dir=str(tmp_path),
                          download=False)
+
+
+def _write_idx(path, array):
+    import gzip
+    header = (0x0800 + array.ndim).to_bytes(4, "big") + b"".join(
+        d.to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_idx_files_read_directly_with_headers_checked(tmp_path):
+    from keras_tempered_dp.data import read_idx_folder
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 5), ("t10k", 3)):
+        images = rng.integers(0, 256, (n, 28, 28))
+        labels = rng.integers(0, 10, n)
+        _write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", images)
+        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", labels)
+        arrays[split] = images, labels
+    (x, y), (xt, yt) = read_idx_folder(str(tmp_path), (28, 28, 1))
+    assert x.shape == (5, 28, 28, 1) and xt.shape == (3, 28, 28, 1)
+    np.testing.assert_array_equal(x[..., 0], arrays["train"][0])
+    np.testing.assert_array_equal(yt, arrays["t10k"][1])
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros((3, 2)))
+    with pytest.raises(DataUnavailableError, match="not an IDX file"):
+        read_idx_folder(str(tmp_path), (28, 28, 1))

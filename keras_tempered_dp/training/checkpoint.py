@@ -24,9 +24,12 @@ import dataclasses
 import json
 import os
 import shutil
+import zipfile
 
 import keras
 import numpy as np
+
+from keras_tempered_dp import stack
 
 # Settings that shape the model: never changed by a resume.
 MODEL_KEYS = ("model", "activation", "s", "T", "o", "ema_decay")
@@ -131,10 +134,38 @@ def load(output_dir):
     return checkpoint
 
 
-def load_model(checkpoint):
-    """The checkpoint's model, or a CheckpointError saying it is damaged."""
+def saved_keras_version(path):
+    """The Keras version that wrote the ``.keras`` file at ``path`` (its
+    ``metadata.json``), or None where the file does not say."""
     try:
-        return keras.models.load_model(checkpoint.model_path())
+        with zipfile.ZipFile(path) as archive:
+            metadata = json.loads(archive.read("metadata.json"))
+        return str(metadata["keras_version"])
+    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile):
+        return None
+
+
+def _major(version):
+    return version.split(".")[0]
+
+
+def load_model(checkpoint):
+    """The checkpoint's model, or a CheckpointError saying why not: written
+    by the other Keras (a checkpoint of Keras 2, the legacy stack, does not
+    load on Keras 3, nor the reverse), or damaged."""
+    path = checkpoint.model_path()
+    written_by = saved_keras_version(path)
+    if written_by is not None and \
+            _major(written_by) != _major(keras.__version__):
+        raise CheckpointError(
+            f"The checkpoint in {checkpoint.folder} was written by Keras "
+            f"{written_by}; this is {stack.describe()}. A checkpoint does "
+            "not move between Keras 2 (the legacy stack, TensorFlow 2.15) "
+            "and Keras 3: resume it with the stack that wrote it, or start "
+            "over here with --overwrite (deletes it) or another "
+            "--output_dir.")
+    try:
+        return keras.models.load_model(path)
     except Exception as error:  # Keras raises many types for bad files
         raise CheckpointError(
             f"The model in {checkpoint.model_path()} cannot be loaded "

@@ -294,6 +294,9 @@ def _fit(config, run, network, x, y, x_test, y_test):
     network.fit(
         batches, epochs=config.optimizer.epochs,
         initial_epoch=run.epochs_done, steps_per_epoch=plan.steps_per_epoch,
+        # The dataset draws its own batches (Keras 3 warns that its default
+        # shuffle=True is ignored for a tf.data.Dataset).
+        shuffle=False,
         validation_data=(x_test, y_test), verbose=config.output.verbose,
         # The checkpoint (and its ledger) before the logs: an epoch whose
         # metrics and epsilon were written out is always accounted.

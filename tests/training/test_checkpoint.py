@@ -81,3 +81,27 @@ def test_leaving_quantile_clipping_uses_the_new_clip(tmp_path):
     finally:
         run_module._fit = original
     assert seen == [0.5]
+
+
+def test_checkpoint_of_the_other_keras_is_a_clear_error(tmp_path):
+    """Keras 2 (legacy stack) and Keras 3 checkpoints do not load on the
+    other: the resume says so and leaves the checkpoint as it was."""
+    import zipfile
+
+    import keras
+    train(**_args(tmp_path))
+    path = tmp_path / "run" / "checkpoint" / "model.keras"
+    other = "2.15.0" if keras.__version__.startswith("3.") else "3.15.1"
+    with zipfile.ZipFile(path) as archive:
+        members = {n: archive.read(n) for n in archive.namelist()}
+    members["metadata.json"] = json.dumps({"keras_version": other}).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    before = path.read_bytes()
+    with pytest.raises(ckpt.CheckpointError,
+                       match=f"written by Keras {other}.*resume it with the "
+                             "stack that wrote it"):
+        train(**_args(tmp_path, epochs=2, resume=True))
+    assert path.read_bytes() == before
+    assert ckpt.load(str(tmp_path / "run")).epochs_done == 1

@@ -125,11 +125,12 @@ def _prepare(builder, name, manual_dir, download):
             builder.download_and_prepare(
                 download_config=tfds.download.DownloadConfig(
                     manual_dir=folder))
-        except NonMatchingChecksumError:
-            if spec.files != _IDX:
-                raise
+        except Exception as error:
             for made in created:  # leave no half-prepared dataset behind
                 shutil.rmtree(made, ignore_errors=True)
+            if not (isinstance(error, NonMatchingChecksumError)
+                    and spec.files == _IDX):
+                raise
             return read_idx_folder(folder, spec.shape)
         return None
     looked = list(spec.search_dirs) + [str(builder.data_dir)]
@@ -204,14 +205,22 @@ def load_dataset(name, data_dir=None, manual_dir=None, download=True):
         return load_digits()
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder(DATASETS[name].tfds_name, data_dir=data_dir)
-    arrays = None
-    if not builder.is_prepared():
-        arrays = _prepare(builder, name, manual_dir, download)
-    if arrays is None:
-        splits = builder.as_dataset(split=["train", "test"], batch_size=-1,
-                                    as_supervised=True)
-        arrays = tfds.as_numpy(splits)
+    try:
+        builder = tfds.builder(DATASETS[name].tfds_name, data_dir=data_dir)
+        arrays = None
+        if not builder.is_prepared():
+            arrays = _prepare(builder, name, manual_dir, download)
+        if arrays is None:
+            splits = builder.as_dataset(split=["train", "test"],
+                                        batch_size=-1, as_supervised=True)
+            arrays = tfds.as_numpy(splits)
+    except ModuleNotFoundError as error:
+        # tensorflow-datasets 4.9.10 imports importlib_resources through
+        # etils, and etils >= 1.15 no longer installs it.
+        raise ImportError(
+            f"tensorflow-datasets needs the {error.name} package to prepare "
+            f"{name}, which is not installed: pip install "
+            f"{error.name}.") from error
     (x, y), (xt, yt) = arrays
     scale = np.float32(1 / 255)
     return ((x.astype("float32") * scale, y.astype("int32")),

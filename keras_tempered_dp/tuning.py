@@ -93,6 +93,29 @@ TUNING_PRIVACY_NOTE = (
     "the same kind.")
 
 
+def require_tensorboard():
+    """Raises an ImportError saying what to install when keras-tuner cannot
+    run a trial here.
+
+    keras-tuner 1.4 imports ``tensorboard`` in every trial on the TensorFlow
+    backend; TensorFlow >= 2.16 no longer installs it, and keras-tuner then
+    fails every trial with only a logged traceback.
+    """
+    import importlib
+
+    from keras_tempered_dp import stack
+    if stack.backend() != "tensorflow":
+        return
+    try:
+        importlib.import_module("tensorboard")
+    except ImportError as error:
+        raise ImportError(
+            "The keras-tuner search needs the tensorboard package (keras-"
+            "tuner imports it in every trial on the TensorFlow backend), "
+            f"which is not installed beside {stack.describe()}: pip install "
+            "tensorboard.") from error
+
+
 def search(*, dataset="digits", target_epsilon=3.0, max_trials=10, epochs=5,
            batch_size=64, delta=None, validation_fraction=0.1, seed=0,
            output_dir="runs/tune", data_dir=None, manual_dir=None,
@@ -108,6 +131,7 @@ def search(*, dataset="digits", target_epsilon=3.0, max_trials=10, epochs=5,
     """
     import numpy as np
 
+    require_tensorboard()
     from keras_tempered_dp.data import load_dataset
     from keras_tempered_dp.models import DEFAULT_MODEL, MODELS
     from keras_tempered_dp.privacy.accounting import (

@@ -87,3 +87,34 @@ def test_idx_files_read_directly_with_headers_checked(tmp_path):
     _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros((3, 2)))
     with pytest.raises(DataUnavailableError, match="not an IDX file"):
         read_idx_folder(str(tmp_path), (28, 28, 1))
+
+
+def test_manual_files_refused_by_tfds_checksums_are_read_directly(
+        tmp_path, monkeypatch):
+    """TFDS >= 4.9.5 checks manual files' checksums and refuses Debian's
+    re-compressed Fashion-MNIST: the IDX files are read instead, and the
+    half-made TFDS folder is removed."""
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core.download.download_manager import (
+        NonMatchingChecksumError,
+    )
+
+    def refuse(builder, *args, **kwargs):
+        os.makedirs(builder.data_dir)
+        raise NonMatchingChecksumError("wrong checksum")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
+                        refuse)
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    for split, n in (("train", 4), ("t10k", 2)):
+        _write_idx(manual / f"{split}-images-idx3-ubyte.gz",
+                   np.full((n, 28, 28), 255))
+        _write_idx(manual / f"{split}-labels-idx1-ubyte.gz", np.arange(n))
+    data_dir = tmp_path / "tfds"
+    (x, y), (xt, yt) = load_dataset("fashion_mnist", data_dir=str(data_dir),
+                                    manual_dir=str(manual), download=False)
+    assert x.shape == (4, 28, 28, 1) and x.dtype == np.float32
+    assert x.max() == 1.0 and y.tolist() == [0, 1, 2, 3]
+    assert yt.dtype == np.int32 and xt.shape == (2, 28, 28, 1)
+    assert not data_dir.exists()

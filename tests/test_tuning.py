@@ -47,3 +47,17 @@ def test_real_two_trial_search(tmp_path, digits):
     model = tuner.get_best_models(num_models=1)[0]
     _, accuracy = model.evaluate(xt[:128], yt[:128], verbose=0)
     assert accuracy == np.float32(trials[0].score)
+
+
+def test_search_without_tensorboard_says_what_to_install(monkeypatch,
+                                                         tmp_path):
+    import sys
+
+    import pytest
+
+    from keras_tempered_dp.tuning import search
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # not importable
+    with pytest.raises(ImportError, match="pip install tensorboard"):
+        search(dataset="digits", max_trials=1, epochs=1,
+               output_dir=str(tmp_path))
+    assert not any(tmp_path.iterdir())

@@ -24,6 +24,8 @@ def standardize(kernel, gain, eps):
     Backend-neutral (``keras.ops``); the clipping engine also calls it on
     TensorFlow tensors with a batch of copies of the weights.
     """
+    # Variables become tensors first: JAX's moments takes no Keras variable.
+    kernel, gain = ops.convert_to_tensor(kernel), ops.convert_to_tensor(gain)
     axes = [-4, -3, -2]
     mean, var = ops.moments(kernel, axes=axes, keepdims=True)
     fan_in = kernel.shape[-4] * kernel.shape[-3] * kernel.shape[-2]

@@ -134,9 +134,10 @@ def make_tempered_sigmoid(s=2.0, T=2.0, o=1.0, name=None):
     """Returns a plain function ``x -> tempered_sigmoid(x, s, T, o)``.
 
     The function's ``__name__`` is ``name`` (by default
-    ``tempered_sigmoid_s{s}_T{T}_o{o}``), which is what Keras writes into a
-    saved model; register it with :func:`register_activation` under that name
-    so the model loads again.
+    ``tempered_sigmoid_s{s}_T{T}_o{o}``); register it with
+    :func:`register_activation` under that name, and Keras saves models using
+    it as ``"keras_tempered_dp>name"`` and loads them again wherever the
+    registration ran.
 
     Example:
 
@@ -163,9 +164,9 @@ def register_activation(name, fn, force=False):
     """Registers ``fn`` under ``name`` for this package and for Keras.
 
     After registration ``get_activation(name)`` returns ``fn`` and Keras layers
-    accept ``activation=name``. Keras stores the name in saved models, so the
-    registration must run again (import the module that does it) before such a
-    model is loaded in a new process.
+    accept ``activation=name``. Keras stores ``"keras_tempered_dp>name"`` in
+    saved models, so the registration must run again (import the module that
+    does it) before such a model is loaded in a new process.
 
     Args:
         name: a non-empty string.

@@ -13,15 +13,44 @@ The registry maps names to activation functions and makes every registered
 name usable wherever Keras takes an activation string, e.g.
 ``keras.layers.Conv2D(16, 3, activation="tempered_sigmoid")``. Models built
 that way save and load once this module has been imported.
+
+The math is written against :data:`ops`, Keras 3's backend-neutral
+``keras.ops`` (TensorFlow, JAX or PyTorch tensors alike), or on Keras 2,
+where ``keras.ops`` does not exist, the few TensorFlow functions of the
+same names and meaning.
 """
 
 import math
 import numbers
+import types
 
 import keras
-import tensorflow as tf
 
 from keras_tempered_dp import stack
+
+# Written into every saved model (as "keras_tempered_dp>name"): never rename.
+PACKAGE = "keras_tempered_dp"
+
+
+def _keras2_ops():
+    """The part of ``keras.ops`` this package's layers use, in TensorFlow.
+
+    Keras 2 runs only on TensorFlow and has no ``keras.ops``; these are the
+    TensorFlow functions with the signatures and results of their Keras 3
+    namesakes.
+    """
+    import tensorflow as tf
+
+    def moments(x, axes, keepdims=False):
+        return tf.nn.moments(x, axes=axes, keepdims=keepdims)
+
+    return types.SimpleNamespace(
+        cast=tf.cast, convert_to_tensor=tf.convert_to_tensor,
+        expand_dims=tf.expand_dims, maximum=tf.maximum, moments=moments,
+        rsqrt=tf.math.rsqrt, sigmoid=tf.math.sigmoid)
+
+
+ops = keras.ops if stack.KERAS_3 else _keras2_ops()
 
 __all__ = [
     "get_activation",
@@ -67,11 +96,12 @@ def check_tempered_sigmoid_parameters(s, T, o):
 def tempered_sigmoid(x, s=2.0, T=2.0, o=1.0):
     """Tempered sigmoid ``s * sigmoid(T * x) - o``, elementwise.
 
-    Computed through ``tf.math.sigmoid``, so values and gradients stay finite
-    for any finite input (the sigmoid saturates instead of overflowing).
+    Computed through the backend's sigmoid (``ops.sigmoid``), so values and
+    gradients stay finite for any finite input (the sigmoid saturates
+    instead of overflowing). Runs on any Keras 3 backend.
 
     Args:
-        x: a float tensor (float16, bfloat16, float32 or float64).
+        x: a float tensor or array (float16, bfloat16, float32 or float64).
         s: output scale, > 0.
         T: inverse temperature, > 0.
         o: offset (any finite number).
@@ -84,17 +114,19 @@ def tempered_sigmoid(x, s=2.0, T=2.0, o=1.0):
 
     Example:
 
-    >>> import tensorflow as tf
-    >>> y = tempered_sigmoid(tf.constant([0.0, 1.0]), s=2, T=2, o=1)
+    >>> import numpy as np
+    >>> y = tempered_sigmoid(np.array([0.0, 1.0], "float32"), s=2, T=2, o=1)
     >>> bool(abs(float(y[1]) - 0.7615942) < 1e-6)  # tanh(1)
     True
     """
     s, T, o = check_tempered_sigmoid_parameters(s, T, o)
-    x = tf.convert_to_tensor(x)
+    x = ops.convert_to_tensor(x)
     dtype = x.dtype
+    # s, T and o are cast to x's dtype so that float16 inputs stay float16
+    # (and float64 ones keep their precision).
     return (
-        tf.cast(s, dtype) * tf.math.sigmoid(tf.cast(T, dtype) * x)
-        - tf.cast(o, dtype)
+        ops.cast(s, dtype) * ops.sigmoid(ops.cast(T, dtype) * x)
+        - ops.cast(o, dtype)
     )
 
 
@@ -102,9 +134,10 @@ def make_tempered_sigmoid(s=2.0, T=2.0, o=1.0, name=None):
     """Returns a plain function ``x -> tempered_sigmoid(x, s, T, o)``.
 
     The function's ``__name__`` is ``name`` (by default
-    ``tempered_sigmoid_s{s}_T{T}_o{o}``), which is what Keras writes into a
-    saved model; register it with :func:`register_activation` under that name
-    so the model loads again.
+    ``tempered_sigmoid_s{s}_T{T}_o{o}``); register it with
+    :func:`register_activation` under that name, and Keras saves models using
+    it as ``"keras_tempered_dp>name"`` and loads them again wherever the
+    registration ran.
 
     Example:
 
@@ -131,9 +164,9 @@ def register_activation(name, fn, force=False):
     """Registers ``fn`` under ``name`` for this package and for Keras.
 
     After registration ``get_activation(name)`` returns ``fn`` and Keras layers
-    accept ``activation=name``. Keras stores the name in saved models, so the
-    registration must run again (import the module that does it) before such a
-    model is loaded in a new process.
+    accept ``activation=name``. Keras stores ``"keras_tempered_dp>name"`` in
+    saved models, so the registration must run again (import the module that
+    does it) before such a model is loaded in a new process.
 
     Args:
         name: a non-empty string.
@@ -187,9 +220,38 @@ def register_activation(name, fn, force=False):
         fn.__name__ = name
         fn.__qualname__ = name
     _REGISTRY[name] = fn
-    keras.utils.get_custom_objects()[name] = fn
-    _keras3_string_names()[name] = fn
+    _register_with_keras(name, fn)
     return fn
+
+
+def _register_with_keras(name, fn):
+    """Makes ``name`` an activation string of Keras and ``fn`` serializable.
+
+    Three entries, each for a reason:
+
+    * ``"keras_tempered_dp>name"`` through Keras' own
+      ``register_keras_serializable``: Keras (2 and 3) then writes that
+      qualified name into saved models and finds ``fn`` by it on loading, in
+      any process that imported this module. The package prefix keeps the
+      name from colliding with another library's function of the same name.
+      A function someone registered under their own package keeps their
+      name.
+    * the bare ``name`` among the custom objects: Keras 2 resolves
+      activation strings there, and Keras 3 finds there the functions of
+      files that stored bare names (as this package did before).
+    * the bare ``name`` in Keras 3's table of activation strings
+      (:func:`_keras3_string_names`).
+    """
+    custom = keras.utils.get_custom_objects()
+    qualified = f"{PACKAGE}>{name}"
+    if keras.utils.get_registered_name(fn) == fn.__name__:  # unregistered
+        # Keras 2 refuses to register a taken name: replacing is what
+        # force=True asked for, so the old entry goes first.
+        custom.pop(qualified, None)
+        keras.utils.register_keras_serializable(package=PACKAGE,
+                                                name=name)(fn)
+    custom[name] = fn
+    _keras3_string_names()[name] = fn
 
 
 def _keras3_string_names():

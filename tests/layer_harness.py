@@ -10,7 +10,10 @@ runs every check below on every case:
 * get_config/from_config round trip compared as JSON, every constructor
   argument present in the config (:func:`check_config`),
 * save and load (.keras and SavedModel) in a fresh process giving the same
-  predictions (:func:`check_save_load`),
+  predictions (:func:`check_save_load`); on Keras 3, which saves models only
+  as .keras, the SavedModel is ``model.export``'s inference SavedModel,
+* training that continues after a .keras save and load in a fresh process
+  as it would have without one (:func:`check_training_resumes`),
 * a one-step fit, plain and DP-SGD, that changes the weights
   (:func:`check_one_step_fit`).
 """
@@ -18,11 +21,14 @@ runs every check below on every case:
 import dataclasses
 import inspect
 import json
+import textwrap
 from collections.abc import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from keras_tempered_dp.stack import KERAS_3
 
 
 @dataclasses.dataclass
@@ -147,28 +153,110 @@ def _model(case):
                                 keras.layers.Dense(2)])
 
 
+def save_model(model, path, fmt):
+    """Saves ``model`` as ``fmt`` ("keras" or "savedmodel") at ``path``.
+
+    Keras 3's ``model.save`` writes only .keras (and .h5); its SavedModel is
+    ``model.export``'s inference-only SavedModel, loaded with TensorFlow
+    (see :func:`fresh_predict_code`).
+    """
+    if fmt == "savedmodel" and KERAS_3:
+        model.export(str(path), verbose=False)
+    else:
+        model.save(str(path))
+
+
+def fresh_predict_code(path, fmt, x_path, y_path):
+    """Code for a fresh process that loads the model at ``path`` and saves
+    its predictions on ``x_path`` to ``y_path``; it leaves ``model`` bound
+    (None for an exported SavedModel, which holds no Keras model).
+
+    Everything but Keras 3's exported SavedModel loads where the package is
+    imported and nothing registered by hand; an exported SavedModel loads
+    with TensorFlow alone, the package not even imported.
+    """
+    if fmt == "savedmodel" and KERAS_3:
+        return f"""
+            import numpy as np, tensorflow as tf
+            serving = tf.saved_model.load({str(path)!r})
+            x = tf.constant(np.load({str(x_path)!r}))
+            np.save({str(y_path)!r}, serving.serve(x).numpy())
+            model = None
+        """
+    return f"""
+        import keras, numpy as np
+        import keras_tempered_dp
+        model = keras.models.load_model({str(path)!r})
+        np.save({str(y_path)!r},
+                model.predict(np.load({str(x_path)!r}), verbose=0))
+    """
+
+
 def check_save_load(case, fmt, tmp_path, fresh_python, rng):
-    """Saved as .keras or SavedModel, loaded where only the package is
-    imported: the same layer class and the same predictions."""
+    """Saved as .keras or SavedModel, loaded in a fresh process: the same
+    layer class (where the file holds Keras layers) and the same
+    predictions."""
     model = _model(case)
     x = rng.normal(size=(4,) + case.input_shape).astype("float32")
     path = tmp_path / ("model.keras" if fmt == "keras" else "saved_model")
-    model.save(str(path))
+    save_model(model, path, fmt)
     np.save(tmp_path / "x.npy", x)
-    fresh_python(f"""
-        import keras, numpy as np, tensorflow as tf
-        import keras_tempered_dp.layers as layers
-        model = keras.models.load_model({str(path)!r})
-        assert type(model.layers[0]).__name__ == {case.cls.__name__!r}
-        if {fmt!r} == "keras":
-            assert type(model.layers[0]) is layers.{case.cls.__name__}
-        np.save({str(tmp_path / 'y.npy')!r},
-                model.predict(np.load({str(tmp_path / 'x.npy')!r}),
-                              verbose=0))
-    """)
+    code = textwrap.dedent(fresh_predict_code(
+        path, fmt, tmp_path / "x.npy", tmp_path / "y.npy"))
+    fresh_python(code + textwrap.dedent(f"""
+        if model is not None:
+            import keras_tempered_dp.layers as layers
+            assert type(model.layers[0]).__name__ == {case.cls.__name__!r}
+            if {fmt!r} == "keras":
+                assert type(model.layers[0]) is layers.{case.cls.__name__}
+    """))
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"),
                                model.predict(x, verbose=0), rtol=1e-6,
                                atol=1e-6)
+
+
+def check_training_resumes(model, x, y, tmp_path, fresh_python):
+    """A model trained one epoch, saved as .keras and loaded in a fresh
+    process predicts as before and trains on as it would have in this one.
+
+    The optimizer (SGD with momentum) has state, so continuing the same way
+    needs the optimizer's variables and step count restored, not only the
+    weights. Batches come in a fixed order (no shuffling, no dropout), so
+    both continuations see the same steps.
+    """
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=True))
+    fit = dict(batch_size=4, epochs=1, shuffle=False, verbose=0)
+    model.fit(x, y, **fit)
+    path = tmp_path / "trained.keras"
+    model.save(str(path))
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    predictions = model.predict(x, verbose=0)
+    model.fit(x, y, **fit)
+    fresh_python(f"""
+        import keras, numpy as np
+        import keras_tempered_dp
+        model = keras.models.load_model({str(path)!r})
+        assert int(model.optimizer.iterations.numpy()) == {len(x) // 4}
+        x, y = np.load({str(tmp_path / 'x.npy')!r}), \
+            np.load({str(tmp_path / 'y.npy')!r})
+        np.save({str(tmp_path / 'predictions.npy')!r},
+                model.predict(x, verbose=0))
+        history = model.fit(x, y, batch_size=4, epochs=1, shuffle=False,
+                            verbose=0)
+        assert np.isfinite(history.history["loss"][0])
+        np.savez({str(tmp_path / 'weights.npz')!r},
+                 *[np.asarray(w) for w in model.get_weights()])
+    """)
+    np.testing.assert_allclose(np.load(tmp_path / "predictions.npy"),
+                               predictions, rtol=1e-6, atol=1e-6)
+    with np.load(tmp_path / "weights.npz") as resumed:
+        weights = [resumed[f"arr_{i}"] for i in range(len(resumed.files))]
+    assert len(weights) == len(model.get_weights())
+    for got, expected in zip(weights, model.get_weights()):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
 
 
 def check_one_step_fit(case, private, rng):

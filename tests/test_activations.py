@@ -1,3 +1,5 @@
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -164,3 +166,34 @@ def test_names_in_keras_custom_objects_need_force():
         assert objects["someone_elses_act"] is tf.nn.relu
     finally:
         del objects["someone_elses_act"]
+
+
+def test_registered_functions_serialize_qualified_by_package():
+    fn = get_activation("tempered_sigmoid")
+    assert keras.utils.get_registered_name(fn) == \
+        "keras_tempered_dp>tempered_sigmoid"
+    assert keras.utils.get_custom_objects()[
+        "keras_tempered_dp>tempered_sigmoid"] is fn
+    config = keras.layers.Dense(2, activation="tempered_sigmoid").get_config()
+    again = keras.layers.Dense.from_config(json.loads(json.dumps(config)))
+    assert again.activation is fn
+
+
+def test_bare_names_of_older_files_still_resolve():
+    # How a registered function was written before names were qualified.
+    old = {"module": "builtins", "class_name": "function",
+           "config": "tempered_sigmoid", "registered_name": "function"}
+    assert keras.activations.deserialize(old) is \
+        get_activation("tempered_sigmoid")
+
+
+def test_function_registered_by_its_owner_keeps_its_name():
+    @keras.utils.register_keras_serializable(package="someone")
+    def someone_elses_ts(x):
+        return tempered_sigmoid(x, 2, 1, 1)
+
+    fn = register_activation("someone_elses_ts", someone_elses_ts,
+                             force=True)
+    assert fn is someone_elses_ts
+    assert keras.utils.get_registered_name(fn) == "someone>someone_elses_ts"
+    assert keras.activations.get("someone_elses_ts") is fn

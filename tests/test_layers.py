@@ -13,6 +13,7 @@ from tests.layer_harness import (
     check_numerical_gradient,
     check_one_step_fit,
     check_save_load,
+    check_training_resumes,
 )
 
 # -- TemperedSigmoid ----------------------------------------------------------
@@ -140,6 +141,16 @@ def test_config_round_trip_as_json_with_every_argument(case):
 def test_save_and_load_in_fresh_process(case, fmt, tmp_path, fresh_python,
                                         rng):
     check_save_load(case, fmt, tmp_path, fresh_python, rng)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_training_resumes_after_load_in_fresh_process(case, tmp_path,
+                                                     fresh_python, rng):
+    model = keras.Sequential([keras.Input(case.input_shape), case.make(),
+                              keras.layers.Flatten(), keras.layers.Dense(2)])
+    x = rng.normal(size=(8,) + case.input_shape).astype("float32")
+    check_training_resumes(model, x, rng.integers(0, 2, 8), tmp_path,
+                           fresh_python)
 
 
 @pytest.mark.parametrize("private", [False, True], ids=["sgd", "dp_sgd"])

@@ -6,6 +6,11 @@ import tensorflow as tf
 from keras_tempered_dp.layers import TemperedSigmoid
 from keras_tempered_dp.models import cifar10_cnn, digits_cnn, mnist_cnn
 from keras_tempered_dp.privacy.checks import iter_layers
+from tests.layer_harness import (
+    check_training_resumes,
+    fresh_predict_code,
+    save_model,
+)
 
 
 def test_parameter_counts_pinned():
@@ -16,7 +21,8 @@ def test_parameter_counts_pinned():
 
 def test_mnist_architecture_shapes():
     model = mnist_cnn("relu")
-    shapes = [tuple(layer.output_shape[1:]) for layer in model.layers]
+    # layer.output.shape: Keras 3 dropped layer.output_shape.
+    shapes = [tuple(layer.output.shape[1:]) for layer in model.layers]
     assert shapes[0] == (14, 14, 16)
     assert (13, 13, 16) in shapes and (5, 5, 32) in shapes
     assert (4, 4, 32) in shapes and shapes[-1] == (10,)
@@ -62,18 +68,46 @@ def test_unknown_activation_name():
 def test_registered_name_model_saves_and_loads(tmp_path, fresh_python, fmt):
     model = mnist_cnn("tempered_sigmoid")
     x = np.random.default_rng(1).uniform(size=(2, 28, 28, 1))
+    if fmt == "savedmodel":
+        x = x.astype("float32")  # an exported SavedModel's input dtype
     path = tmp_path / ("m.keras" if fmt == "keras" else "m_savedmodel")
-    model.save(str(path))
+    save_model(model, path, fmt)
     np.save(tmp_path / "x.npy", x)
-    fresh_python(f"""
-        import keras, numpy as np, tensorflow as tf
-        import keras_tempered_dp
-        model = keras.models.load_model({str(path)!r})
-        np.save({str(tmp_path / 'y.npy')!r},
-                model.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0))
-    """)
+    fresh_python(fresh_predict_code(path, fmt, tmp_path / "x.npy",
+                                    tmp_path / "y.npy"))
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"),
                                   model.predict(x, verbose=0))
+
+
+def test_registered_names_saved_qualified_by_package():
+    """Keras writes a registered activation as "keras_tempered_dp>name",
+    which no other package's function of the same name can take over."""
+    model = mnist_cnn("tempered_sigmoid")
+    config = keras.layers.serialize(model.get_layer("act1"))["config"]
+    activation = config["activation"]
+    if isinstance(activation, dict):
+        activation = activation["config"]
+    assert activation == "keras_tempered_dp>tempered_sigmoid"
+
+
+@pytest.mark.parametrize("builder", [
+    lambda: mnist_cnn("tempered_sigmoid", input_shape=(16, 16, 1),
+                      num_classes=3),
+    lambda: _small_wrn(),
+], ids=["mnist_cnn", "wide_resnet"])
+def test_training_resumes_after_load_in_fresh_process(builder, tmp_path,
+                                                     fresh_python, rng):
+    model = builder()
+    shape = tuple(model.input_shape[1:])
+    x = rng.uniform(size=(8,) + shape).astype("float32")
+    check_training_resumes(model, x, rng.integers(0, 3, 8), tmp_path,
+                           fresh_python)
+
+
+def _small_wrn():
+    from keras_tempered_dp.models import wide_resnet
+    return wide_resnet(10, 1, "tempered_sigmoid", input_shape=(8, 8, 3),
+                       num_classes=3)
 
 
 def test_wrn16_4_as_de_et_al(tmp_path):

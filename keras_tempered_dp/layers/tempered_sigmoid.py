@@ -1,14 +1,13 @@
-"""Keras layers: thin wrappers over the math in :mod:`activations`."""
+"""The tempered sigmoid as a Keras layer: a thin wrapper over the math in
+:mod:`keras_tempered_dp.activations`, so it runs on any Keras 3 backend."""
 
 import keras
 
 from keras_tempered_dp.activations import (
+    PACKAGE,
     check_tempered_sigmoid_parameters,
     tempered_sigmoid,
 )
-
-# Written into every saved model: never rename.
-PACKAGE = "keras_tempered_dp"
 
 
 @keras.utils.register_keras_serializable(package=PACKAGE)
@@ -31,12 +30,12 @@ class TemperedSigmoid(keras.layers.Layer):
 
     Example:
 
-    >>> import tensorflow as tf
+    >>> import numpy as np
     >>> model = keras.Sequential([keras.Input((4,)),
-    ...                              keras.layers.Dense(3),
-    ...                              TemperedSigmoid(s=2, T=2, o=1)])
-    >>> model(tf.zeros((1, 4))).shape
-    TensorShape([1, 3])
+    ...                           keras.layers.Dense(3),
+    ...                           TemperedSigmoid(s=2, T=2, o=1)])
+    >>> tuple(model(np.zeros((1, 4), "float32")).shape)
+    (1, 3)
     """
 
     def __init__(self, s=2.0, T=2.0, o=1.0, **kwargs):

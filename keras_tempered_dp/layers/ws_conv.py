@@ -12,21 +12,29 @@ and the clipping engine computes its per-example gradient norms exactly
 """
 
 import keras
-import tensorflow as tf
+
+from keras_tempered_dp import stack
+from keras_tempered_dp.activations import PACKAGE, ops
 
 
 def standardize(kernel, gain, eps):
     """``W_hat`` for a kernel ``[..., kh, kw, C_in, C_out]`` and gain
-    ``[..., C_out]``; leading axes (if any) are batch axes."""
+    ``[..., C_out]``; leading axes (if any) are batch axes.
+
+    Backend-neutral (``keras.ops``); the clipping engine also calls it on
+    TensorFlow tensors with a batch of copies of the weights.
+    """
+    # Variables become tensors first: JAX's moments takes no Keras variable.
+    kernel, gain = ops.convert_to_tensor(kernel), ops.convert_to_tensor(gain)
     axes = [-4, -3, -2]
-    mean, var = tf.nn.moments(kernel, axes=axes, keepdims=True)
+    mean, var = ops.moments(kernel, axes=axes, keepdims=True)
     fan_in = kernel.shape[-4] * kernel.shape[-3] * kernel.shape[-2]
-    scale = tf.math.rsqrt(tf.maximum(var * fan_in, eps))
-    gain = tf.expand_dims(tf.expand_dims(tf.expand_dims(gain, -2), -2), -2)
+    scale = ops.rsqrt(ops.maximum(var * fan_in, eps))
+    gain = ops.expand_dims(ops.expand_dims(ops.expand_dims(gain, -2), -2), -2)
     return (kernel - mean) * scale * gain
 
 
-@keras.utils.register_keras_serializable(package="keras_tempered_dp")
+@keras.utils.register_keras_serializable(package=PACKAGE)
 class WSConv2D(keras.layers.Conv2D):
     """Conv2D with scaled weight standardization and a learnable gain.
 
@@ -36,11 +44,13 @@ class WSConv2D(keras.layers.Conv2D):
 
     Example:
 
+    >>> import numpy as np
     >>> layer = WSConv2D(8, 3, padding="same")
-    >>> layer(tf.ones([2, 5, 5, 3])).shape
-    TensorShape([2, 5, 5, 8])
-    >>> [w.name.split("/")[-1] for w in layer.trainable_weights]
-    ['kernel:0', 'bias:0', 'gain:0']
+    >>> tuple(layer(np.ones([2, 5, 5, 3], "float32")).shape)
+    (2, 5, 5, 8)
+    >>> [w.name.split("/")[-1].split(":")[0]  # "gain:0" on Keras 2
+    ...  for w in layer.trainable_weights]
+    ['kernel', 'bias', 'gain']
     """
 
     def __init__(self, *args, eps=1e-4, **kwargs):
@@ -61,6 +71,24 @@ class WSConv2D(keras.layers.Conv2D):
     def convolution_op(self, inputs, kernel):
         return super().convolution_op(
             inputs, standardize(kernel, self.gain, self.eps))
+
+    def save_own_variables(self, store):
+        # Keras 3's convolutions save a fixed list, kernel and bias (so
+        # that LoRA weights stay out of files); the gain goes after it.
+        # Keras 2 saves every weight of the layer, the gain included.
+        super().save_own_variables(store)
+        if stack.KERAS_3 and self.built:
+            store[str(self._gain_slot())] = self.gain
+
+    def load_own_variables(self, store):
+        # Keras 3 checks the count against all three weights, then loads
+        # kernel and bias; the gain is ours to load.
+        super().load_own_variables(store)
+        if stack.KERAS_3 and self.built:
+            self.gain.assign(store[str(self._gain_slot())])
+
+    def _gain_slot(self):
+        return 2 if self.use_bias else 1
 
     def get_config(self):
         config = super().get_config()

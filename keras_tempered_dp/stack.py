@@ -4,7 +4,8 @@ One code base, two stacks (docs/install.md):
 
 * **current** (the default install): Keras 3 on TensorFlow >= 2.16, numpy 2,
   Python 3.10 to 3.13. The layers, the activation registry and the models run
-  on any Keras 3 backend (TensorFlow, JAX, PyTorch); DP training (the
+  on any Keras 3 backend (tested on TensorFlow and JAX; written in
+  ``keras.ops`` for PyTorch too, untested); DP training (the
   clipping engine, the epsilon callback's checks, ``train``) needs the
   TensorFlow backend, because the engine's per-example norms are TensorFlow
   code traced under a ``tf.GradientTape``.

@@ -129,6 +129,9 @@ def main():
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--configs", default=None,
                         help="e.g. mnist_cnn:256,cifar10_cnn:256")
+    parser.add_argument("--steps", type=int, default=10,
+                        help="timed steps for ordinary training and the "
+                        "engine")
     parser.add_argument("--slow_steps", type=int, default=3,
                         help="timed steps for TF Privacy's methods (each "
                         "takes seconds to minutes)")
@@ -190,10 +193,10 @@ def _measure_interleaved(name, batch, methods, stacks, args):
     for _ in range(args.repeats):
         for method in methods:
             slow = method in ("dp_keras", "vectorized", "dp_sequential")
+            steps = args.slow_steps if slow else args.steps
             for stack, python in stacks.items():
-                results[stack][method].append(run_child(
-                    name, batch, method, args.slow_steps if slow else 10,
-                    python))
+                results[stack][method].append(
+                    run_child(name, batch, method, steps, python))
     return results
 
 

@@ -13,6 +13,11 @@ import tensorflow as tf
 
 from keras_tempered_dp.privacy.clipping import groups as grouping
 from keras_tempered_dp.privacy.clipping.quantile import count_below
+from keras_tempered_dp.privacy.clipping.recompute import (
+    Recompute,
+    check_same_outputs,
+    deviation,
+)
 from keras_tempered_dp.privacy.clipping.registry import norm_fn_for
 
 
@@ -62,11 +67,8 @@ def _forward(model, taps, x):
 def _layer_norms(taps, records, grad_outputs, num_groups):
     total, clipped_sums = 0.0, []
     for tap, record, dz in zip(taps, records, grad_outputs):
-        def call(x, tap=tap, record=record):
-            return tap.linear_call(x, *record.args, **record.kwargs)
-
         result = norm_fn_for(tap.layer)(tap.layer, record.inputs, dz,
-                                        num_groups, call)
+                                        num_groups, Recompute(tap, record))
         total += tf.cast(result.sq_norms, tf.float32)
         clipped_sums.append(result.clipped_sum)
     return LayerNorms(total, clipped_sums)
@@ -77,15 +79,20 @@ def _broadcast_to_rank(weights, rank):
 
 
 def _recomputed_sum(tap, record, dz, example_weights):
-    """A layer's clipped sum by recomputing it with re-weighted ``dz``."""
+    """A layer's clipped sum by recomputing it with re-weighted ``dz``,
+    checked to reproduce the recorded outputs (:mod:`.recompute`)."""
     scaled = dz * tf.cast(_broadcast_to_rank(example_weights, dz.shape.rank),
                           dz.dtype)
     with tf.GradientTape() as tape:
         z = tap.linear_call(tf.stop_gradient(record.inputs), *record.args,
                             **record.kwargs)
-    return tape.gradient(z, tap.layer.trainable_weights,
-                         output_gradients=scaled,
-                         unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    checked = check_same_outputs(tap.layer, deviation(z, record.outputs),
+                                 record.outputs)
+    grads = tape.gradient(z, tap.layer.trainable_weights,
+                          output_gradients=scaled,
+                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    with tf.control_dependencies([checked]):
+        return [tf.identity(tf.convert_to_tensor(g)) for g in grads]
 
 
 def _variable_sums(taps, records, grad_outputs, layer_norms, factors,

@@ -178,7 +178,7 @@ class ClippingEngine:
                                         name="steps_taken")
         self._examples_seen = tf.Variable(0, trainable=False, dtype=tf.int64,
                                           name="examples_seen")
-        self._model = self._taps = self._loss_fn = None
+        self._model = self._loss_fn = None
 
     # -- settings (read-only) --------------------------------------------
     options = property(lambda self: self._options,
@@ -259,8 +259,9 @@ class ClippingEngine:
         """
         installation.check_installable(model)
         # An unbuilt model has no weights to tap yet: its taps are found
-        # when the first step is traced (_tapped).
-        self._taps = find_taps(model) if model.built else None
+        # when a step is traced (_tapped).
+        if model.built:
+            find_taps(model)  # refuses untappable models now
         self._model = model
         self._loss_fn = per_example_loss(model.loss)
         if self._options.physical_batch_size is not None:
@@ -287,12 +288,16 @@ class ClippingEngine:
                            groups, tf.identity(self._clip), self._options)
 
     def _tapped(self, x):
-        """The taps; found now (at tracing) if the model was unbuilt at
-        install."""
-        if self._taps is None:
-            installation.build(self._model, x)
-            self._taps = find_taps(self._model)
-        return self._taps
+        """The taps, found and checked again at every trace.
+
+        The install-time checks saw the model as it was then: a model unbuilt
+        at install (a subclassed model creating its layers in ``build``) had
+        no layers to check, and layers may be added after install. Tracing
+        happens once per input signature, so this costs nothing per step.
+        """
+        installation.build(self._model, x)
+        installation.check_installable(self._model)
+        return find_taps(self._model)
 
     def _denominator(self, batch):
         if self._expected_batch_size is not None:
@@ -342,9 +347,12 @@ class ClippingEngine:
                                             model.trainable_variables))
         counted = groups_with_weight(batch.sample_weight,
                                      tf.shape(batch.x)[0], None)
-        self._steps_taken.assign_add(1)
-        self._examples_seen.assign_add(
-            tf.cast(tf.reduce_sum(counted), tf.int64))
+        # Counted only once the step's checks passed (the gradients depend
+        # on them): a refused step spends no privacy.
+        with tf.control_dependencies(grads):
+            self._steps_taken.assign_add(1)
+            self._examples_seen.assign_add(
+                tf.cast(tf.reduce_sum(counted), tf.int64))
         k = self._options.augmentation_multiplicity
         y, sample_weight = (repeat_rows(t, k) for t in batch[1:])
         installation.track_loss(model, batch.x, y, y_pred, sample_weight)

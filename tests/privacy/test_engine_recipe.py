@@ -10,6 +10,7 @@ from keras_tempered_dp.augmentation import RandomCropFlip
 from keras_tempered_dp.models import mnist_cnn
 from keras_tempered_dp.privacy.clipping import ClippingEngine
 from keras_tempered_dp.privacy.clipping.noise import round_up_to_float32
+from keras_tempered_dp.privacy.clipping.norms import conv_cost
 from keras_tempered_dp.privacy.compile import make_private
 from keras_tempered_dp.privacy.config import EngineOptions
 from keras_tempered_dp.privacy.losses import per_example_loss
@@ -85,7 +86,10 @@ def _reference_update(grads, factor_fn):
     return [t / len(grads) for t in total]
 
 
-def test_augmentation_multiplicity_averages_copies_before_clipping():
+@pytest.mark.parametrize("conv_route", ["patches", "filter"])
+def test_augmentation_multiplicity_averages_copies_before_clipping(
+        conv_route, monkeypatch):
+    monkeypatch.setattr(conv_cost, "FORCE", conv_route)
     model = _model()
     x, y = _data()
     grads = _example_grads(model, _loss_fn(model), x, y, copies=K)

@@ -74,7 +74,11 @@ CONV_CASES = [
     dict(filters=3, kernel_size=2, dilation_rate=(1, 2), padding="valid"),
     dict(filters=5, kernel_size=1, use_bias=False),
     dict(filters=4, kernel_size=3, padding="same", activation="tanh"),
-    dict(filters=4, kernel_size=3, groups=2, padding="same"),  # generic
+    dict(filters=4, kernel_size=3, groups=2, padding="same"),
+    # Few positions, wide kernels: the ghost norm, clipped sum by a filter
+    # gradient (per example; microbatches of 2 take the materialized one).
+    dict(filters=8, kernel_size=3, strides=3, padding="valid"),
+    dict(filters=16, kernel_size=3, strides=3, groups=2, padding="valid"),
 ]
 
 

@@ -12,6 +12,12 @@ from keras_tempered_dp.privacy.clipping import (
     register_norm_fn,
     registry,
 )
+from keras_tempered_dp.privacy.clipping.norms import (
+    conv,
+    conv_cost,
+    conv_filter,
+    outer_products,
+)
 from tests.privacy.clipping.support import (
     CONV_CASES,
     WS_CASES,
@@ -23,11 +29,44 @@ from tests.privacy.clipping.support import (
 )
 
 
+@pytest.fixture(params=["patches", "filter"])
+def conv_route(request, monkeypatch):
+    """Both exact routes of the convolutions' norms, forced in turn."""
+    monkeypatch.setattr(conv_cost, "FORCE", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("conv", CONV_CASES, ids=lambda c: str(c))
-def test_conv2d(conv):
+@pytest.mark.parametrize("num_groups", [None, 3])
+def test_conv2d(conv, num_groups, conv_route):
     model = _head(L.Conv2D(**conv), TemperedSigmoid(),
                   input_shape=(7, 8, 4))
-    _assert_matches_reference(model, _images((7, 8, 4)), _labels())
+    _assert_matches_reference(model, _images((7, 8, 4)), _labels(),
+                              num_groups)
+
+
+def test_few_positions_take_the_ghost_norm():
+    """The two last CONV_CASES exercise the ghost route of convolutions."""
+    for conv_case in CONV_CASES[-2:]:
+        layer = L.Conv2D(**conv_case)
+        x = tf.zeros((6, 7, 8, 4))
+        z = layer(x)
+        c_in = 4 // layer.groups
+        c_out = z.shape[-1] // layer.groups
+        positions = z.shape[1] * z.shape[2]
+        assert outer_products.uses_ghost(positions, 9 * c_in, c_out)
+
+
+def test_filter_route_is_chosen_by_the_cost_rule(monkeypatch):
+    """The rule's choice reaches the engine (the route runs)."""
+    calls = []
+    real = conv_filter.per_group_kernel_grads
+    monkeypatch.setattr(conv, "per_group_kernel_grads",
+                        lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(conv_cost, "route", lambda *a: "filter")
+    model = _head(L.Conv2D(3, 3), input_shape=(6, 6, 2))
+    _assert_matches_reference(model, _images((6, 6, 2)), _labels())
+    assert calls
 
 
 @pytest.mark.parametrize("input_shape", [(5,), (4, 5)])
@@ -131,7 +170,7 @@ def test_partly_trainable_layer_takes_the_exact_generic_route(monkeypatch):
 
 @pytest.mark.parametrize("conv", WS_CASES, ids=lambda c: str(c))
 @pytest.mark.parametrize("num_groups", [None, 2])
-def test_weight_standardized_conv(conv, num_groups):
+def test_weight_standardized_conv(conv, num_groups, conv_route):
     from keras_tempered_dp.layers import WSConv2D
     model = _head(WSConv2D(**conv), L.GroupNormalization(groups=1),
                   TemperedSigmoid(), input_shape=(6, 6, 2))

@@ -1,12 +1,32 @@
-"""Conv2D: per-example norms over input patches (outer products)."""
+"""Conv2D: per-example norms from input patches or from filter gradients.
+
+Two exact routes, chosen per layer by :func:`.conv_cost.route`:
+
+* ``"patches"``: the input patches ``a_p`` (``[B, P, kh * kw * C_in]``) and
+  the outer-product norms of :mod:`.outer_products` (materialized per-group
+  gradients, or the ghost norm when positions are few);
+* ``"filter"``: per-group kernel gradients as one grouped filter gradient,
+  no patches (:mod:`.conv_filter`).
+"""
 
 import tensorflow as tf
 
+from keras_tempered_dp.privacy.clipping.groups import merge_positions
 from keras_tempered_dp.privacy.clipping.norm_contract import NormResult
+from keras_tempered_dp.privacy.clipping.norms import conv_cost
+from keras_tempered_dp.privacy.clipping.norms.conv_filter import (
+    per_group_kernel_grads,
+    weighted_sums,
+)
 from keras_tempered_dp.privacy.clipping.norms.generic import generic_sq_norms
+from keras_tempered_dp.privacy.clipping.norms.materialized import (
+    materialized_sq_norms,
+)
 from keras_tempered_dp.privacy.clipping.norms.outer_products import (
     factored_sq_norms,
     flatten_positions,
+    grouped_mean_grads,
+    uses_ghost,
 )
 
 # Up to this many values per patch, a convolution with a one-hot kernel
@@ -46,6 +66,8 @@ def conv2d_sq_norms(layer, inputs, grad_outputs, num_groups, call):
         return generic_sq_norms(layer, inputs, grad_outputs, num_groups,
                                 call)
     x = tf.cast(inputs, grad_outputs.dtype)
+    if conv_cost.route(layer, x.shape, grad_outputs.shape) == "filter":
+        return _filter_route(layer, x, grad_outputs, num_groups)
     n = layer.groups
     c_in, c_out = x.shape[-1] // n, grad_outputs.shape[-1] // n
     parts = [
@@ -54,6 +76,16 @@ def conv2d_sq_norms(layer, inputs, grad_outputs, num_groups, call):
             flatten_positions(grad_outputs[..., i * c_out:(i + 1) * c_out]),
             num_groups, bias=layer.use_bias)
         for i in range(n)]
+    sq_norms = tf.add_n([part.sq_norms for part in parts])
+    kh, kw = layer.kernel_size
+    positions = merge_positions(  # per group, as factored_sq_norms sees it
+        flatten_positions(grad_outputs[..., :c_out]), num_groups).shape[1]
+    if uses_ghost(positions, kh * kw * c_in, c_out):
+        # The ghost norm's own clipped sum would keep every patch alive
+        # until all layers' norms are known; one filter gradient of the
+        # re-weighted output gradients needs only the layer's input.
+        return NormResult(sq_norms, lambda factors: weighted_sums(
+            layer, x, grad_outputs, factors, num_groups))
     kernel_shape = layer.kernel.shape
 
     def clipped_sum(factors):
@@ -65,5 +97,13 @@ def conv2d_sq_norms(layer, inputs, grad_outputs, num_groups, call):
             return [kernel, tf.concat([s[1] for s in sums], axis=0)]
         return [kernel]
 
-    return NormResult(tf.add_n([part.sq_norms for part in parts]),
-                      clipped_sum)
+    return NormResult(sq_norms, clipped_sum)
+
+
+def _filter_route(layer, x, grad_outputs, num_groups):
+    """Materialized per-group gradients from one grouped filter gradient."""
+    grads = [per_group_kernel_grads(layer, x, grad_outputs, num_groups)]
+    if layer.use_bias:
+        g = grouped_mean_grads(flatten_positions(grad_outputs), num_groups)
+        grads.append(tf.reduce_sum(g, axis=1))
+    return materialized_sq_norms(grads, None)  # already one row per group

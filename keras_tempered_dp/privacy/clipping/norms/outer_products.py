@@ -47,6 +47,13 @@ def grouped_mean_grads(grad_outputs, num_groups):
             / examples_per_group(grad_outputs, num_groups))
 
 
+def uses_ghost(positions, d_in, d_out):
+    """Whether the ghost norm is the cheaper route: ``P * (D_in + D_out) <
+    D_in * D_out`` per group (one position, or an unknown count, too)."""
+    return (positions is None or positions == 1
+            or positions * (d_in + d_out) < d_in * d_out)
+
+
 def factored_sq_norms(a, g, num_groups, bias=False):
     """Squared norms of per-group weight (and bias) gradients.
 
@@ -68,8 +75,7 @@ def factored_sq_norms(a, g, num_groups, bias=False):
     positions = a.shape[1]  # per group; static when B / G is static
     bias_grads = tf.reduce_sum(g, axis=1) if bias else None
 
-    if positions is None or positions == 1 \
-            or positions * (d_in + d_out) < d_in * d_out:
+    if uses_ghost(positions, d_in, d_out):
         if positions == 1:
             norms = (tf.reduce_sum(tf.square(a), axis=[1, 2])
                      * tf.reduce_sum(tf.square(g), axis=[1, 2]))

@@ -2,7 +2,8 @@
 
 With ``W_hat = standardize(W, gain)`` (a function of the weights only), one
 group's gradient with respect to ``W_hat`` is ``sum_p a_p^T g_p`` over
-output pixels p (materialized from the input patches, as for Conv2D); its
+output pixels p (materialized from the input patches or from one grouped
+filter gradient, whichever :mod:`.conv_cost` finds cheaper, as for Conv2D); its
 gradients with respect to ``W`` and ``gain`` are the vector-Jacobian product
 of the standardization, which is linear in that gradient. All groups'
 products come out of one backward pass through the standardization applied
@@ -13,7 +14,11 @@ import tensorflow as tf
 
 from keras_tempered_dp.layers.ws_conv import standardize
 from keras_tempered_dp.privacy.clipping.groups import merge_positions
+from keras_tempered_dp.privacy.clipping.norms import conv_cost
 from keras_tempered_dp.privacy.clipping.norms.conv import conv2d_patches
+from keras_tempered_dp.privacy.clipping.norms.conv_filter import (
+    per_group_kernel_grads,
+)
 from keras_tempered_dp.privacy.clipping.norms.generic import generic_sq_norms
 from keras_tempered_dp.privacy.clipping.norms.materialized import (
     materialized_sq_norms,
@@ -30,9 +35,13 @@ def ws_conv2d_sq_norms(layer, inputs, grad_outputs, num_groups, call):
         return generic_sq_norms(layer, inputs, grad_outputs, num_groups,
                                 call)
     x = tf.cast(inputs, grad_outputs.dtype)
-    a = merge_positions(conv2d_patches(layer, x), num_groups)
     g = grouped_mean_grads(flatten_positions(grad_outputs), num_groups)
-    w_hat_grads = tf.matmul(a, g, transpose_a=True)  # [G, K, C_out]
+    if conv_cost.route(layer, x.shape, grad_outputs.shape) == "filter":
+        w_hat_grads = per_group_kernel_grads(layer, x, grad_outputs,
+                                             num_groups)
+    else:
+        a = merge_positions(conv2d_patches(layer, x), num_groups)
+        w_hat_grads = tf.matmul(a, g, transpose_a=True)  # [G, K, C_out]
     kernel, gain = layer.kernel, layer.gain
     count = tf.shape(w_hat_grads)[0]
     kernels = tf.broadcast_to(kernel, tf.concat([[count], kernel.shape], 0))

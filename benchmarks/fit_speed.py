@@ -50,8 +50,6 @@ It measures and prints; it asserts nothing.
 
 import argparse
 import json
-import os
-import sys
 import tempfile
 import time
 

@@ -33,12 +33,11 @@ It measures and prints; it asserts nothing.
 
 import argparse
 import json
-import statistics
-import os
-import platform
-import subprocess
 import sys
 import time
+
+from _common import describe, interleaved, machine, median, run_child, \
+    stacks as parse_stacks
 
 CONFIGS = [("mnist_cnn", 256), ("mnist_cnn", 1024), ("cifar10_cnn", 256)]
 METHODS = ["ordinary", "engine", "dp_keras", "vectorized", "dp_sequential"]
@@ -110,15 +109,9 @@ def measure(model_name, batch_size, method, steps):
             "train_mib": (_rss_kib("VmHWM") - baseline) / 1024}
 
 
-def run_child(model_name, batch_size, method, steps, python=sys.executable):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    out = subprocess.run(
-        [python, __file__, "--child", model_name, str(batch_size),
-         method, str(steps)], capture_output=True, text=True, env=env)
-    if out.returncode:
-        lines = out.stderr.strip().splitlines() or [f"exit {out.returncode}"]
-        return {"error": lines[-1][:120]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def _child(model_name, batch_size, method, steps, python=sys.executable):
+    return run_child(python, __file__, ["--child", model_name, batch_size,
+                                        method, steps])
 
 
 def main():
@@ -146,12 +139,11 @@ def main():
         name, batch, method, steps = args.child
         print(json.dumps(measure(name, int(batch), method, int(steps))))
         return
-    stacks = _stacks(args.stacks)
-    print(f"# {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPU cores; median of {args.repeats} "
+    stacks = parse_stacks(args.stacks)
+    print(f"# {machine()}; median of {args.repeats} "
           "interleaved process(es) per row")
     for stack, python in stacks.items():
-        print(f"# {stack}: {_describe(python)}")
+        print(f"# {stack}: {describe(python)}")
     print("| stack | model | batch | method | step (s) | x ordinary "
           "| peak RSS (MiB) | training memory (MiB) | x ordinary |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -166,42 +158,17 @@ def main():
             _print_rows(stack, name, batch, methods, results[stack])
 
 
-def _stacks(spec):
-    """{"name": python} from "name=python,..."; this interpreter if None."""
-    if not spec:
-        return {"this": sys.executable}
-    pairs = [item.split("=", 1) for item in spec.split(",")]
-    if any(len(pair) != 2 for pair in pairs):
-        raise SystemExit(f"--stacks={spec!r}: expected name=python,...")
-    return dict(pairs)
-
-
-def _describe(python):
-    code = ("import platform, tensorflow as tf, keras, numpy as np; "
-            "print(f'Python {platform.python_version()}, tensorflow "
-            "{tf.__version__}, keras {keras.__version__}, numpy "
-            "{np.__version__}')")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    out = subprocess.run([python, "-c", code], capture_output=True,
-                         text=True, env=env)
-    return out.stdout.strip() or f"{python}: {out.stderr.strip()[-200:]}"
-
-
 def _measure_interleaved(name, batch, methods, stacks, args):
     """{stack: {method: [result, ...]}}, children run round-robin."""
-    results = {stack: {m: [] for m in methods} for stack in stacks}
-    for _ in range(args.repeats):
-        for method in methods:
-            slow = method in ("dp_keras", "vectorized", "dp_sequential")
-            steps = args.slow_steps if slow else args.steps
-            for stack, python in stacks.items():
-                results[stack][method].append(
-                    run_child(name, batch, method, steps, python))
-    return results
+    def run(key):
+        method, stack = key
+        slow = method in ("dp_keras", "vectorized", "dp_sequential")
+        steps = args.slow_steps if slow else args.steps
+        return _child(name, batch, method, steps, stacks[stack])
 
-
-def _median(runs, key):
-    return statistics.median(run[key] for run in runs)
+    found = interleaved(args.repeats, [(m, s) for m in methods
+                                       for s in stacks], run)
+    return {s: {m: found[m, s] for m in methods} for s in stacks}
 
 
 def _print_rows(stack, name, batch, methods, results):
@@ -215,8 +182,8 @@ def _print_rows(stack, name, batch, methods, results):
             print(f"| {stack} | {name} | {batch} | {method} | {error} "
                   "| | | | |", flush=True)
             continue
-        row = {k: _median(runs, k) for k in ("step_s", "peak_mib",
-                                             "train_mib")}
+        row = {k: median(runs, k) for k in ("step_s", "peak_mib",
+                                            "train_mib")}
         if method == "ordinary":
             base = row
         ratio = row["step_s"] / base["step_s"] if base else float("nan")

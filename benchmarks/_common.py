@@ -1,0 +1,84 @@
+"""What the benchmarks share: stacks, child processes, interleaving.
+
+Each benchmark runs its measurements in child processes (``python SCRIPT
+--child ...``) that print one JSON line; the parent interleaves the
+children round-robin over repeats, so the machine's load drifts over all
+of them alike, and reports medians.
+"""
+
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+
+
+def stacks(spec):
+    """{"name": python} from "name=python,..."; this interpreter if None."""
+    if not spec:
+        return {"this": sys.executable}
+    pairs = [item.split("=", 1) for item in spec.split(",")]
+    if any(len(pair) != 2 for pair in pairs):
+        raise SystemExit(f"--stacks={spec!r}: expected name=python,...")
+    return dict(pairs)
+
+
+def describe(python):
+    """One line: the Python, TensorFlow, Keras and NumPy of ``python``."""
+    code = ("import platform, tensorflow as tf, keras, numpy as np; "
+            "print(f'Python {platform.python_version()}, tensorflow "
+            "{tf.__version__}, keras {keras.__version__}, numpy "
+            "{np.__version__}')")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run([python, "-c", code], capture_output=True,
+                         text=True, env=env)
+    return out.stdout.strip() or f"{python}: {out.stderr.strip()[-200:]}"
+
+
+def machine():
+    """The processor and the number of CPU cores."""
+    return (f"{platform.processor() or platform.machine()}, "
+            f"{platform.platform()}, {os.cpu_count()} CPU cores")
+
+
+def command_line():
+    """This process's command line, quoted for a shell."""
+    return shlex.join([sys.executable] + sys.argv)
+
+
+def run_child(python, script, arguments):
+    """Runs ``python script arguments``; its last stdout line as JSON, or
+    ``{"error": <last stderr line>}``."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run([python, script] + [str(a) for a in arguments],
+                         capture_output=True, text=True, env=env)
+    if out.returncode:
+        lines = out.stderr.strip().splitlines() or [f"exit {out.returncode}"]
+        return {"error": lines[-1][:120]}
+    try:
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {"error": f"no result in the output: {out.stdout[-120:]!r}"}
+
+
+def interleaved(repeats, keys, run):
+    """{key: [run(key), ...]}: ``repeats`` rounds, each over all keys."""
+    results = {key: [] for key in keys}
+    for _ in range(repeats):
+        for key in keys:
+            results[key].append(run(key))
+    return results
+
+
+def median(runs, key):
+    return statistics.median(run[key] for run in runs)
+
+
+def spread(runs, key):
+    """"min-max" of ``key`` over ``runs`` (empty for a single run)."""
+    values = [run[key] for run in runs]
+    if len(values) < 2:
+        return ""
+    return f"{min(values):.3g}-{max(values):.3g}"

@@ -1,0 +1,59 @@
+"""The benchmarks run: a real, seconds-long run of benchmarks/fit_speed.py."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIT_SPEED = os.path.join(ROOT, "benchmarks", "fit_speed.py")
+
+
+def _run(*arguments, timeout=600):
+    path = os.environ.get("PYTHONPATH")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=ROOT + (os.pathsep + path if path else ""))
+    out = subprocess.run([sys.executable, FIT_SPEED, *arguments],
+                         capture_output=True, text=True, env=env,
+                         timeout=timeout)
+    assert out.returncode == 0, f"{out.stdout}\n{out.stderr[-3000:]}"
+    return out.stdout
+
+
+def _rows(output, job):
+    """{method: [cells]} of the table's rows for ``job``."""
+    header = [line for line in output.splitlines()
+              if line.startswith("| stack |")][0]
+    names = [cell.strip() for cell in header.strip("|").split("|")]
+    rows = {}
+    for line in output.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == len(names) \
+                and cells[1] == job:
+            rows[cells[names.index("method")]] = dict(zip(names, cells))
+    return rows
+
+
+def test_fit_speed_digits_has_dp_and_ordinary_rows_and_epsilon():
+    output = _run("--jobs=digits", "--epochs=2", "--repeats=1")
+    rows = _rows(output, "digits")
+    assert set(rows) == {"dp", "ordinary"}, output
+    for row in rows.values():
+        for column in ("epoch (s)", "first epoch (s)", "fit (s)",
+                       "process (s)"):
+            assert float(row[column]) > 0, (column, row)
+    assert float(rows["dp"]["epsilon"]) > 0
+    assert rows["ordinary"]["epsilon"] == ""
+    assert "# this digits dp: final epsilon " in output
+    assert "# command: " in output and "tensorflow" in output
+    assert "device" in output
+
+
+def test_fit_speed_paper_row_code_path():
+    # The paper row's child, on digits for one epoch: reproduce() runs
+    # tanh and ReLU and each has a wall time.
+    found = json.loads(_run("--child", "paper_row", "digits",
+                            "1").strip().splitlines()[-1])
+    assert [row["run"] for row in found["rows"]] == ["tanh", "relu"]
+    assert all(row["wall_time_s"] > 0 for row in found["rows"])
+    assert found["total_s"] > 0

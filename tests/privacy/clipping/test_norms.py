@@ -181,6 +181,20 @@ def test_weight_standardized_conv(conv, num_groups, conv_route):
                               num_groups)
 
 
+def test_weight_standardized_conv_with_a_constant_filter(conv_route):
+    """An output channel whose weights are all equal standardizes with eps
+    (the max in the scale): the closed-form backward pass has no variance
+    term there."""
+    from keras_tempered_dp.layers import WSConv2D
+    layer = WSConv2D(3, 3, padding="same")
+    model = _head(layer, TemperedSigmoid(), input_shape=(6, 6, 2))
+    kernel = layer.kernel.numpy()
+    kernel[..., 1] = 0.3
+    layer.kernel.assign(kernel)
+    layer.gain.assign([0.7, 1.3, 2.0])
+    _assert_matches_reference(model, _images((6, 6, 2)), _labels())
+
+
 def test_weight_standardized_conv_computes_the_standardized_convolution():
     from keras_tempered_dp.layers import WSConv2D
     layer = WSConv2D(3, 2, padding="valid")

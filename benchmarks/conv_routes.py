@@ -21,12 +21,12 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-from keras_tempered_dp.privacy.clipping.norms import conv_cost  # noqa: E402
-from keras_tempered_dp.privacy.clipping.norms.conv import (  # noqa: E402
+from keras_tempered_dp.privacy.clipping.norms import conv_cost
+from keras_tempered_dp.privacy.clipping.norms.conv import (
     conv2d_sq_norms,
 )
 

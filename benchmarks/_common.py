@@ -15,6 +15,16 @@ import subprocess
 import sys
 
 
+def add_run_arguments(parser):
+    """``--stacks`` and ``--repeats``, as every benchmark takes them."""
+    parser.add_argument("--stacks", default=None,
+                        help="name=python,... : run every child under each "
+                        "interpreter (a virtualenv with the package)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="child processes per row, interleaved; the "
+                        "table shows medians")
+
+
 def stacks(spec):
     """{"name": python} from "name=python,..."; this interpreter if None."""
     if not spec:

@@ -41,8 +41,15 @@ import json
 import sys
 import time
 
-from _common import describe, interleaved, machine, median, run_child, \
-    stacks as parse_stacks
+from _common import (
+    add_run_arguments,
+    describe,
+    interleaved,
+    machine,
+    median,
+    run_child,
+)
+from _common import stacks as parse_stacks
 
 CONFIGS = [("mnist_cnn", 256), ("mnist_cnn", 1024), ("cifar10_cnn", 256),
            ("wrn16_4", 64)]
@@ -144,12 +151,7 @@ def main():
     parser.add_argument("--slow_steps", type=int, default=3,
                         help="timed steps for TF Privacy's methods (each "
                         "takes seconds to minutes)")
-    parser.add_argument("--stacks", default=None,
-                        help="name=python,... : run every child under each "
-                        "interpreter (a virtualenv with the package)")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="child processes per row, interleaved; the "
-                        "table shows medians")
+    add_run_arguments(parser)
     args = parser.parse_args()
     if args.child:
         name, batch, method, steps = args.child

@@ -53,8 +53,17 @@ import json
 import tempfile
 import time
 
-from _common import command_line, describe, interleaved, machine, median, \
-    run_child, spread, stacks as parse_stacks
+from _common import (
+    add_run_arguments,
+    command_line,
+    describe,
+    interleaved,
+    machine,
+    median,
+    run_child,
+    spread,
+)
+from _common import stacks as parse_stacks
 
 JOBS = ("fashion_mnist", "digits")
 METHODS = ("ordinary", "dp")
@@ -104,8 +113,7 @@ def _epoch_timer():
 
 def _build(config, input_shape, num_classes):
     """The job's model, as ``train`` builds it."""
-    from keras_tempered_dp.models import DEFAULT_MODEL, MODELS, \
-        activation_layer
+    from keras_tempered_dp.models import DEFAULT_MODEL, MODELS, activation_layer
 
     model = config.model
     activation = model.activation
@@ -133,8 +141,7 @@ def _compile_dp(model, config, plan, x, y):
     """DP-SGD as ``train`` compiles it; returns (batches, steps, callbacks)."""
     from keras_tempered_dp.callbacks import EpsilonCallback
     from keras_tempered_dp.privacy.compile import compile_dp
-    from keras_tempered_dp.privacy.sampling import poisson_batches, \
-        shuffled_batches
+    from keras_tempered_dp.privacy.sampling import poisson_batches, shuffled_batches
 
     batch_size = config.optimizer.batch_size
     poisson = config.data.sampling == "poisson"
@@ -315,12 +322,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs of every job (default: fashion_mnist "
                         "4, digits train's 15)")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="child processes per row, interleaved; the "
-                        "table shows medians")
-    parser.add_argument("--stacks", default=None,
-                        help="name=python,... : run every child under each "
-                        "interpreter (a virtualenv with the package)")
+    add_run_arguments(parser)
     parser.add_argument("--paper_row", action="store_true",
                         help="also time reproduce --dataset=fashion_mnist "
                         "(tanh and ReLU, 40 epochs each: most of an hour "

@@ -84,8 +84,7 @@ def _recomputed_sum(tap, record, dz, example_weights):
     scaled = dz * tf.cast(_broadcast_to_rank(example_weights, dz.shape.rank),
                           dz.dtype)
     with tf.GradientTape() as tape:
-        z = tap.linear_call(tf.stop_gradient(record.inputs), *record.args,
-                            **record.kwargs)
+        z = Recompute(tap, record)(tf.stop_gradient(record.inputs))
     checked = check_same_outputs(tap.layer, deviation(z, record.outputs),
                                  record.outputs)
     grads = tape.gradient(z, tap.layer.trainable_weights,

@@ -27,7 +27,6 @@ class Recompute:
     def __init__(self, tap, record):
         self._tap = tap
         self._record = record
-        self.layer = tap.layer
         self.recorded = record.outputs
 
     def __call__(self, x):

@@ -22,15 +22,7 @@ kh * kw * C_in``: 300 MB for the CIFAR-10 CNN's 32x32x32 layer at batch
 
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.clipping.groups import GroupsOf, rows_per_group
-
-
-def _rows_per_group(batch, num_groups):
-    if num_groups is None:
-        return 1
-    if isinstance(num_groups, GroupsOf):
-        return num_groups.size
-    return batch // num_groups
+from keras_tempered_dp.privacy.clipping.groups import rows_per_group
 
 
 def _groups_in_channels(t, rows):
@@ -60,7 +52,7 @@ def per_group_kernel_grads(layer, x, grad_outputs, num_groups):
     c_in = x.shape[-1] // layer.groups
     c_out = grad_outputs.shape[-1]
     batch = tf.shape(x)[0]
-    rows = _rows_per_group(batch, num_groups)
+    rows = rows_per_group(batch, num_groups)
     count = batch // rows
     filters = tf.compat.v1.nn.conv2d_backprop_filter(
         _groups_in_channels(x, rows),

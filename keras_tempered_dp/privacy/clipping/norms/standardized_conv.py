@@ -1,9 +1,10 @@
 """Exact per-example gradient norms of the weight-standardized convolution.
 
-With ``W_hat = standardize(W, gain)`` (:mod:`keras_tempered_dp.layers.ws_conv`) (a function of the weights only), one
-group's gradient with respect to ``W_hat`` is ``sum_p a_p^T g_p`` over
-output pixels p (materialized from the input patches or from one grouped
-filter gradient, whichever :mod:`.conv_cost` finds cheaper, as for Conv2D); its
+With ``W_hat = standardize(W, gain)`` (:mod:`keras_tempered_dp.layers.ws_conv`;
+a function of the weights only), one group's gradient with respect to
+``W_hat`` is ``sum_p a_p^T g_p`` over output pixels p (materialized from the
+input patches or from one grouped filter gradient, whichever
+:mod:`.conv_cost` finds cheaper, as for Conv2D); its
 gradients with respect to ``W`` and ``gain`` are the vector-Jacobian product
 of the standardization, which is linear in that gradient. Per output
 channel, with fan-in n, ``x = (W - mean(W)) s``, ``s = max(n var(W),

@@ -48,7 +48,12 @@ import numbers
 import keras
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.clipping import installation, noise, quantile
+from keras_tempered_dp.privacy.clipping import (
+    installation,
+    noise,
+    quantile,
+    replicas,
+)
 from keras_tempered_dp.privacy.clipping.accumulation import accumulated
 from keras_tempered_dp.privacy.clipping.clipped_sum import clipped_sum
 from keras_tempered_dp.privacy.clipping.groups import (
@@ -162,23 +167,58 @@ class ClippingEngine:
         self._count_stddev = (
             options.quantile.count_stddev_for(expected_batch_size)
             if options.clipping == "quantile" else None)
-        self._clip = tf.Variable(0.0, trainable=False, dtype=tf.float32,
-                                 name="l2_norm_clip")
-        self.l2_norm_clip = l2_norm_clip
-        self._noise = noise.NoiseMultiplier(0.0)
-        self.noise_multiplier = noise_multiplier
         self._seed = seed
-        self._generator = (tf.random.Generator.from_non_deterministic_state()
-                           if seed is None else
-                           tf.random.Generator.from_seed(seed))
-        # Augmentation draws from its own stream: the noise stays the same
-        # whether or not the data is augmented.
-        self._augment_generator = self._generator.split(1)[0]
-        self._steps_taken = tf.Variable(0, trainable=False, dtype=tf.int64,
-                                        name="steps_taken")
-        self._examples_seen = tf.Variable(0, trainable=False, dtype=tf.int64,
-                                          name="examples_seen")
+        self._strategy = tf.distribute.get_strategy()
+        self._make_variables(l2_norm_clip, noise_multiplier, seed=seed)
         self._model = self._loss_fn = None
+
+    def _make_variables(self, l2_norm_clip, noise_multiplier, seed=None,
+                        source=None, steps=0, examples=0):
+        """The engine's variables, in ``self._strategy``'s scope.
+
+        Under a tf.distribute strategy they must be made in its scope: the
+        counters and the clip are updated in replica context (hence their
+        aggregation), and a generator made there gives every replica its
+        own stream (:mod:`.replicas`). A ``source`` generator is split, not
+        copied: its draws are never repeated (a draw repeated in two updates
+        would cancel from their difference).
+        """
+        only_first = tf.VariableAggregation.ONLY_FIRST_REPLICA
+        with self._strategy.scope():
+            self._clip = tf.Variable(0.0, trainable=False, dtype=tf.float32,
+                                     name="l2_norm_clip",
+                                     aggregation=only_first)
+            self.l2_norm_clip = l2_norm_clip
+            self._noise = noise.NoiseMultiplier(0.0)
+            self.noise_multiplier = noise_multiplier
+            if source is not None:
+                self._generator = source.split(1)[0]
+            elif seed is None:
+                self._generator = \
+                    tf.random.Generator.from_non_deterministic_state()
+            else:
+                self._generator = tf.random.Generator.from_seed(seed)
+            # Augmentation draws from its own stream: the noise stays the
+            # same whether or not the data is augmented.
+            self._augment_generator = self._generator.split(1)[0]
+            self._steps_taken = tf.Variable(
+                steps, trainable=False, dtype=tf.int64, name="steps_taken",
+                aggregation=only_first)
+            self._examples_seen = tf.Variable(
+                examples, trainable=False, dtype=tf.int64,
+                name="examples_seen",
+                aggregation=tf.VariableAggregation.SUM)
+
+    def _move_to(self, strategy):
+        """Remakes the variables in ``strategy``'s scope (the model's, when
+        the engine was made outside it), values kept, the streams split."""
+        if strategy is self._strategy:
+            return
+        self._strategy = strategy
+        self._make_variables(
+            self.l2_norm_clip, self.noise_multiplier,
+            source=self._generator, steps=self._steps_taken.numpy(),
+            examples=self._examples_seen.numpy())
 
     # -- settings (read-only) --------------------------------------------
     options = property(lambda self: self._options,
@@ -262,6 +302,7 @@ class ClippingEngine:
         # when a step is traced (_tapped).
         if model.built:
             find_taps(model)  # refuses untappable models now
+        self._move_to(model.distribute_strategy)
         self._model = model
         self._loss_fn = per_example_loss(model.loss)
         if self._options.physical_batch_size is not None:
@@ -282,7 +323,8 @@ class ClippingEngine:
         k = self._options.augmentation_multiplicity
         batch = augmented_copies(batch, k, self._options.augment,
                                  self._augment_generator)
-        groups = GroupsOf(k) if k > 1 else self._num_microbatches
+        groups = GroupsOf(k) if k > 1 else replicas.local_groups(
+            self._num_microbatches, replicas.count())
         return clipped_sum(self._model, self._tapped(batch.x),
                            self._loss_fn, batch,
                            groups, tf.identity(self._clip), self._options)
@@ -300,12 +342,13 @@ class ClippingEngine:
         return find_taps(self._model)
 
     def _denominator(self, batch):
+        """D, for the global batch (all replicas' rows)."""
         if self._expected_batch_size is not None:
             return tf.constant(self._expected_batch_size)
         if self._num_microbatches:
             return tf.constant(float(self._num_microbatches))
         # One group per (original, unaugmented) example.
-        return tf.cast(tf.shape(batch.x)[0], tf.float32)
+        return replicas.total(tf.cast(tf.shape(batch.x)[0], tf.float32))
 
     def _noised_gradients(self, batch):
         """The noised, averaged gradient and the outputs of the rows seen."""
@@ -313,8 +356,10 @@ class ClippingEngine:
         size = self._options.physical_batch_size
         total = (self._chunk_sum(batch) if size is None else
                  accumulated(self._chunk_sum, batch, size, self._model))
-        stddev = noise.noise_stddev(self.gradient_noise_multiplier(),
-                                    tf.identity(self._clip))
+        # This replica's share of the step's noise (:mod:`.replicas`).
+        stddev = replicas.share_stddev(
+            noise.noise_stddev(self.gradient_noise_multiplier(),
+                               tf.identity(self._clip)), replicas.count())
         grads = noise.noised_mean(total.sums, stddev,
                                   self._denominator(batch), self._generator)
         if self.clipping == "quantile":

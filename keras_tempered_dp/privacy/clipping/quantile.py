@@ -18,6 +18,7 @@ the noise split assumes.
 
 import tensorflow as tf
 
+from keras_tempered_dp.privacy.clipping import replicas
 from keras_tempered_dp.privacy.clipping.noise import round_up_to_float32
 
 
@@ -66,14 +67,21 @@ def adapt_clip(clip, below, examples, settings, count_stddev,
             QuantileClipping` (target quantile, learning rate).
         count_stddev: s_b, resolved from the settings.
         expected_batch_size: the count's denominator; None: ``examples``.
+
+    Under a tf.distribute strategy ``below`` and ``examples`` are this
+    replica's; the noised count is summed across replicas, each adding a
+    share of its noise (:mod:`.replicas`), so every replica sets the same
+    clip.
     """
+    # s_b rounded up to float32: the count's noise is never below it.
+    share = replicas.share_stddev(
+        tf.constant(round_up_to_float32(count_stddev)), replicas.count())
+    noised = replicas.total(below - 0.5 * examples
+                            + generator.normal([]) * share)
+    examples = replicas.total(examples)
     expected = (tf.constant(float(expected_batch_size))
                 if expected_batch_size is not None
                 else tf.maximum(examples, 1.0))
-    centered = below - 0.5 * examples
-    # s_b rounded up to float32: the count's noise is never below it.
-    noised = centered + generator.normal([]) * round_up_to_float32(
-        count_stddev)
     fraction = noised / expected + 0.5
     return clip.assign(clip * tf.exp(
         -settings.clip_learning_rate

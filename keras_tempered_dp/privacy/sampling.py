@@ -48,19 +48,105 @@ def poisson_batches(x, y, batch_size, *, seed=None):
     >>> 60 < len(xb) < 140
     True
     """
-    n = len(x)
-    if len(y) != n:
-        raise ValueError(f"x has {n} examples but y has {len(y)}.")
-    if not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size \
-            <= n:
+    x, y = _examples(x, y)
+    _check_batch_size(batch_size, len(x))
+    return _poisson_dataset(x, y, batch_size / len(x),
+                            lambda: np.random.default_rng(seed)).prefetch(2)
+
+
+def distributed_poisson_batches(strategy, x, y, batch_size, *, seed=None):
+    """Poisson-sampled batches for a ``tf.distribute`` strategy.
+
+    Example ``i`` belongs to shard ``i mod R`` (R replicas in sync, on all
+    workers together); each replica draws its batch from its own shard,
+    every example independently with probability ``q = batch_size /
+    len(x)``. Together the replicas' batches form one Poisson sample of the
+    whole dataset with rate ``q``, each example in it at most once: the
+    sampling the accountant assumes, with the same ``q`` (and so the same
+    epsilon) as on one device. Train with
+    ``compile_dp(..., expected_batch_size=batch_size)`` (the global one).
+
+    Why not split one global draw: under ``MultiWorkerMirroredStrategy``
+    each worker draws its own batches, and Keras' sharding of a dataset of
+    batches would take slices of different draws, where one example could
+    be in the step twice. Here no two replicas ever hold the same example.
+
+    Args:
+        strategy: the ``tf.distribute.Strategy`` the model trains under.
+        x, y, batch_size: as :func:`poisson_batches` (batch_size global).
+        seed: None (default) seeds every shard from the operating system;
+            an integer seeds shard ``r`` with ``(seed, r)``.
+
+    Returns:
+        A ``tf.distribute.DistributedDataset`` to pass to ``model.fit``
+        with ``steps_per_epoch=steps_per_epoch(len(x), batch_size,
+        "poisson")``; each element holds every replica's
+        ``(x, y, sample_weight)``, a weight-0 placeholder row for a replica
+        whose draw is empty.
+
+    Example:
+
+    >>> import numpy as np
+    >>> data = distributed_poisson_batches(tf.distribute.get_strategy(),
+    ...     np.zeros((1000, 2)), np.zeros(1000), 100, seed=0)
+    >>> xb, yb, wb = next(iter(data))
+    >>> 60 < len(xb) < 140
+    True
+    """
+    x, y = _examples(x, y)
+    _check_batch_size(batch_size, len(x))
+    replicas = strategy.num_replicas_in_sync
+    if replicas > len(x):
+        raise ValueError(f"{len(x)} examples for {replicas} replicas: every "
+                         "replica needs a shard of at least one example.")
+    q = batch_size / len(x)
+
+    def shard(r):
+        return _poisson_dataset(
+            x[r::replicas], y[r::replicas], q,
+            lambda: np.random.default_rng(None if seed is None else [seed, r]))
+
+    def per_worker(context):
+        # This input pipeline feeds ``local`` consecutive replicas; the
+        # strategy hands them consecutive elements, one batch each.
+        local = replicas // context.num_input_pipelines
+        first = context.input_pipeline_id * local
+        shards = tuple(shard(r) for r in range(first, first + local))
+
+        def one_per_replica(*batches):
+            out = tf.data.Dataset.from_tensors(batches[0])
+            for batch in batches[1:]:
+                out = out.concatenate(tf.data.Dataset.from_tensors(batch))
+            return out
+
+        return tf.data.Dataset.zip(shards).flat_map(
+            one_per_replica).prefetch(2)
+
+    return strategy.distribute_datasets_from_function(per_worker)
+
+
+def _examples(x, y):
+    x, y = np.asarray(x), np.asarray(y)
+    if len(y) != len(x):
+        raise ValueError(f"x has {len(x)} examples but y has {len(y)}.")
+    return x, y
+
+
+def _check_batch_size(batch_size, n):
+    if isinstance(batch_size, bool) or not isinstance(
+            batch_size, (int, np.integer)) or not 1 <= batch_size <= n:
         raise ValueError(f"batch_size={batch_size!r}: must be an integer in "
                          f"[1, {n}].")
-    q = batch_size / n
-    x = np.asarray(x)
-    y = np.asarray(y)
+
+
+def _poisson_dataset(x, y, q, make_rng):
+    """Endless Poisson draws of rate ``q`` from ``(x, y)``, each iteration
+    with a new ``make_rng()``; an empty draw yields one row of sample
+    weight 0."""
+    n = len(x)
 
     def generate():
-        rng = np.random.default_rng(seed)
+        rng = make_rng()
         while True:
             index = np.flatnonzero(rng.random(n) < q)
             if index.size:
@@ -73,8 +159,8 @@ def poisson_batches(x, y, batch_size, *, seed=None):
         tf.TensorSpec((None,) + y.shape[1:], tf.as_dtype(y.dtype)),
         tf.TensorSpec((None,), tf.float32),
     )
-    return tf.data.Dataset.from_generator(
-        generate, output_signature=signature).prefetch(2)
+    return tf.data.Dataset.from_generator(generate,
+                                          output_signature=signature)
 
 
 def shuffled_batches(x, y, batch_size, *, seed=None):

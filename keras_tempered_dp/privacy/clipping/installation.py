@@ -78,6 +78,37 @@ def replace_train_step(model, step):
 
     model.train_step = train_step
     model.train_function = None  # rebuild with the new step
+    _build_from_one_replica(model)
+
+
+def _build_from_one_replica(model):
+    """Lets Keras 3 build a model under tf.distribute from uneven batches.
+
+    Before training under a strategy, Keras 3 (3.15) takes one batch and
+    averages it *elementwise* across replicas to build the model from; with
+    Poisson sampling the replicas' batches differ in size and that average
+    fails. The build only needs shapes: this takes the first local
+    replica's batch instead. (The batch taken is one Poisson draw left
+    unused; draws are independent, and only steps run are accounted.)
+    """
+    original = getattr(model, "_maybe_symbolic_build", None)
+    if original is None or getattr(original, "_one_replica", False):
+        return
+
+    def maybe_symbolic_build(iterator=None, data_batch=None):
+        strategy = getattr(model, "_distribute_strategy", None)
+        if iterator is not None and strategy is not None:
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues)
+                    else v, next(batches))
+                break
+            iterator = None
+        return original(iterator=iterator, data_batch=data_batch)
+
+    maybe_symbolic_build._one_replica = True
+    model._maybe_symbolic_build = maybe_symbolic_build
 
 
 def track_loss(model, x, y, y_pred, sample_weight):
@@ -90,5 +121,8 @@ def track_loss(model, x, y, y_pred, sample_weight):
     loss = model.compute_loss(x=x, y=y, y_pred=y_pred,
                               sample_weight=sample_weight)
     if stack.KERAS_3:
-        model._loss_tracker.update_state(loss,
+        # Under a strategy Keras 3 divides compute_loss by the replica
+        # count (for its own gradient sum); the logged loss is unscaled.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        model._loss_tracker.update_state(loss * replicas,
                                          sample_weight=tf.shape(y_pred)[0])

@@ -14,6 +14,7 @@ one field here. A field's name is its flag's name and its keyword in
       engine     clipping mode, its settings, gradient accumulation
       recipe     augmentation multiplicity and its crops, EMA
       output     folder, resume, verbosity
+      distribute where it trains: one device or a tf.distribute strategy
 
 Example:
 
@@ -350,10 +351,32 @@ class OutputConfig(_Section):
                 "verbose": lambda n, v: _check_choice(n, v, (0, 1, 2)) or v}
 
 
+STRATEGIES = ("none", "mirrored", "multi_worker")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributeConfig(_Section):
+    """Where the run trains (docs/distributed.md)."""
+
+    strategy: str = _field(
+        "none", "none: one device; mirrored: every local GPU (or the "
+        "--cpu_devices); multi_worker: every worker of TF_CONFIG's cluster "
+        "(run the same command on each).", STRATEGIES)
+    cpu_devices: int | None = _field(
+        None, "Split the CPU into this many logical devices, one replica "
+        "each (to try --strategy=mirrored without GPUs; no speed-up).")
+
+    def _checks(self):
+        return {"strategy": lambda n, v: _check_choice(n, v, STRATEGIES)
+                or v,
+                "cpu_devices": lambda n, v: _check_number(
+                    n, v, low=1, integer=True, allow_none=True)}
+
+
 _SECTIONS = {"data": DataConfig, "model": ModelConfig,
              "optimizer": OptimizerConfig, "privacy": PrivacyConfig,
              "engine": EngineConfig, "recipe": RecipeConfig,
-             "output": OutputConfig}
+             "output": OutputConfig, "distribute": DistributeConfig}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -368,8 +391,11 @@ class RunConfig:
     engine: EngineConfig = dataclasses.field(default_factory=EngineConfig)
     recipe: RecipeConfig = dataclasses.field(default_factory=RecipeConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+    distribute: DistributeConfig = dataclasses.field(
+        default_factory=DistributeConfig)
 
     def __post_init__(self):
+        self._check_distribution()
         if (self.engine.clipping == "quantile"
                 and self.privacy.noise_schedule != "constant"):
             raise ValueError(
@@ -377,6 +403,26 @@ class RunConfig:
                 f"{self.privacy.noise_schedule!r}: the count's share of the "
                 "noise is fixed for a constant noise multiplier; use one or "
                 "the other.")
+
+    def _check_distribution(self):
+        strategy = self.distribute.strategy
+        if self.distribute.cpu_devices is not None and strategy != "mirrored":
+            raise ValueError(
+                f"cpu_devices={self.distribute.cpu_devices} needs "
+                f"strategy='mirrored' (strategy={strategy!r}).")
+        if strategy != "multi_worker":
+            return
+        if self.data.sampling != "poisson":
+            raise ValueError(
+                "strategy='multi_worker' with sampling="
+                f"{self.data.sampling!r}: every worker would shuffle on its "
+                "own and one example could join a step twice. Use "
+                "sampling='poisson' (each replica samples its own shard).")
+        if self.output.resume:
+            raise ValueError(
+                "strategy='multi_worker' with resume=True is not supported: "
+                "only the chief keeps a checkpoint. Resume with "
+                "--strategy=mirrored or none (epsilon does not depend on it).")
 
     @classmethod
     def from_flat(cls, **settings):

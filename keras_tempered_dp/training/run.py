@@ -19,6 +19,7 @@ A run that fails before its first checkpoint removes the folder it made.
 import dataclasses
 import os
 import shutil
+import tempfile
 import time
 
 import keras
@@ -31,11 +32,13 @@ from keras_tempered_dp.models import DEFAULT_MODEL, MODELS, activation_layer
 from keras_tempered_dp.privacy.accounting import Segment, merge_segments
 from keras_tempered_dp.privacy.compile import compile_dp, make_private
 from keras_tempered_dp.privacy.sampling import (
+    distributed_poisson_batches,
     poisson_batches,
     shuffled_batches,
 )
 from keras_tempered_dp.privacy.state import get_dp_state
 from keras_tempered_dp.training import checkpoint as ckpt
+from keras_tempered_dp.training import distribute
 from keras_tempered_dp.training import results as out
 from keras_tempered_dp.training.config import RunConfig
 from keras_tempered_dp.training.guards import StopOnNonFiniteLoss, check_data
@@ -68,6 +71,13 @@ def train(config=None, *, data=None, **settings):
         config = RunConfig.from_flat(**settings)
     elif settings:
         config = config.replace(**settings)
+    strategy = distribute.make_strategy(config.distribute)  # TF starts here
+    if not distribute.is_chief(strategy):
+        return _as_worker(config, data, strategy, start)
+    return _train(config, data, strategy, start)
+
+
+def _train(config, data, strategy, start):
     keras.utils.set_random_seed(config.data.seed)
     (x, y), (x_test, y_test) = data or load_dataset(
         config.data.dataset, data_dir=config.data.data_dir,
@@ -77,7 +87,9 @@ def train(config=None, *, data=None, **settings):
     check_data(x_test, y_test, "test", num_classes)
     existing = _existing_checkpoint(config.output)
     run = _plan_run(config, len(x), existing)
-    network = _build_or_resume(config, run, x.shape[1:], num_classes)
+    run.strategy = strategy
+    with distribute.scope(strategy):
+        network = _build_or_resume(config, run, x.shape[1:], num_classes)
     made_folder = not os.path.exists(config.output.output_dir)
     os.makedirs(config.output.output_dir, exist_ok=True)
     try:
@@ -88,6 +100,19 @@ def train(config=None, *, data=None, **settings):
         if made_folder and not ckpt.exists(config.output.output_dir):
             shutil.rmtree(config.output.output_dir, ignore_errors=True)
         raise
+
+
+def _as_worker(config, data, strategy, start):
+    """A worker other than the chief: the same run, its outputs in a
+    temporary folder removed at the end (the chief writes the run's)."""
+    if ckpt.exists(config.output.output_dir) and not config.output.overwrite:
+        _existing_checkpoint(config.output)  # raises, as on the chief
+    folder = tempfile.mkdtemp(prefix="keras_tempered_dp_worker_")
+    try:
+        return _train(config.replace(output_dir=folder, overwrite=False),
+                      data, strategy, start)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclasses.dataclass
@@ -102,6 +127,7 @@ class _Run:
     ledger: list = dataclasses.field(default_factory=list)
     checkpoint: object = None
     averaging: object = None
+    strategy: object = None  # tf.distribute strategy, or None
 
 
 def _existing_checkpoint(output):
@@ -275,9 +301,13 @@ def _fit(config, run, network, x, y, x_test, y_test):
     folder = config.output.output_dir
     plan, batch_size = run.plan, config.optimizer.batch_size
     seed = _noise_seed(config, run)
-    batches = (poisson_batches(x, y, batch_size, seed=seed)
-               if plan.sampling == "poisson" else
-               shuffled_batches(x, y, batch_size, seed=seed))
+    if plan.sampling != "poisson":
+        batches = shuffled_batches(x, y, batch_size, seed=seed)
+    elif run.strategy is None:
+        batches = poisson_batches(x, y, batch_size, seed=seed)
+    else:  # each replica samples its own shard
+        batches = distributed_poisson_batches(run.strategy, x, y,
+                                              batch_size, seed=seed)
     epsilon = EpsilonCallback(
         plan.num_examples, batch_size, delta=plan.delta,
         steps_per_epoch=plan.steps_per_epoch,

@@ -69,7 +69,7 @@ def replace_train_step(model, step):
     """
     def train_step(data):
         try:
-            return step(data)
+            return _reducible(step(data))
         except Exception:
             # A step that failed while being traced leaves a half-built
             # tf.function behind; drop it so the next fit starts clean.
@@ -78,7 +78,31 @@ def replace_train_step(model, step):
 
     model.train_step = train_step
     model.train_function = None  # rebuild with the new step
-    _build_from_one_replica(model)
+    if stack.KERAS_3:
+        _build_from_one_replica(model)
+        if not getattr(model.test_step, "_reducible", False):
+            test_step = model.test_step
+            model.test_step = lambda data: _reducible(test_step(data))
+            model.test_step._reducible = True
+            model.test_function = None
+
+
+def _reducible(logs):
+    """The step's logs as Keras 3 can reduce them across workers.
+
+    Under MultiWorkerMirroredStrategy with several workers Keras 3 (3.15)
+    averages each log over ``axis=0``, which a scalar lacks (its own steps
+    fail the same way): scalars become shape ``[1]`` there, and the average
+    is the same number.
+    """
+    if not stack.KERAS_3:
+        return logs
+    extended = getattr(tf.distribute.get_strategy(), "extended", None)
+    in_mode = getattr(extended, "_in_multi_worker_mode", lambda: False)
+    if not in_mode():
+        return logs
+    return {k: tf.reshape(v, [1]) if getattr(v, "shape", None) == () else v
+            for k, v in logs.items()}
 
 
 def _build_from_one_replica(model):

@@ -121,6 +121,7 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
         return config
     _refuse_engine_only(config.optimizer, expected_batch_size,
                         engine_options, flat)
+    _refuse_replicas(model, config.optimizer)
     dp_optimizer = _tf_privacy_optimizer(config.optimizer)(
         l2_norm_clip=config.l2_norm_clip,
         noise_multiplier=config.noise_multiplier,
@@ -214,6 +215,21 @@ def _refuse_engine_only(optimizer, expected_batch_size, engine_options,
         raise ValueError(
             "expected_batch_size= needs optimizer='fast': TF Privacy's "
             "optimizers always divide by the actual number of microbatches.")
+
+
+def _refuse_replicas(model, optimizer):
+    """TF Privacy's optimizers under several replicas: every replica adds
+    the whole noise before the replicas' gradients are summed; refused."""
+    replicas = model.distribute_strategy.num_replicas_in_sync
+    if replicas > 1:
+        raise ValueError(
+            f"optimizer={optimizer!r} under a tf.distribute strategy with "
+            f"{replicas} replicas: TF Privacy adds the full noise on every "
+            "replica before the replicas' gradients are summed (R times "
+            "the noise variance the accountant needs), and averages over "
+            "one replica's microbatches only. Use "
+            "optimizer='fast', which adds the noise once per global step "
+            "(docs/distributed.md).")
 
 
 def _install_engine(model, config, expected_batch_size, options):

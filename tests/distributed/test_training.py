@@ -140,3 +140,29 @@ def test_two_workers_train_the_digits_job(tmp_path):
                             text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-2000:]
     assert results["epsilon"] == _results(tmp_path / "one")["epsilon"]
+
+
+REFUSE_TF_PRIVACY = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from keras_tempered_dp.models import digits_cnn
+from keras_tempered_dp.privacy import compile_dp
+with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+    try:
+        compile_dp(digits_cnn("tanh"), l2_norm_clip=1.0,
+                   noise_multiplier=1.1, optimizer="dp_keras_sgd")
+    except ValueError as error:
+        print("REFUSED:", error)
+"""
+
+
+def test_tf_privacy_optimizer_refused_under_replicas():
+    pytest.importorskip("tensorflow_privacy")
+    out = subprocess.run([sys.executable, "-c", REFUSE_TF_PRIVACY],
+                         env=_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert "REFUSED: optimizer='dp_keras_sgd' under a tf.distribute " \
+        "strategy with 2 replicas" in out.stdout, out.stderr[-2000:]
+    assert "optimizer='fast'" in out.stdout

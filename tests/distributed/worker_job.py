@@ -1,0 +1,167 @@
+"""One process of tests/distributed/test_multi_worker.py.
+
+``python -m tests.distributed.worker_job OUT.npz multi`` runs as one worker
+of a MultiWorkerMirroredStrategy (TF_CONFIG from the environment, set by
+the test); ``... OUT.npz single`` runs the same phases on one device with no
+strategy, the reference. Everything happens under ``__main__``: importing
+this module (pytest's --doctest-modules does) runs nothing.
+
+Phases, each writing arrays into OUT.npz:
+
+0. ``plain_fit_error``: what ``model.fit`` raises without the workaround
+   of :func:`_vector_logs` ("" if nothing).
+1. ``fixed_*``: noise 0, three fixed global batches of 32 through
+   ``model.fit``; weights after, steps_taken, examples_seen.
+2. ``share``: noise 1, ``noise_seed=7`` on every worker; each local replica's
+   noised gradient of zero inputs (``compute_gradients`` in
+   ``strategy.run``), then ``noisy_*``: weights after two noised fit steps.
+3. ``poisson_*``: ``distributed_poisson_batches``, two epochs with
+   EpsilonCallback; the logged epsilons, steps_taken, examples_seen.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+
+GLOBAL_BATCH = 32
+FIXED_STEPS = 3
+POISSON_N, POISSON_B = 256, 32
+
+
+def _initial_weights(model):
+    """The same starting point in every process, whatever the strategy does
+    with Keras' initializers."""
+    rng = np.random.default_rng(0)
+    return [0.1 * rng.standard_normal(v.shape).astype("float32")
+            for v in model.get_weights()]
+
+
+def _vector_logs(model, tf):
+    """Works around Keras 3 under MWMS: its ``reduce_per_replica(...,
+    "auto")`` picks "mean" and, for a multi-worker collective strategy,
+    calls ``strategy.reduce("MEAN", v, axis=0)`` on every log, which fails
+    for the scalar logs every train_step returns ("Invalid reduction
+    dimension 0 for input with 0 dimensions"). Logs of shape [1] reduce
+    along axis 0 to the scalar mean over all replicas."""
+    step = model.train_step
+    model.train_step = lambda data: {
+        k: tf.reshape(v, [1]) for k, v in step(data).items()}
+    model.train_function = None
+
+
+def main(out, mode):
+    import tensorflow as tf
+    if mode == "multi":
+        # Must exist before any other TF op initializes the eager context.
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    else:
+        strategy = tf.distribute.get_strategy()
+    import keras
+    from keras_tempered_dp.callbacks import EpsilonCallback
+    from keras_tempered_dp.models import digits_cnn
+    from keras_tempered_dp.privacy import compile_dp
+    from keras_tempered_dp.privacy.sampling import (
+        distributed_poisson_batches, steps_per_epoch)
+    from keras_tempered_dp.privacy.state import get_dp_state
+
+    result = {"replicas": strategy.num_replicas_in_sync}
+
+    def make(workaround=True, **kw):
+        with strategy.scope():
+            keras.utils.set_random_seed(1)
+            model = digits_cnn("tanh")
+            compile_dp(model, l2_norm_clip=0.5, learning_rate=0.5, **kw)
+            model.build((None, 8, 8, 1))
+            model.set_weights(_initial_weights(model))
+        if workaround and mode == "multi" and keras.__version__.startswith(
+                "3"):
+            _vector_logs(model, tf)
+        return model, get_dp_state(model).engine
+
+    def save(prefix, model, engine):
+        for i, w in enumerate(model.get_weights()):
+            result[f"{prefix}_w{i}"] = w
+        result[f"{prefix}_steps"] = int(engine.steps_taken)
+        result[f"{prefix}_examples"] = int(engine.examples_seen)
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(GLOBAL_BATCH * FIXED_STEPS, 8, 8, 1)).astype(
+        "float32")
+    y = rng.integers(0, 10, len(x))
+
+    def fixed_batches():
+        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
+        # Keras hands the dataset to strategy.experimental_distribute_dataset,
+        # which under MWMS first rebatches every global batch of 32 into 2
+        # per-worker batches of 16 (consecutive elements), then auto-shards.
+        # DATA keeps element i on worker i mod 2: worker 0 the first half
+        # of each global batch, worker 1 the second, one global batch per
+        # step. OFF would give every worker every half batch (worker 0 and 1
+        # both train the first half in step 1, the second in step 2: a
+        # different, duplicated batch). AUTO tries FILE first, which fails
+        # for in-memory data and falls back to DATA with a warning; DATA
+        # says it outright.
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA)
+        return data.with_options(options)
+
+    # 0. Plain fit, no workaround for the logs: the error, if any (raised
+    #    while tracing, before any collective ran, on every worker alike).
+    model, engine = make(workaround=False, noise_multiplier=0.0)
+    try:
+        model.fit(fixed_batches().take(1), epochs=1, verbose=0)
+        result["plain_fit_error"] = ""
+    except ValueError as error:
+        result["plain_fit_error"] = str(error)[:300]
+
+    # 1. Noise 0: the distributed update is the one-device update.
+    model, engine = make(noise_multiplier=0.0)
+    model.fit(fixed_batches(), epochs=1, verbose=0)
+    save("fixed", model, engine)
+
+    # 2. Same explicit noise_seed everywhere: different shares per replica,
+    #    one model.
+    model, engine = make(noise_multiplier=1.0, noise_seed=7)
+    zeros_x = tf.zeros((4, 8, 8, 1))
+    zeros_y = tf.zeros((4,), tf.int64)
+    share = tf.function(
+        lambda: strategy.run(
+            lambda: engine.compute_gradients(zeros_x, zeros_y)[0]))()
+    local = strategy.experimental_local_results(share)
+    result["share"] = np.stack([
+        np.concatenate([tf.reshape(g, [-1]).numpy() for g in grads])
+        for grads in local])
+    model.fit(fixed_batches().take(2), epochs=1, verbose=0)
+    save("noisy", model, engine)
+
+    # 3. Poisson batches per replica shard, epsilon per epoch.
+    px = rng.normal(size=(POISSON_N, 8, 8, 1)).astype("float32")
+    py = rng.integers(0, 10, POISSON_N)
+    model, engine = make(noise_multiplier=1.1,
+                         expected_batch_size=POISSON_B)
+    steps = steps_per_epoch(POISSON_N, POISSON_B, "poisson")
+    data = distributed_poisson_batches(strategy, px, py, POISSON_B, seed=3)
+    callback = EpsilonCallback(POISSON_N, POISSON_B, delta=1e-5,
+                               steps_per_epoch=steps)
+    history = model.fit(data, steps_per_epoch=steps, epochs=2, verbose=0,
+                        callbacks=[callback])
+    result["poisson_epsilon"] = np.array(history.history["epsilon"])
+    result["poisson_steps_per_epoch"] = steps
+    result["poisson_reference_epsilon"] = np.array(
+        [EpsilonCallback(POISSON_N, POISSON_B, noise_multiplier=1.1,
+                         delta=1e-5, steps_per_epoch=steps)
+         .epsilon_after(steps=steps * e) for e in (1, 2)])
+    save("poisson", model, engine)
+
+    np.savez(out, **result)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[2] not in ("multi", "single"):
+        sys.exit("usage: worker_job.py OUT.npz multi|single")
+    if sys.argv[2] == "multi":
+        json.loads(os.environ["TF_CONFIG"])  # fail early without a cluster
+    main(sys.argv[1], sys.argv[2])

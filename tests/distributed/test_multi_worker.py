@@ -28,7 +28,6 @@ import subprocess
 import sys
 import time
 
-import keras
 import numpy as np
 import pytest
 
@@ -153,13 +152,3 @@ def test_poisson_epsilon_and_steps(results):
         np.testing.assert_array_equal(a, b)
     assert (int(results["worker0"]["poisson_examples"]) ==
             int(results["worker1"]["poisson_examples"]))
-
-
-@pytest.mark.xfail(keras.__version__.startswith("3"), strict=True,
-                   reason="Keras 3's reduce_per_replica under MWMS calls "
-                   "strategy.reduce('MEAN', v, axis=0) on the engine "
-                   "train_step's scalar logs; the package does not work "
-                   "around it (worker_job._vector_logs does)")
-def test_fit_without_log_workaround(results):
-    for name in ("worker0", "worker1"):
-        assert str(results[name]["plain_fit_error"]) == ""

@@ -8,8 +8,6 @@ this module (pytest's --doctest-modules does) runs nothing.
 
 Phases, each writing arrays into OUT.npz:
 
-0. ``plain_fit_error``: what ``model.fit`` raises without the workaround
-   of :func:`_vector_logs` ("" if nothing).
 1. ``fixed_*``: noise 0, three fixed global batches of 32 through
    ``model.fit``; weights after, steps_taken, examples_seen.
 2. ``share``: noise 1, ``noise_seed=7`` on every worker; each local replica's
@@ -38,19 +36,6 @@ def _initial_weights(model):
             for v in model.get_weights()]
 
 
-def _vector_logs(model, tf):
-    """Works around Keras 3 under MWMS: its ``reduce_per_replica(...,
-    "auto")`` picks "mean" and, for a multi-worker collective strategy,
-    calls ``strategy.reduce("MEAN", v, axis=0)`` on every log, which fails
-    for the scalar logs every train_step returns ("Invalid reduction
-    dimension 0 for input with 0 dimensions"). Logs of shape [1] reduce
-    along axis 0 to the scalar mean over all replicas."""
-    step = model.train_step
-    model.train_step = lambda data: {
-        k: tf.reshape(v, [1]) for k, v in step(data).items()}
-    model.train_function = None
-
-
 def main(out, mode):
     import tensorflow as tf
     if mode == "multi":
@@ -68,16 +53,13 @@ def main(out, mode):
 
     result = {"replicas": strategy.num_replicas_in_sync}
 
-    def make(workaround=True, **kw):
+    def make(**kw):
         with strategy.scope():
             keras.utils.set_random_seed(1)
             model = digits_cnn("tanh")
             compile_dp(model, l2_norm_clip=0.5, learning_rate=0.5, **kw)
             model.build((None, 8, 8, 1))
             model.set_weights(_initial_weights(model))
-        if workaround and mode == "multi" and keras.__version__.startswith(
-                "3"):
-            _vector_logs(model, tf)
         return model, get_dp_state(model).engine
 
     def save(prefix, model, engine):
@@ -107,15 +89,6 @@ def main(out, mode):
         options.experimental_distribute.auto_shard_policy = (
             tf.data.experimental.AutoShardPolicy.DATA)
         return data.with_options(options)
-
-    # 0. Plain fit, no workaround for the logs: the error, if any (raised
-    #    while tracing, before any collective ran, on every worker alike).
-    model, engine = make(workaround=False, noise_multiplier=0.0)
-    try:
-        model.fit(fixed_batches().take(1), epochs=1, verbose=0)
-        result["plain_fit_error"] = ""
-    except ValueError as error:
-        result["plain_fit_error"] = str(error)[:300]
 
     # 1. Noise 0: the distributed update is the one-device update.
     model, engine = make(noise_multiplier=0.0)

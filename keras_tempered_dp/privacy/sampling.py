@@ -12,6 +12,7 @@ The selection must stay secret: the generator is seeded from the operating
 system unless a seed is given (a seed is for tests and reproductions).
 """
 
+import itertools
 import secrets
 
 import numpy as np
@@ -50,8 +51,8 @@ def poisson_batches(x, y, batch_size, *, seed=None):
     """
     x, y = _examples(x, y)
     _check_batch_size(batch_size, len(x))
-    return _poisson_dataset(x, y, batch_size / len(x),
-                            lambda: np.random.default_rng(seed)).prefetch(2)
+    return _global_draw(_poisson_dataset(x, y, batch_size / len(x),
+                                         _fresh_each_iteration(seed)))
 
 
 def distributed_poisson_batches(strategy, x, y, batch_size, *, seed=None):
@@ -102,9 +103,8 @@ def distributed_poisson_batches(strategy, x, y, batch_size, *, seed=None):
     q = batch_size / len(x)
 
     def shard(r):
-        return _poisson_dataset(
-            x[r::replicas], y[r::replicas], q,
-            lambda: np.random.default_rng(None if seed is None else [seed, r]))
+        return _poisson_dataset(x[r::replicas], y[r::replicas], q,
+                                _fresh_each_iteration(seed, r))
 
     def per_worker(context):
         # This input pipeline feeds ``local`` consecutive replicas; the
@@ -137,6 +137,41 @@ def _check_batch_size(batch_size, n):
             batch_size, (int, np.integer)) or not 1 <= batch_size <= n:
         raise ValueError(f"batch_size={batch_size!r}: must be an integer in "
                          f"[1, {n}].")
+
+
+def _fresh_each_iteration(seed, *key):
+    """``make_rng`` for :func:`_poisson_dataset`: each new iterator over the
+    dataset (each ``fit``) gets draws no earlier iterator had.
+
+    Restarting a seeded stream would replay the same batches in a second
+    ``fit``: two releases on one subsample cost more than the accountant
+    counts for two steps. With a seed the first iterator draws from
+    ``(seed, *key)`` and the k-th after it from ``(seed, *key, k)``;
+    without one, every iterator from the operating system.
+    """
+    count = itertools.count()
+
+    def make_rng():
+        if seed is None:
+            return np.random.default_rng()
+        k = next(count)
+        entropy = [seed, *key] + ([k] if k else [])
+        return np.random.default_rng(entropy if len(entropy) > 1 else seed)
+
+    return make_rng
+
+
+# Datasets of whole-dataset draws are marked: under several workers each
+# worker draws its own, and Keras would give each a slice of a different
+# draw (an example could join a step twice). The engine refuses them there
+# (installation.refuse_global_draws).
+GLOBAL_DRAW = "_keras_tempered_dp_global_draw"
+
+
+def _global_draw(dataset):
+    dataset = dataset.prefetch(2)
+    setattr(dataset, GLOBAL_DRAW, True)
+    return dataset
 
 
 def _poisson_dataset(x, y, q, make_rng):
@@ -174,10 +209,13 @@ def shuffled_batches(x, y, batch_size, *, seed=None):
     The order must stay secret, like the Poisson draw: ``seed=None`` draws
     the shuffle's seed from the operating system. (Passing None on to
     tf.data would not do: under ``keras.utils.set_random_seed`` its
-    order follows the public global seed.)
+    order follows the public global seed.) With a seed, every new
+    iterator starts the same order again: a second ``fit`` on the same
+    dataset replays the first one's batches; make a dataset (with another
+    seed) per ``fit``.
     """
     if seed is None:
         seed = secrets.randbits(63)
     data = tf.data.Dataset.from_tensor_slices((x, y))
     data = data.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    return data.batch(batch_size, drop_remainder=True).repeat().prefetch(2)
+    return _global_draw(data.batch(batch_size, drop_remainder=True).repeat())

@@ -152,3 +152,14 @@ def test_poisson_epsilon_and_steps(results):
         np.testing.assert_array_equal(a, b)
     assert (int(results["worker0"]["poisson_examples"]) ==
             int(results["worker1"]["poisson_examples"]))
+
+
+def test_whole_dataset_draws_refused_across_workers(results):
+    """Each worker would train a slice of its own draw: an example could
+    join a step twice. One device trains on them as usual."""
+    for name in ("poisson", "shuffled"):
+        for worker in ("worker0", "worker1"):
+            message = str(results[worker][f"global_draw_{name}"])
+            assert "under a multi-worker strategy" in message, message
+            assert "distributed_poisson_batches" in message
+        assert str(results["single"][f"global_draw_{name}"]) == "trained"

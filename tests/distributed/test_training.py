@@ -166,3 +166,14 @@ def test_tf_privacy_optimizer_refused_under_replicas():
     assert "REFUSED: optimizer='dp_keras_sgd' under a tf.distribute " \
         "strategy with 2 replicas" in out.stdout, out.stderr[-2000:]
     assert "optimizer='fast'" in out.stdout
+
+
+def test_untested_strategies_are_refused():
+    from keras_tempered_dp.models import digits_cnn
+    from keras_tempered_dp.privacy import compile_dp
+    strategy = tf.distribute.experimental.CentralStorageStrategy()
+    with strategy.scope():
+        model = digits_cnn("tanh")
+        with pytest.raises(ValueError, match="CentralStorageStrategy: the "
+                           "clipping engine runs under MirroredStrategy"):
+            compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.1)

@@ -15,6 +15,9 @@ Phases, each writing arrays into OUT.npz:
    ``strategy.run``), then ``noisy_*``: weights after two noised fit steps.
 3. ``poisson_*``: ``distributed_poisson_batches``, two epochs with
    EpsilonCallback; the logged epsilons, steps_taken, examples_seen.
+4. ``global_draw_*``: what ``fit`` on ``poisson_batches`` and
+   ``shuffled_batches`` (whole-dataset draws) does: refused across
+   workers, trained on one device.
 """
 
 import json
@@ -128,6 +131,18 @@ def main(out, mode):
                          delta=1e-5, steps_per_epoch=steps)
          .epsilon_after(steps=steps * e) for e in (1, 2)])
     save("poisson", model, engine)
+
+    # 4. Whole-dataset draws (one per worker) are refused across workers.
+    from keras_tempered_dp.privacy.sampling import (
+        poisson_batches, shuffled_batches)
+    for name, sampler in (("poisson", poisson_batches),
+                          ("shuffled", shuffled_batches)):
+        try:
+            model.fit(sampler(px, py, POISSON_B, seed=3), steps_per_epoch=1,
+                      epochs=1, verbose=0)
+            result[f"global_draw_{name}"] = "trained"
+        except ValueError as error:
+            result[f"global_draw_{name}"] = str(error)
 
     np.savez(out, **result)
 

@@ -81,3 +81,26 @@ def test_shuffled_order_is_secret_without_a_seed():
         data = shuffled_batches(np.arange(200), np.arange(200), 50)
         orders.append(np.asarray(next(iter(data))[0]))
     assert not np.array_equal(orders[0], orders[1])
+
+
+def test_a_new_iterator_never_replays_a_seeded_draw():
+    """A second fit on the same seeded dataset must not train the first
+    fit's batches again (two releases on one subsample cost more than two
+    accounted steps). The first iterator keeps the seed's draws."""
+    x = np.arange(200.0)[:, None]
+    data = poisson_batches(x, np.zeros(200), 50, seed=4)
+    first, second = _take(data, 3), _take(data, 3)
+    for a, b in zip(first, second):
+        assert a[0].shape != b[0].shape or not np.array_equal(a[0], b[0])
+    rng = np.random.default_rng(4)
+    expected = np.flatnonzero(rng.random(200) < 0.25)
+    np.testing.assert_array_equal(first[0][0][:, 0], expected)
+    assert _take(poisson_batches(x, np.zeros(200), 50, seed=4), 1)[0][0] \
+        .tolist() == first[0][0].tolist()  # a new dataset: the same draws
+
+
+def test_whole_dataset_draws_are_marked():
+    from keras_tempered_dp.privacy.sampling import GLOBAL_DRAW
+    x, y = np.zeros((20, 2)), np.zeros(20)
+    assert getattr(poisson_batches(x, y, 5), GLOBAL_DRAW)
+    assert getattr(shuffled_batches(x, y, 5), GLOBAL_DRAW)

@@ -100,6 +100,33 @@ def _check_combination(options, num_microbatches, expected_batch_size):
                          "(num_microbatches=None).")
 
 
+def _untested_strategies():
+    names = ("TPUStrategy", "experimental.TPUStrategy",
+             "experimental.CentralStorageStrategy",
+             "experimental.ParameterServerStrategy")
+    found = []
+    for name in names:
+        owner = tf.distribute
+        for part in name.split("."):
+            owner = getattr(owner, part, None)
+        if owner is not None:
+            found.append(owner)
+    return tuple(found)
+
+
+def _refuse_untested(strategy):
+    """Only MirroredStrategy and MultiWorkerMirroredStrategy (and one
+    device) are built for and tested: others place variables and reduce
+    gradients differently, and the noise shares assume one summing
+    all-reduce."""
+    if isinstance(strategy, _untested_strategies()):
+        raise ValueError(
+            f"{type(strategy).__name__}: the clipping engine runs under "
+            "MirroredStrategy and MultiWorkerMirroredStrategy only (its "
+            "noise shares assume one summing all-reduce of the gradients); "
+            "see docs/distributed.md for what TPUStrategy would need.")
+
+
 class ClippingEngine:
     """Runs DP-SGD steps for one Keras model; install with :meth:`install`.
 
@@ -302,6 +329,7 @@ class ClippingEngine:
         # when a step is traced (_tapped).
         if model.built:
             find_taps(model)  # refuses untappable models now
+        _refuse_untested(model.distribute_strategy)
         self._move_to(model.distribute_strategy)
         self._model = model
         self._loss_fn = per_example_loss(model.loss)

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from keras_tempered_dp import stack
 from keras_tempered_dp.privacy.checks import check_dp_trainable
+from keras_tempered_dp.privacy.sampling import GLOBAL_DRAW
 
 
 def is_compiled(model):
@@ -78,6 +79,7 @@ def replace_train_step(model, step):
 
     model.train_step = train_step
     model.train_function = None  # rebuild with the new step
+    _refuse_global_draws(model)
     if stack.KERAS_3:
         _build_from_one_replica(model)
         if not getattr(model.test_step, "_reducible", False):
@@ -97,12 +99,47 @@ def _reducible(logs):
     """
     if not stack.KERAS_3:
         return logs
-    extended = getattr(tf.distribute.get_strategy(), "extended", None)
-    in_mode = getattr(extended, "_in_multi_worker_mode", lambda: False)
-    if not in_mode():
+    if not in_multi_worker_mode(tf.distribute.get_strategy()):
         return logs
     return {k: tf.reshape(v, [1]) if getattr(v, "shape", None) == () else v
             for k, v in logs.items()}
+
+
+def in_multi_worker_mode(strategy):
+    """True under a strategy spanning several worker processes."""
+    extended = getattr(strategy, "extended", None)
+    return bool(getattr(extended, "_in_multi_worker_mode", lambda: False)())
+
+
+def _refuse_global_draws(model):
+    """Makes ``model.fit`` refuse whole-dataset draws across workers.
+
+    ``poisson_batches`` and ``shuffled_batches`` draw global batches; under
+    several workers every worker draws its own, and Keras hands each a slice
+    of a *different* draw, so one example can join a step twice (a
+    sensitivity of 2C the accountant does not know). Such datasets carry a
+    mark (:data:`~keras_tempered_dp.privacy.sampling.GLOBAL_DRAW`); a
+    dataset transformed afterwards loses it, and the documentation warns.
+    """
+    fit = model.fit
+    if getattr(fit, "_refuses_global_draws", False):
+        return
+
+    def checked_fit(*args, **kwargs):
+        data = args[0] if args else kwargs.get("x")
+        if getattr(data, GLOBAL_DRAW, False) and in_multi_worker_mode(
+                model.distribute_strategy):
+            raise ValueError(
+                "fit(x=poisson_batches(...) or shuffled_batches(...)) under "
+                "a multi-worker strategy: each worker would draw its own "
+                "batches and train a slice of a different draw, so an "
+                "example could join a step twice. Use "
+                "distributed_poisson_batches(strategy, x, y, batch_size) "
+                "(each replica samples its own shard).")
+        return fit(*args, **kwargs)
+
+    checked_fit._refuses_global_draws = True
+    model.fit = checked_fit
 
 
 def _build_from_one_replica(model):

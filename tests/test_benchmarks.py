@@ -1,4 +1,5 @@
-"""The benchmarks run: a real, seconds-long run of benchmarks/fit_speed.py."""
+"""The benchmarks run: real, seconds-long runs of benchmarks/fit_speed.py
+and benchmarks/distributed_scaling.py."""
 
 import json
 import os
@@ -9,11 +10,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIT_SPEED = os.path.join(ROOT, "benchmarks", "fit_speed.py")
 
 
-def _run(*arguments, timeout=600):
+def _run(*arguments, timeout=600, script=FIT_SPEED):
     path = os.environ.get("PYTHONPATH")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
                PYTHONPATH=ROOT + (os.pathsep + path if path else ""))
-    out = subprocess.run([sys.executable, FIT_SPEED, *arguments],
+    out = subprocess.run([sys.executable, script, *arguments],
                          capture_output=True, text=True, env=env,
                          timeout=timeout)
     assert out.returncode == 0, f"{out.stdout}\n{out.stderr[-3000:]}"
@@ -57,3 +58,18 @@ def test_fit_speed_paper_row_code_path():
     assert [row["run"] for row in found["rows"]] == ["tanh", "relu"]
     assert all(row["wall_time_s"] > 0 for row in found["rows"])
     assert found["total_s"] > 0
+
+
+def test_distributed_scaling_quick_rows():
+    script = os.path.join(ROOT, "benchmarks", "distributed_scaling.py")
+    output = _run("--models=digits", "--devices=1,2", "--steps=2",
+                  "--warmup=1", script=script)
+    rows = [line.split("|")[1:-1] for line in output.splitlines()
+            if line.startswith("| this | digits")]
+    found = {(cells[3].strip(), cells[4].strip(), cells[5].strip()):
+             float(cells[6]) for cells in rows}
+    assert set(found) == {(s, d, m) for s, d in (("none", "1"),
+                                                 ("mirrored", "1"),
+                                                 ("mirrored", "2"))
+                          for m in ("dp", "ordinary")}, output
+    assert all(rate > 0 for rate in found.values())

@@ -53,6 +53,7 @@ from keras_tempered_dp.privacy.clipping import (
     noise,
     quantile,
     replicas,
+    strategies,
 )
 from keras_tempered_dp.privacy.clipping.accumulation import accumulated
 from keras_tempered_dp.privacy.clipping.clipped_sum import clipped_sum
@@ -98,33 +99,6 @@ def _check_combination(options, num_microbatches, expected_batch_size):
     if options.clipping == "quantile":
         raise ValueError("clipping='quantile' needs per-example clipping "
                          "(num_microbatches=None).")
-
-
-def _untested_strategies():
-    names = ("TPUStrategy", "experimental.TPUStrategy",
-             "experimental.CentralStorageStrategy",
-             "experimental.ParameterServerStrategy")
-    found = []
-    for name in names:
-        owner = tf.distribute
-        for part in name.split("."):
-            owner = getattr(owner, part, None)
-        if owner is not None:
-            found.append(owner)
-    return tuple(found)
-
-
-def _refuse_untested(strategy):
-    """Only MirroredStrategy and MultiWorkerMirroredStrategy (and one
-    device) are built for and tested: others place variables and reduce
-    gradients differently, and the noise shares assume one summing
-    all-reduce."""
-    if isinstance(strategy, _untested_strategies()):
-        raise ValueError(
-            f"{type(strategy).__name__}: the clipping engine runs under "
-            "MirroredStrategy and MultiWorkerMirroredStrategy only (its "
-            "noise shares assume one summing all-reduce of the gradients); "
-            "see docs/distributed.md for what TPUStrategy would need.")
 
 
 class ClippingEngine:
@@ -329,7 +303,7 @@ class ClippingEngine:
         # when a step is traced (_tapped).
         if model.built:
             find_taps(model)  # refuses untappable models now
-        _refuse_untested(model.distribute_strategy)
+        strategies.refuse_untested(model.distribute_strategy)
         self._move_to(model.distribute_strategy)
         self._model = model
         self._loss_fn = per_example_loss(model.loss)

@@ -20,10 +20,10 @@ the strategy's scope, where TensorFlow folds the (global) replica id into
 each replica's draws (tested: no two replicas draw the same noise).
 
 Why shares and not one replica adding all of it: every replica runs the
-same program (no branch on the replica id, whose untaken side would still
-have to keep the generators in step), and no single machine ever holds the
-whole noise of an update; each share's std is rounded *up*, so the sum's
-variance is never below ``sigma^2 C^2``.
+same program (no branch on the replica id), and each share's std is
+rounded *up*, so the sum's variance is never below ``sigma^2 C^2``. The
+shares are not a secrecy measure: every worker holds the generator state
+and could compute them all; the workers are trusted, as one device is.
 
 Counts the quantile clip needs (examples below the clip, examples seen) are
 summed across replicas the same way, their noise also drawn as shares

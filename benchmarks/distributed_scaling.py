@@ -52,10 +52,10 @@ MODELS = {"mnist": ("mnist_cnn", (28, 28, 1), 256),
 def child(model_key, devices, strategy_name, method, warmup, steps):
     import numpy as np
     import tensorflow as tf
+
+    from keras_tempered_dp.training.distribute import split_cpu
     if strategy_name == "mirrored":
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
+        split_cpu(devices)  # before TensorFlow starts
     import keras
 
     from keras_tempered_dp import models

@@ -164,7 +164,7 @@ def _fresh_each_iteration(seed, *key):
 # Datasets of whole-dataset draws are marked: under several workers each
 # worker draws its own, and Keras would give each a slice of a different
 # draw (an example could join a step twice). The engine refuses them there
-# (installation.refuse_global_draws).
+# (clipping/strategies.py).
 GLOBAL_DRAW = "_keras_tempered_dp_global_draw"
 
 

@@ -94,6 +94,14 @@ def _reproduce_flags(parser):
     add_flag(parser, "epochs", int, "Override the setting's epochs (a "
              "quick look; the table then differs from the paper's).", None)
     add_flag(parser, "verbose", int, "Keras' progress output.", 2)
+    _accountant_flag(parser)
+
+
+def _accountant_flag(parser):
+    from keras_tempered_dp.privacy.accounting import ACCOUNTANTS
+    add_flag(parser, "accountant", str, "rdp (default) or pld: the "
+             "accountant that calibrates the noise to the target epsilon.",
+             "rdp", choices=ACCOUNTANTS)
 
 
 def _tune_flags(parser):
@@ -104,6 +112,7 @@ def _tune_flags(parser):
     add_flag(parser, "batch_size", int, "Batch size.", 64)
     add_flag(parser, "delta", float, "delta; default min(1e-5, 1/(10 N)).",
              None)
+    _accountant_flag(parser)
 
 
 def _plot_flags(parser):
@@ -134,7 +143,7 @@ def run_reproduce(args):
         activations=args.activations, output_dir=args.output_dir,
         epochs=args.epochs, data_dir=args.data_dir,
         manual_dir=args.manual_dir, download=args.download, seed=args.seed,
-        verbose=args.verbose, command=command)
+        verbose=args.verbose, command=command, accountant=args.accountant)
     for row in rows:
         print(f"{row['run']}: {row['test_accuracy']:.2f}% at epsilon "
               f"{row['epsilon']:.3f}")
@@ -148,7 +157,8 @@ def run_tune(args):
         max_trials=args.max_trials, epochs=args.epochs,
         batch_size=args.batch_size, delta=args.delta, seed=args.seed,
         output_dir=args.output_dir, data_dir=args.data_dir,
-        manual_dir=args.manual_dir, download=args.download)
+        manual_dir=args.manual_dir, download=args.download,
+        accountant=args.accountant)
     print(f"best (s, T, o) = ({best['s']:.3g}, {best['T']:.3g}, "
           f"{best['o']:.3g}); learning_rate {best['learning_rate']:.3g},"
           f" l2_norm_clip {best['l2_norm_clip']:.3g}; every trial used "

@@ -119,11 +119,12 @@ def require_tensorboard():
 def search(*, dataset="digits", target_epsilon=3.0, max_trials=10, epochs=5,
            batch_size=64, delta=None, validation_fraction=0.1, seed=0,
            output_dir="runs/tune", data_dir=None, manual_dir=None,
-           download=True, verbose=0):
+           download=True, verbose=0, accountant="rdp"):
     """A keras-tuner random search over (s, T, o, learning rate, clip).
 
     Every trial trains for ``epochs`` with the noise calibrated so that the
-    trial ends at ``target_epsilon`` (Poisson accounting); trials are scored
+    trial ends at ``target_epsilon`` (Poisson accounting with
+    ``accountant``, "rdp" or "pld"); trials are scored
     on a validation split of the training set, never on the test set.
 
     Returns:
@@ -147,7 +148,8 @@ def search(*, dataset="digits", target_epsilon=3.0, max_trials=10, epochs=5,
     tr = tr[:n]
     delta = delta or min(1e-5, 1 / (10 * n))
     noise = calibrate_noise_multiplier(target_epsilon, n, batch_size,
-                                       epochs=epochs, delta=delta)
+                                       epochs=epochs, delta=delta,
+                                       accountant=accountant)
     hypermodel = TemperedSigmoidHyperModel(
         noise_multiplier=noise, model_fn=MODELS[DEFAULT_MODEL[dataset]],
         input_shape=x.shape[1:], num_classes=int(y.max()) + 1, momentum=0.9)

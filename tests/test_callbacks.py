@@ -275,6 +275,34 @@ def test_previous_segments_composed_exactly(rng):
         compose_epsilon(segments, delta=1e-3), rel=1e-12)
 
 
+def test_pld_accountant_logs_the_pld_epsilon(rng):
+    import dp_accounting
+    x, y = _data(rng)
+    model = _model()
+    compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.5)
+    history = model.fit(x, y, batch_size=20, epochs=2, verbose=0,
+                        callbacks=[EpsilonCallback(100, 20, delta=1e-3,
+                                                   accountant="pld")])
+    for epochs, eps in zip((1, 2), history.history["epsilon"]):
+        direct = dp_accounting.pld.PLDAccountant(
+            value_discretization_interval=1e-4)
+        direct.compose(dp_accounting.PoissonSampledDpEvent(
+            0.2, dp_accounting.GaussianDpEvent(1.5)), 5 * epochs)
+        assert eps == pytest.approx(direct.get_epsilon(1e-3), rel=1e-9)
+        assert eps < compute_epsilon(100, 20, 1.5, steps=5 * epochs,
+                                     delta=1e-3)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(accountant="prv"), "accountant='prv'"),
+    (dict(accountant="pld", sampling="without_replacement"),
+     "Poisson subsampling only"),
+])
+def test_bad_accountant_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        EpsilonCallback(100, 20, delta=1e-3, **kwargs)
+
+
 @needs_tf_privacy
 def test_schedule_above_a_tf_privacy_optimizers_noise_refused(rng):
     from keras_tempered_dp.privacy.schedules import ConstantNoise

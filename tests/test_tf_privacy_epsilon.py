@@ -142,3 +142,28 @@ def test_compute_epsilon_never_above_tf_privacy(n, batch_size, noise,
     steps = -(-epochs * n // batch_size)
     assert_agrees(compute_epsilon(n, batch_size, noise, steps=steps,
                                   delta=delta), poisson)
+
+
+@pytest.mark.parametrize("n, batch_size, epochs, noise", [
+    (60000, 256, 60, 1.1), (60000, 2048, 40, 2.0), (1000, 50, 3, 1.1)])
+def test_pld_epsilon_matches_tf_privacys_pld_statement(n, batch_size, epochs,
+                                                       noise):
+    """TF Privacy's statement with its PLD accountant: the Poisson line
+    composes ``ceil(epochs / q)`` steps, as we do here (same dp_accounting
+    PLD, same grid), so the two agree to the printed digits."""
+    import math
+
+    from tensorflow_privacy.privacy.analysis import (
+        compute_dp_sgd_privacy_lib as lib,
+    )
+    text = lib.compute_dp_sgd_privacy_statement(
+        number_of_examples=n, batch_size=batch_size, num_epochs=epochs,
+        noise_multiplier=noise, delta=1e-5, used_microbatching=False,
+        accountant_type=lib.AccountantType.PLD)
+    assert "computed with PLD accounting" in " ".join(text.split())
+    theirs = float(re.search(r"Poisson sampling \(\*\):\s+([0-9.]+)",
+                             text).group(1))
+    steps = math.ceil(epochs / (batch_size / n))
+    ours = compute_epsilon(n, batch_size, noise, steps=steps, delta=1e-5,
+                           accountant="pld")
+    assert abs(ours - theirs) <= PRINTED, (ours, theirs)

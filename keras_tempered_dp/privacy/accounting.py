@@ -1,4 +1,4 @@
-"""Privacy accounting for DP-SGD with dp_accounting's RDP accountant.
+"""Privacy accounting for DP-SGD with dp_accounting's RDP or PLD accountant.
 
 The numbers assume the *add-or-remove-one-example* neighbouring relation and,
 by default, **Poisson subsampling**: at each step every example joins the
@@ -14,6 +14,21 @@ A run is a sequence of :class:`Segment` (steps with one N, batch size and
 noise multiplier); :func:`compose_epsilon` composes any such sequence exactly
 (a resumed run with other settings, a noise schedule). The number of steps in
 an epoch has one rule, :func:`steps_per_epoch`, used by the whole package.
+
+Two accountants, both dp_accounting's, both upper bounds on epsilon:
+
+- ``"rdp"`` (the default): Renyi DP (Mironov 2017) of the subsampled
+  Gaussian at every order of :data:`RDP_ORDERS`, summed over the steps and
+  converted once, ``eps = min_a [RDP(a) + log(1/delta) / (a - 1)]`` (with
+  dp_accounting's tighter conversion). Fast; loose by 5-15% for DP-SGD.
+- ``"pld"``: the privacy loss distribution (Koskela et al. 2020; Doroshenko
+  et al. 2022) of one step, discretized on a grid of
+  :data:`PLD_DISCRETIZATION` with every loss rounded *up* (dp_accounting's
+  pessimistic estimate, so the result stays an upper bound), self-composed
+  by FFT, and read off exactly: ``delta(eps) = E[(1 - e^(eps - L))_+]``.
+  Near-exact; a smaller epsilon for the same noise, or less noise for the
+  same epsilon. Poisson sampling only (dp_accounting's PLD accountant has no
+  event for fixed-size batches without replacement).
 """
 
 import dataclasses
@@ -27,6 +42,13 @@ from dp_accounting.rdp import rdp_privacy_accountant
 from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS
 
 SAMPLINGS = ("poisson", "without_replacement")
+
+ACCOUNTANTS = ("rdp", "pld")
+
+# The PLD's grid of privacy-loss values (dp_accounting's default). Losses
+# are rounded up to it, so a coarser grid only raises epsilon; at 1e-4 the
+# paper's settings are within 0.001 of a 10x finer grid.
+PLD_DISCRETIZATION = 1e-4
 
 # How the batches of an epoch are made, for steps_per_epoch.
 BATCHINGS = ("fit", "poisson", "shuffle")
@@ -95,6 +117,19 @@ def check_sampling(sampling):
         raise ValueError(
             f"sampling={sampling!r}: must be one of {', '.join(SAMPLINGS)}.")
     return sampling
+
+
+def check_accountant(accountant, sampling="poisson"):
+    """Refuses an unknown accountant, and PLD without Poisson sampling."""
+    if accountant not in ACCOUNTANTS:
+        raise ValueError(f"accountant={accountant!r}: must be one of "
+                         f"{', '.join(map(repr, ACCOUNTANTS))}.")
+    if accountant == "pld" and sampling != "poisson":
+        raise ValueError(
+            f"accountant='pld' with sampling={sampling!r}: dp_accounting's "
+            "PLD accountant analyses Poisson subsampling only; use "
+            "accountant='rdp' for fixed-size batches without replacement.")
+    return accountant
 
 
 def steps_per_epoch(num_examples, batch_size, batching="fit"):
@@ -259,8 +294,9 @@ def merge_segments(segments):
     return tuple(merged)
 
 
-def compose_epsilon(segments, *, delta, sampling="poisson"):
-    """Epsilon of the composition of ``segments`` (RDP accountant).
+def compose_epsilon(segments, *, delta, sampling="poisson",
+                    accountant="rdp"):
+    """Epsilon of the composition of ``segments``.
 
     Args:
         segments: :class:`Segment` objects, in any order.
@@ -269,6 +305,8 @@ def compose_epsilon(segments, *, delta, sampling="poisson"):
         sampling: the analysis every segment must share ("poisson": add-or-
             remove-one neighbours, "without_replacement": replace-one); two
             neighbouring relations cannot be composed in one accountant.
+        accountant: "rdp" (default) or "pld" (Poisson only); see the module
+            docstring.
 
     Returns:
         epsilon (float); 0 for no steps, ``inf`` if a step had no noise.
@@ -279,8 +317,11 @@ def compose_epsilon(segments, *, delta, sampling="poisson"):
     ...        Segment(60000, 256, 235 * 30, 1.1)]
     >>> round(compose_epsilon(run, delta=1e-5), 3)
     2.6
+    >>> round(compose_epsilon(run, delta=1e-5, accountant="pld"), 3)
+    2.385
     """
     check_sampling(sampling)
+    check_accountant(accountant, sampling)
     segments = list(segments)
     for segment in segments:
         if not isinstance(segment, Segment):
@@ -301,6 +342,8 @@ def compose_epsilon(segments, *, delta, sampling="poisson"):
         return 0.0
     if any(s.noise_multiplier == 0 for s in segments):
         return math.inf
+    if accountant == "pld":
+        return _pld_epsilon(merge_segments(segments), float(delta))
     total = sum(s.steps * one_step_rdp(s.num_examples, s.batch_size,
                                        s.accounted_noise_multiplier,
                                        s.sampling)
@@ -309,10 +352,21 @@ def compose_epsilon(segments, *, delta, sampling="poisson"):
         list(RDP_ORDERS), total, delta)[0])
 
 
+@functools.lru_cache(maxsize=1024)
+def _pld_epsilon(segments, delta):
+    """dp_accounting's PLD accountant over ``segments`` (a tuple)."""
+    accountant = dp_accounting.pld.PLDAccountant(
+        dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+        value_discretization_interval=PLD_DISCRETIZATION)
+    for segment in segments:
+        accountant.compose(segment.event())
+    return float(accountant.get_epsilon(delta))
+
+
 def compute_epsilon(num_examples, batch_size, noise_multiplier, *,
                     epochs=None, steps=None, delta=1e-5, sampling="poisson",
-                    used_microbatching=False):
-    """Epsilon of a DP-SGD run at the given delta (RDP accountant).
+                    used_microbatching=False, accountant="rdp"):
+    """Epsilon of a DP-SGD run at the given delta.
 
     Args:
         num_examples: training set size N.
@@ -331,6 +385,8 @@ def compute_epsilon(num_examples, batch_size, noise_multiplier, *,
             example: one example can then change a clipped microbatch mean by
             up to 2C under the replace-one view TF Privacy takes, so, as TF
             Privacy does, the analysis halves the noise multiplier.
+        accountant: "rdp" (default) or "pld" (tighter; Poisson only); see
+            the module docstring.
 
     Returns:
         epsilon (float); ``inf`` when ``noise_multiplier == 0``.
@@ -342,18 +398,24 @@ def compute_epsilon(num_examples, batch_size, noise_multiplier, *,
 
     >>> round(compute_epsilon(60000, 256, 1.1, epochs=60, delta=1e-5), 3)
     2.6
+    >>> round(compute_epsilon(60000, 256, 1.1, epochs=60, delta=1e-5,
+    ...                       accountant="pld"), 3)
+    2.385
     """
     segment = _segment(num_examples, batch_size, noise_multiplier, epochs,
-                       steps, delta, sampling, used_microbatching)
-    return compose_epsilon([segment], delta=delta, sampling=sampling)
+                       steps, delta, sampling, used_microbatching,
+                       accountant)
+    return compose_epsilon([segment], delta=delta, sampling=sampling,
+                           accountant=accountant)
 
 
 def _segment(num_examples, batch_size, noise_multiplier, epochs, steps,
-             delta, sampling, used_microbatching):
+             delta, sampling, used_microbatching, accountant="rdp"):
     num_examples, batch_size = check_run(num_examples, batch_size)
     noise_multiplier = check_noise_multiplier(noise_multiplier)
     check_delta(delta, num_examples)
     check_sampling(sampling)
+    check_accountant(accountant, sampling)
     steps = resolve_steps(num_examples, batch_size, epochs, steps)
     return Segment(num_examples, batch_size, steps, noise_multiplier,
                    sampling, bool(used_microbatching))
@@ -362,12 +424,14 @@ def _segment(num_examples, batch_size, noise_multiplier, epochs, steps,
 def calibrate_noise_multiplier(target_epsilon, num_examples, batch_size, *,
                                epochs=None, steps=None, delta=1e-5,
                                sampling="poisson", used_microbatching=False,
-                               tolerance=1e-3):
+                               tolerance=1e-3, accountant="rdp"):
     """The smallest noise multiplier whose epsilon is <= ``target_epsilon``.
 
-    Bisection on :func:`compute_epsilon` (epsilon falls as the noise grows);
-    the returned sigma meets the target and is within ``tolerance`` (relative,
-    in (0, 1)) of the smallest one that does.
+    Bisection on :func:`compute_epsilon` under ``accountant`` (epsilon falls
+    as the noise grows); the returned sigma meets the target and is within
+    ``tolerance`` (relative, in (0, 1)) of the smallest one that does. The
+    PLD accountant needs less noise for the same target (about 10% less at
+    the paper's settings) and takes a few seconds instead of milliseconds.
 
     Example:
 
@@ -376,12 +440,13 @@ def calibrate_noise_multiplier(target_epsilon, num_examples, batch_size, *,
     True
     """
     _segment(num_examples, batch_size, 1.0, epochs, steps, delta, sampling,
-             used_microbatching)  # refuses bad arguments before searching
+             used_microbatching, accountant)  # refuses bad arguments first
 
     def eps(sigma):
         return compute_epsilon(num_examples, batch_size, sigma, epochs=epochs,
                                steps=steps, delta=delta, sampling=sampling,
-                               used_microbatching=used_microbatching)
+                               used_microbatching=used_microbatching,
+                               accountant=accountant)
 
     return smallest_noise(eps, target_epsilon, tolerance,
                           "a noise multiplier")
@@ -422,8 +487,9 @@ def smallest_noise(eps, target_epsilon, tolerance, what):
 
 def privacy_statement(num_examples, batch_size, noise_multiplier, *,
                       epochs=None, steps=None, delta=1e-5, sampling="poisson",
-                      used_microbatching=False):
-    """A sentence stating epsilon and every assumption behind it.
+                      used_microbatching=False, accountant="rdp"):
+    """A sentence stating epsilon and every assumption behind it, the
+    accountant included.
 
     Example:
 
@@ -431,8 +497,10 @@ def privacy_statement(num_examples, batch_size, noise_multiplier, *,
     '(2.600, 1e-05)-DP for each example: DP-S'
     """
     segment = _segment(num_examples, batch_size, noise_multiplier, epochs,
-                       steps, delta, sampling, used_microbatching)
-    epsilon = compose_epsilon([segment], delta=delta, sampling=sampling)
+                       steps, delta, sampling, used_microbatching,
+                       accountant)
+    epsilon = compose_epsilon([segment], delta=delta, sampling=sampling,
+                              accountant=accountant)
     how = ("Poisson subsampling with q = batch_size / N, add-or-remove-one "
            "neighbours" if sampling == "poisson" else
            "fixed-size batches sampled uniformly without replacement, "
@@ -443,5 +511,17 @@ def privacy_statement(num_examples, batch_size, noise_multiplier, *,
         f"({epsilon:.3f}, {delta:g})-DP for each example: DP-SGD, "
         f"{segment.steps} steps, N={num_examples}, batch_size={batch_size}, "
         f"noise_multiplier={noise_multiplier:g}{halved}"
-        f"; RDP accountant (dp_accounting) assuming {how}."
+        f"; {accountant_name(accountant)} assuming {how}."
     )
+
+
+def accountant_name(accountant):
+    """How statements name ``accountant``.
+
+    >>> accountant_name("pld")
+    "dp_accounting's PLD accountant (pessimistic, grid 0.0001)"
+    """
+    if check_accountant(accountant) == "rdp":
+        return "dp_accounting's RDP accountant"
+    return (f"dp_accounting's PLD accountant (pessimistic, grid "
+            f"{PLD_DISCRETIZATION:g})")

@@ -3,8 +3,8 @@
 Auto DP-SGD (Chilukoti et al.) decays the noise multiplier epoch by epoch.
 Whatever the schedule, each step is a Poisson-subsampled Gaussian mechanism
 with that step's own sigma; the run's epsilon is the composition of those
-events, computed here with dp_accounting's RDP accountant (the schedule is
-fixed before training, so it reveals nothing about the data). The starting
+events, computed here with dp_accounting's RDP or PLD accountant (the
+schedule is fixed before training, so it reveals nothing about the data). The starting
 noise can be calibrated so the whole run ends at a target epsilon.
 
 Epoch e (counted from 0) uses ``schedule(e)``:
@@ -29,6 +29,7 @@ import math
 
 from keras_tempered_dp.privacy.accounting import (
     Segment,
+    check_accountant,
     check_delta,
     check_integer,
     check_noise_multiplier,
@@ -171,17 +172,19 @@ def schedule_epsilon(num_examples: int, batch_size: int,
                      schedule: NoiseSchedule, *, steps_per_epoch: int,
                      epochs: int | None = None,
                      steps: int | None = None, delta: float = 1e-5,
-                     sampling: str = "poisson") -> float:
+                     sampling: str = "poisson",
+                     accountant: str = "rdp") -> float:
     """Epsilon after ``steps`` (or ``epochs`` whole epochs) under a schedule.
 
     Composes, for each epoch, ``steps_per_epoch`` subsampled Gaussian events
     with that epoch's sigma (:func:`~keras_tempered_dp.privacy.accounting.
     compose_epsilon`, same assumptions as :func:`~keras_tempered_dp.privacy.
-    accounting.compute_epsilon`).
+    accounting.compute_epsilon`), under ``accountant`` ("rdp" or "pld").
     """
     num_examples, batch_size = check_run(num_examples, batch_size)
     check_delta(delta, num_examples)
     check_sampling(sampling)
+    check_accountant(accountant, sampling)
     if (epochs is None) == (steps is None):
         raise ValueError("Give exactly one of epochs= and steps=.")
     steps_per_epoch = check_integer("steps_per_epoch", steps_per_epoch, 1)
@@ -191,14 +194,15 @@ def schedule_epsilon(num_examples: int, batch_size: int,
         schedule_segments(num_examples, batch_size, schedule,
                           steps_per_epoch=steps_per_epoch, steps=steps,
                           sampling=sampling),
-        delta=delta, sampling=sampling)
+        delta=delta, sampling=sampling, accountant=accountant)
 
 
 def calibrate_schedule(target_epsilon: float, num_examples: int,
                        batch_size: int, schedule: NoiseSchedule, *,
                        steps_per_epoch: int, epochs: int,
                        delta: float = 1e-5, sampling: str = "poisson",
-                       tolerance: float = 1e-3) -> NoiseSchedule:
+                       tolerance: float = 1e-3,
+                       accountant: str = "rdp") -> NoiseSchedule:
     """``schedule`` with the smallest sigma0 whose run ends at epsilon <=
     ``target_epsilon`` (bisection; the shape of the decay is kept).
 
@@ -212,14 +216,14 @@ def calibrate_schedule(target_epsilon: float, num_examples: int,
     # Refuse bad arguments before searching.
     schedule_epsilon(num_examples, batch_size, schedule,
                      steps_per_epoch=steps_per_epoch, steps=0, delta=delta,
-                     sampling=sampling)
+                     sampling=sampling, accountant=accountant)
     check_integer("epochs", epochs)
 
     def eps(sigma0):
         return schedule_epsilon(
             num_examples, batch_size, schedule.with_sigma0(sigma0),
             steps_per_epoch=steps_per_epoch, epochs=epochs, delta=delta,
-            sampling=sampling)
+            sampling=sampling, accountant=accountant)
 
     return schedule.with_sigma0(
         smallest_noise(eps, target_epsilon, tolerance, "sigma0"))

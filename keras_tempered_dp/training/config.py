@@ -42,6 +42,7 @@ from keras_tempered_dp.privacy.config import (
     EngineOptions,
     QuantileClipping,
 )
+from keras_tempered_dp.privacy.accounting import ACCOUNTANTS
 from keras_tempered_dp.privacy.schedules import SCHEDULES
 
 SAMPLINGS = ("poisson", "shuffle")
@@ -200,6 +201,10 @@ class PrivacyConfig(_Section):
     noise_decay: float | None = _field(
         None, "step: factor in (0, 1]; exponential / time: rate >= 0.")
     noise_decay_period: int = _field(1, "step: epochs per decay.")
+    accountant: str = _field(
+        "rdp", "rdp or pld (dp_accounting's privacy loss distribution: a "
+        "smaller epsilon for the same noise, so less noise for a "
+        "--target_epsilon; Poisson sampling only).", ACCOUNTANTS)
 
     DEFAULT_NOISE_MULTIPLIER = 1.0
 
@@ -219,6 +224,7 @@ class PrivacyConfig(_Section):
                 n, v, allow_none=True, low=0),
             "noise_decay_period": lambda n, v: _check_number(
                 n, v, low=1, integer=True),
+            "accountant": lambda n, v: _check_choice(n, v, ACCOUNTANTS) or v,
         }
 
     def _noise(self, name, value):

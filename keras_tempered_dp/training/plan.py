@@ -40,6 +40,7 @@ class NoisePlan:
     noise_multiplier: float          # sigma, or the schedule's sigma0
     schedule: NoiseSchedule | None
     previous: Sequence[Segment] = ()  # earlier parts with other settings
+    accountant: str = "rdp"
 
     @property
     def accounting_sampling(self):
@@ -60,15 +61,16 @@ class NoisePlan:
         if self.previous:
             return compose_epsilon(
                 list(self.previous) + self.segments(epochs),
-                delta=self.delta)
+                delta=self.delta, accountant=self.accountant)
         if self.schedule is not None:
             return schedule_epsilon(
                 self.num_examples, self.batch_size, self.schedule,
                 steps_per_epoch=self.steps_per_epoch, epochs=epochs,
-                delta=self.delta)
+                delta=self.delta, accountant=self.accountant)
         return compute_epsilon(
             self.num_examples, self.batch_size, self.noise_multiplier,
-            steps=self.steps_per_epoch * epochs, delta=self.delta)
+            steps=self.steps_per_epoch * epochs, delta=self.delta,
+            accountant=self.accountant)
 
 
 
@@ -102,24 +104,27 @@ def plan_noise(privacy, *, num_examples, batch_size, sampling, epochs,
                                    privacy.resolved_noise_multiplier() or 1.0,
                                    privacy.noise_decay,
                                    privacy.noise_decay_period),
-                     tuple(previous))
+                     tuple(previous), privacy.accountant)
     if privacy.target_epsilon is None:
         plan.epsilon(epochs)  # validates delta and the rest now
         return plan
     if plan.schedule is not None and not previous:
         schedule = calibrate_schedule(
             privacy.target_epsilon, num_examples, batch_size, plan.schedule,
-            steps_per_epoch=plan.steps_per_epoch, epochs=epochs, delta=delta)
+            steps_per_epoch=plan.steps_per_epoch, epochs=epochs, delta=delta,
+            accountant=plan.accountant)
         return dataclasses.replace(plan, schedule=schedule,
                                    noise_multiplier=schedule.sigma0)
 
     if not previous:
         sigma = calibrate_noise_multiplier(
             privacy.target_epsilon, num_examples, batch_size,
-            steps=plan.steps_per_epoch * epochs, delta=delta)
+            steps=plan.steps_per_epoch * epochs, delta=delta,
+            accountant=plan.accountant)
         return _with_sigma(plan, sigma)
 
-    spent = compose_epsilon(list(previous), delta=delta)
+    spent = compose_epsilon(list(previous), delta=delta,
+                            accountant=plan.accountant)
     if spent >= privacy.target_epsilon:
         raise ValueError(
             f"target_epsilon={privacy.target_epsilon}: the earlier part of "

@@ -8,7 +8,10 @@ import csv
 import json
 import os
 
-from keras_tempered_dp.privacy.accounting import privacy_statement
+from keras_tempered_dp.privacy.accounting import (
+    accountant_name,
+    privacy_statement,
+)
 
 
 def write_json(path, value):
@@ -52,7 +55,8 @@ def statement(plan, epochs, epsilon):
     n, b, steps = plan.num_examples, plan.batch_size, plan.steps_per_epoch
     if not plan.previous and plan.schedule is None:
         text = privacy_statement(n, b, plan.noise_multiplier,
-                                 steps=epochs * steps, delta=plan.delta)
+                                 steps=epochs * steps, delta=plan.delta,
+                                 accountant=plan.accountant)
     else:
         if plan.schedule is not None:
             noise = (f"noise multiplier by epoch {plan.schedule!r} (last "
@@ -70,7 +74,7 @@ def statement(plan, epochs, epsilon):
         text = (f"({epsilon:.3f}, {plan.delta:g})-DP for each example: "
                 f"DP-SGD, {epochs * steps} steps, N={n}, batch_size={b}, "
                 f"{noise}{earlier}; each step's subsampled Gaussian event "
-                "composed with dp_accounting's RDP accountant assuming "
+                f"composed with {accountant_name(plan.accountant)} assuming "
                 "Poisson subsampling with q = batch_size / N, "
                 "add-or-remove-one neighbours.")
     text += (" The training loss and accuracy in the logs are computed on "

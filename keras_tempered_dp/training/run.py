@@ -206,7 +206,7 @@ def _record(config, plan, model_name):
         clipping=config.engine.clipping,
         noise_multiplier=plan.noise_multiplier,
         noise_schedule=repr(plan.schedule) if plan.schedule else "constant",
-        delta=plan.delta, accountant="rdp",
+        delta=plan.delta, accountant=plan.accountant,
         ema_decay=config.recipe.ema_decay)
 
 
@@ -310,7 +310,7 @@ def _fit(config, run, network, x, y, x_test, y_test):
                                               batch_size, seed=seed)
     epsilon = EpsilonCallback(
         plan.num_examples, batch_size, delta=plan.delta,
-        steps_per_epoch=plan.steps_per_epoch,
+        steps_per_epoch=plan.steps_per_epoch, accountant=plan.accountant,
         initial_steps=(run.epochs_done - run.part_start)
         * plan.steps_per_epoch,
         **({"previous_segments": plan.previous} if plan.previous else {}))
@@ -356,6 +356,7 @@ def _finish(config, run, network, per_epoch, x_test, y_test, start):
         "config": flat,
         "epochs": per_epoch,
         "epsilon": epsilon,
+        "accountant": run.plan.accountant,
         "test_accuracy": float(test_accuracy),
         "privacy": out.statement(run.plan, epochs, epsilon),
         "wall_time_s": time.time() - start,

@@ -65,6 +65,37 @@ def test_target_epsilon_is_met(tmp_path):
     assert 1.99 < results["epsilon"] <= 2.0
 
 
+def test_pld_accountant_calibrates_less_noise_and_says_so(tmp_path):
+    import json
+
+    import dp_accounting
+    rdp = _small_train(tmp_path / "rdp", epochs=2, noise_multiplier=None,
+                       target_epsilon=2.0)
+    pld = _small_train(tmp_path / "pld", epochs=2, noise_multiplier=None,
+                       target_epsilon=2.0, accountant="pld")
+    assert 1.99 < pld["epsilon"] <= 2.0
+    sigma = pld["config"]["noise_multiplier"]
+    assert sigma < 0.97 * rdp["config"]["noise_multiplier"]
+    # epsilon every epoch and at the end, against dp_accounting directly
+    n, b = pld["config"]["num_examples"], 64
+    steps = round(n / b)
+    for epochs, row in enumerate(pld["epochs"], 1):
+        direct = dp_accounting.pld.PLDAccountant(
+            value_discretization_interval=1e-4)
+        direct.compose(dp_accounting.PoissonSampledDpEvent(
+            b / n, dp_accounting.GaussianDpEvent(sigma)), steps * epochs)
+        assert row["epsilon"] == pytest.approx(
+            direct.get_epsilon(pld["config"]["delta"]), rel=1e-6)
+    saved = json.loads((tmp_path / "pld" / "run" / "results.json")
+                       .read_text())
+    assert saved["accountant"] == "pld"
+    assert saved["config"]["accountant"] == "pld"
+    assert "PLD accountant" in saved["privacy"]
+    assert "RDP accountant" in rdp["privacy"]
+    with pytest.raises(ValueError, match="accountant='gdp'"):
+        _small_train(tmp_path / "bad", accountant="gdp")
+
+
 def test_resume_ends_with_the_same_epsilon(tmp_path):
     uninterrupted = _small_train(tmp_path / "a", epochs=4)
     # An "interrupted" run: 2 epochs, then resumed to 4.

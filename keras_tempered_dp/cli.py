@@ -3,6 +3,8 @@
     keras-tempered-dp train [--flags]              one DP training run
     keras-tempered-dp reproduce --dataset=D        the paper's row for D
     keras-tempered-dp tune [--flags]               search (s, T, o)
+    keras-tempered-dp audit [--flags]              train with canaries and
+                                                   bound epsilon from below
     keras-tempered-dp plot-activations [--flags]   draw the family
 
 ``keras-tempered-dp train`` with no flags trains a DP model on the digits
@@ -23,7 +25,7 @@ import typing
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-COMMANDS = ("train", "reproduce", "tune", "plot-activations")
+COMMANDS = ("train", "reproduce", "tune", "audit", "plot-activations")
 USAGE = (f"keras-tempered-dp {{{'|'.join(COMMANDS)}}} [--flags]; "
          "keras-tempered-dp COMMAND --help lists a command's flags")
 
@@ -115,6 +117,26 @@ def _tune_flags(parser):
     _accountant_flag(parser)
 
 
+def _audit_flags(parser):
+    from keras_tempered_dp.audit.job import CANARIES, AuditConfig
+    _train_flags(parser)  # the audited run's settings, as for train
+    helps = {
+        "canaries": "gradient (white-box: injected by the clipping engine) "
+                    "or input (black-box: mislabelled examples scored by "
+                    "loss).",
+        "num_canaries": "Canaries, each included with a secret fair coin.",
+        "confidence": "Confidence of the lower bounds.",
+        "canary_seed": "Seed of the inclusion draws (tests and reruns "
+                       "only; default: the OS's entropy, secret).",
+        "mia_examples": "Training and test examples each for the "
+                        "membership-inference summary.",
+    }
+    for field in dataclasses.fields(AuditConfig):
+        add_flag(parser, field.name, _field_kind(field),
+                 f"{helps[field.name]} (default: {field.default})",
+                 choices=CANARIES if field.name == "canaries" else None)
+
+
 def _plot_flags(parser):
     add_flag(parser, "triples", str, "s,T,o triples separated by "
              "semicolons, e.g. --triples='2,2,1;1,1,0'.",
@@ -166,6 +188,16 @@ def run_tune(args):
     print(TUNING_PRIVACY_NOTE)
 
 
+def run_audit(args):
+    from keras_tempered_dp.audit.job import audit
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("command", "traceback")}
+    report = audit(**settings)
+    print(report["statement"])
+    print(f"wrote {report['training']['output_dir']}/audit.json, "
+          "canaries.npz and the training run's outputs")
+
+
 def run_plot(args):
     from keras_tempered_dp.plots import plot_activations
     triples = []
@@ -190,6 +222,8 @@ HANDLERS = {
                   "De et al.'s recipe) for one dataset."),
     "tune": (run_tune, _tune_flags, "A keras-tuner search over (s, T, o); "
              "spends privacy too."),
+    "audit": (run_audit, _audit_flags, "Train with canaries and bound the "
+              "run's epsilon from below (see keras_tempered_dp.audit)."),
     "plot-activations": (run_plot, _plot_flags, "Draw tempered sigmoids."),
 }
 

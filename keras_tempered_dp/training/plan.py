@@ -96,12 +96,13 @@ def plan_noise(privacy, *, num_examples, batch_size, sampling, epochs,
     delta = privacy.delta
     if delta is None:
         delta = min(1e-5, 1 / (10 * num_examples))
+    sigma = privacy.resolved_noise_multiplier()
+    if sigma is None:  # a placeholder until calibrated to the target
+        sigma = 1.0
     plan = NoisePlan(num_examples, batch_size,
                      steps_per_epoch(num_examples, batch_size, sampling),
-                     sampling, delta,
-                     privacy.resolved_noise_multiplier() or 1.0,
-                     make_schedule(privacy.noise_schedule,
-                                   privacy.resolved_noise_multiplier() or 1.0,
+                     sampling, delta, sigma,
+                     make_schedule(privacy.noise_schedule, sigma,
                                    privacy.noise_decay,
                                    privacy.noise_decay_period),
                      tuple(previous), privacy.accountant)

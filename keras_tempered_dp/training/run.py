@@ -45,7 +45,7 @@ from keras_tempered_dp.training.guards import StopOnNonFiniteLoss, check_data
 from keras_tempered_dp.training.plan import plan_noise
 
 
-def train(config=None, *, data=None, **settings):
+def train(config=None, *, data=None, callbacks=(), **settings):
     """Trains one model with DP-SGD and writes its outputs.
 
     Args:
@@ -53,6 +53,8 @@ def train(config=None, *, data=None, **settings):
             ``settings``.
         data: ``((x, y), (x_test, y_test))`` NumPy arrays instead of
             loading ``dataset``.
+        callbacks: more Keras callbacks, run before the package's own each
+            epoch (an audit's gradient canaries use this).
         **settings: flat field names of :class:`~.config.RunConfig`
             (``dataset=``, ``epochs=``, ``target_epsilon=``, ...),
             overriding ``config``'s.
@@ -74,10 +76,10 @@ def train(config=None, *, data=None, **settings):
     strategy = distribute.make_strategy(config.distribute)  # TF starts here
     if not distribute.is_chief(strategy):
         return _as_worker(config, data, strategy, start)
-    return _train(config, data, strategy, start)
+    return _train(config, data, strategy, start, list(callbacks))
 
 
-def _train(config, data, strategy, start):
+def _train(config, data, strategy, start, callbacks=()):
     keras.utils.set_random_seed(config.data.seed)
     (x, y), (x_test, y_test) = data or load_dataset(
         config.data.dataset, data_dir=config.data.data_dir,
@@ -93,7 +95,8 @@ def _train(config, data, strategy, start):
     made_folder = not os.path.exists(config.output.output_dir)
     os.makedirs(config.output.output_dir, exist_ok=True)
     try:
-        per_epoch = _fit(config, run, network, x, y, x_test, y_test)
+        per_epoch = _fit(config, run, network, x, y, x_test, y_test,
+                         callbacks)
         return _finish(config, run, network, per_epoch, x_test, y_test,
                        start)
     except BaseException:
@@ -297,7 +300,7 @@ class _EpochCheckpoint(keras.callbacks.Callback):
                   run.averaging)
 
 
-def _fit(config, run, network, x, y, x_test, y_test):
+def _fit(config, run, network, x, y, x_test, y_test, callbacks=()):
     folder = config.output.output_dir
     plan, batch_size = run.plan, config.optimizer.batch_size
     seed = _noise_seed(config, run)
@@ -314,8 +317,8 @@ def _fit(config, run, network, x, y, x_test, y_test):
         initial_steps=(run.epochs_done - run.part_start)
         * plan.steps_per_epoch,
         **({"previous_segments": plan.previous} if plan.previous else {}))
-    extra = ([NoiseScheduler(plan.schedule)]
-             if plan.schedule is not None else [])
+    extra = list(callbacks) + ([NoiseScheduler(plan.schedule)]
+                               if plan.schedule is not None else [])
     if run.averaging is not None:
         extra.append(run.averaging)
     log = os.path.join(folder, "log.csv")

@@ -172,6 +172,7 @@ class ClippingEngine:
         self._strategy = tf.distribute.get_strategy()
         self._make_variables(l2_norm_clip, noise_multiplier, seed=seed)
         self._model = self._loss_fn = None
+        self._canaries = None
 
     def _make_variables(self, l2_norm_clip, noise_multiplier, seed=None,
                         source=None, steps=0, examples=0):
@@ -362,8 +363,14 @@ class ClippingEngine:
         stddev = replicas.share_stddev(
             noise.noise_stddev(self.gradient_noise_multiplier(),
                                tf.identity(self._clip)), replicas.count())
-        grads = noise.noised_mean(total.sums, stddev,
-                                  self._denominator(batch), self._generator)
+        sums = total.sums
+        if self._canaries is not None:  # an audit (keras_tempered_dp.audit)
+            sums = self._canaries.inject(sums, tf.identity(self._clip))
+        noised = noise.noised_sums(sums, stddev, self._generator)
+        if self._canaries is not None:
+            self._canaries.observe(noised, total.sums)
+        denominator = self._denominator(batch)
+        grads = [g / tf.cast(denominator, g.dtype) for g in noised]
         if self.clipping == "quantile":
             # After the noise: this step used the clip it clipped with.
             with tf.control_dependencies(grads):
@@ -372,6 +379,31 @@ class ClippingEngine:
                     self._options.quantile, self._count_stddev,
                     self._expected_batch_size, self._generator)
         return grads, total.y_pred
+
+    @property
+    def canaries(self):
+        """The :class:`~keras_tempered_dp.audit.gradient_canaries.
+        GradientCanaries` an audit injects into every step, or None.
+
+        Set them after :meth:`install` and before the first step is traced
+        (a callback's ``on_train_begin`` is the place); one device only.
+        """
+        return self._canaries
+
+    @canaries.setter
+    def canaries(self, canaries):
+        if self._model is None:
+            raise ValueError("Install the engine on a model before giving "
+                             "it gradient canaries.")
+        if self._strategy.num_replicas_in_sync > 1:
+            raise ValueError(
+                "Gradient canaries run on one device: under "
+                f"{type(self._strategy).__name__} with "
+                f"{self._strategy.num_replicas_in_sync} replicas every "
+                "replica would inject them. Audit without a strategy.")
+        if canaries is not None:
+            canaries.attach(self._model.trainable_variables)
+        self._canaries = canaries
 
     def compute_gradients(self, x, y, sample_weight=None):
         """The noised, averaged DP-SGD gradient for one batch.

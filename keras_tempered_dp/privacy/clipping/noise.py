@@ -68,11 +68,8 @@ class NoiseMultiplier:
         self.value = value
 
 
-def noised_mean(sums, stddev, denominator, generator):
-    """``(sum + N(0, stddev^2)) / denominator`` for every gradient, one
-    fresh draw per step from ``generator``."""
-    result = []
-    for g in sums:
-        g = g + tf.cast(generator.normal(tf.shape(g)) * stddev, g.dtype)
-        result.append(g / tf.cast(denominator, g.dtype))
-    return result
+def noised_sums(sums, stddev, generator):
+    """``sum + N(0, stddev^2)`` for every gradient, one fresh draw per step
+    from ``generator``."""
+    return [g + tf.cast(generator.normal(tf.shape(g)) * stddev, g.dtype)
+            for g in sums]

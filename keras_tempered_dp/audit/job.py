@@ -1,0 +1,240 @@
+"""The audit job: train once with canaries, score them, bound epsilon below.
+
+One call of :func:`audit` is one training run of
+:func:`~keras_tempered_dp.training.train` with ``num_canaries`` canaries,
+each included with a secret fair coin, followed by
+
+1. the canaries' scores (gradient canaries: the white-box statistic of
+   :mod:`.gradient_canaries`; input canaries: minus their loss);
+2. the one-run lower bound of Steinke, Nasr and Jagielski (2023): the proof
+   from this single run that the training is *not* (eps, delta)-DP for any
+   eps below it, with the stated confidence;
+3. the Clopper-Pearson bound with a held-out threshold (the many-run
+   statistic; from one run it is the usual heuristic, see
+   :mod:`.bounds`);
+4. loss-threshold membership inference (AUC, TPR at 1% and 0.1% FPR) on
+   the canaries and on real training examples against test examples.
+
+The accounted epsilon is an upper bound, the audit's a lower bound; a lower
+bound above the accounted epsilon means a privacy bug (or the 1 - confidence
+chance), and the statement says so. ``audit.json`` and ``canaries.npz``
+(scores and the then no longer secret draws) are written only when the run
+finished, beside the training run's own outputs.
+"""
+
+import dataclasses
+import os
+
+import keras
+import numpy as np
+
+from keras_tempered_dp.audit import bounds
+from keras_tempered_dp.audit.canaries import (
+    GradientCanaryCallback,
+    draw_inclusion,
+    loss_scores,
+    mislabelled_canaries,
+)
+from keras_tempered_dp.audit.gradient_canaries import GradientCanaries
+from keras_tempered_dp.data import load_dataset
+from keras_tempered_dp.training import train
+from keras_tempered_dp.training.config import RunConfig
+from keras_tempered_dp.training.results import write_json
+
+CANARIES = ("gradient", "input")
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditConfig:
+    """What the audit adds to a training run.
+
+    Args:
+        canaries: "gradient" (white-box: injected by the clipping engine,
+            the strongest test of clipping and noise) or "input" (black-box:
+            mislabelled training examples scored by their loss; any model).
+        num_canaries: m, at least 10; the one-run bound cannot exceed about
+            ``log(m)`` however leaky the training (m = 1000: about 4.7).
+        confidence: of every bound, in (0, 1).
+        canary_seed: None (default): the inclusion draws come from the
+            operating system, secret from the training; a seed only for
+            tests and reruns.
+        mia_examples: real training and test examples each for the
+            membership-inference summary (at most the test set's size).
+    """
+
+    canaries: str = "gradient"
+    num_canaries: int = 1000
+    confidence: float = 0.95
+    canary_seed: int | None = None
+    mia_examples: int = 5000
+
+    def __post_init__(self):
+        if self.canaries not in CANARIES:
+            raise ValueError(f"canaries={self.canaries!r}: must be one of "
+                             f"{', '.join(CANARIES)}.")
+        for name, low in (("num_canaries", 10), ("mia_examples", 10)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(
+                    value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name}={value!r}: must be an integer >= "
+                                 f"{low}.")
+        if isinstance(self.confidence, bool) or not isinstance(
+                self.confidence, (int, float)) or \
+                not 0 < self.confidence < 1:
+            raise ValueError(f"confidence={self.confidence!r}: must be in "
+                             "(0, 1), e.g. 0.95.")
+        if self.canary_seed is not None and (
+                isinstance(self.canary_seed, bool)
+                or not isinstance(self.canary_seed, (int, np.integer))
+                or self.canary_seed < 0):
+            raise ValueError(f"canary_seed={self.canary_seed!r}: must be "
+                             "None (the OS's entropy) or an integer >= 0.")
+
+
+def audit(config=None, *, audit_config=None, data=None, **settings):
+    """Trains with canaries and bounds the run's epsilon from below.
+
+    Args:
+        config: the training run's
+            :class:`~keras_tempered_dp.training.RunConfig`; None builds it
+            from ``settings``.
+        audit_config: an :class:`AuditConfig`; None builds it from the
+            ``settings`` named like its fields.
+        data: ``((x, y), (x_test, y_test))`` instead of loading the dataset.
+        **settings: flat fields of RunConfig and AuditConfig.
+
+    Returns:
+        The dictionary written to ``output_dir/audit.json``.
+
+    Example (a run without noise; its canaries are found, up to what 200
+    canaries can show):
+
+    >>> report = audit(dataset="digits", epochs=10, noise_multiplier=0,
+    ...                num_canaries=200, canary_seed=0, verbose=0,
+    ...                output_dir=str(getfixture("tmp_path")))
+    >>> report["one_run"]["epsilon"] > 2.5, report["accounted_epsilon"]
+    (True, inf)
+    """
+    names = {f.name for f in dataclasses.fields(AuditConfig)}
+    if audit_config is None:
+        audit_config = AuditConfig(**{k: settings.pop(k) for k in names
+                                      if k in settings})
+    settings = dict(settings)
+    settings.setdefault("output_dir", "runs/audit")
+    config = (RunConfig.from_flat(**settings) if config is None
+              else config.replace(**settings))
+    _refuse(config)
+    rng = np.random.default_rng(audit_config.canary_seed)
+    included = draw_inclusion(audit_config.num_canaries, seed=rng)
+    (x, y), (x_test, y_test) = data or load_dataset(
+        config.data.dataset, data_dir=config.data.data_dir,
+        manual_dir=config.data.manual_dir, download=config.data.download)
+    if audit_config.canaries == "input":
+        (x, y), (x_canary, y_canary) = mislabelled_canaries(
+            x, y, audit_config.num_canaries, rng)
+        train_x = np.concatenate([x, x_canary[included]])
+        train_y = np.concatenate([y, y_canary[included]])
+        results = train(config, data=((train_x, train_y), (x_test, y_test)))
+        model = _load(config)
+        scores = loss_scores(model, x_canary, y_canary)
+        sampled = None
+    else:
+        rate = config.optimizer.batch_size / len(x)
+        canaries = GradientCanaries(included, sampling_rate=min(1.0, rate),
+                                    seed=int(rng.integers(2**62)))
+        results = train(config, data=((x, y), (x_test, y_test)),
+                        callbacks=[GradientCanaryCallback(canaries)])
+        model = _load(config)
+        scores, sampled = canaries.scores(), canaries.times_sampled()
+    report = _report(audit_config, results, scores, included, rng,
+                     _real_data_mia(model, x, y, x_test, y_test,
+                                    audit_config.mia_examples, rng))
+    folder = config.output.output_dir
+    np.savez(os.path.join(folder, "canaries.npz"), scores=scores,
+             included=included,
+             **({} if sampled is None else {"times_sampled": sampled}))
+    write_json(os.path.join(folder, "audit.json"), report)
+    return report
+
+
+def _refuse(config):
+    if config.distribute.strategy != "none":
+        raise ValueError(
+            f"strategy={config.distribute.strategy!r}: an audit trains on "
+            "one device (gradient canaries are injected once per step); "
+            "leave --strategy out.")
+    if config.output.resume:
+        raise ValueError("resume=True: an audit is one fresh run (its "
+                         "canaries are drawn when it starts); leave "
+                         "--resume out.")
+
+
+def _load(config):
+    return keras.models.load_model(
+        os.path.join(config.output.output_dir, "model.keras"))
+
+
+def _real_data_mia(model, x, y, x_test, y_test, count, rng):
+    """Loss-threshold membership inference: training examples (members)
+    against test examples (non-members), as many of each."""
+    count = min(count, len(x), len(x_test))
+    members = rng.choice(len(x), count, replace=False)
+    others = rng.choice(len(x_test), count, replace=False)
+    scores = np.concatenate([loss_scores(model, x[members], y[members]),
+                             loss_scores(model, x_test[others],
+                                         y_test[others])])
+    truth = np.concatenate([np.ones(count, bool), np.zeros(count, bool)])
+    return dict(bounds.membership_inference_summary(scores, truth),
+                examples=int(count))
+
+
+def _report(audit_config, results, scores, included, rng, real_mia):
+    delta = results["config"]["delta"]
+    confidence = audit_config.confidence
+    one_run = bounds.one_run_audit(scores, included, delta=delta,
+                                   confidence=confidence)
+    held_out = bounds.held_out_threshold_audit(
+        scores, included, delta=delta, confidence=confidence,
+        seed=int(rng.integers(2**62)))
+    accounted = results["epsilon"]
+    report = {
+        "canaries": audit_config.canaries,
+        "num_canaries": int(included.size),
+        "included": int(included.sum()),
+        "confidence": confidence,
+        "delta": delta,
+        "accounted_epsilon": accounted,
+        "accountant": results["accountant"],
+        "one_run": dataclasses.asdict(one_run),
+        "held_out_threshold": dataclasses.asdict(held_out),
+        "canary_mia": bounds.membership_inference_summary(scores, included),
+        "training_data_mia": real_mia,
+        "test_accuracy": results["test_accuracy"],
+        "training": results["config"],
+    }
+    report["statement"] = statement(report)
+    return report
+
+
+def statement(report):
+    """What the audit showed, in one paragraph."""
+    lower, upper = report["one_run"]["epsilon"], report["accounted_epsilon"]
+    text = (
+        f"Audit with {report['num_canaries']} {report['canaries']} canaries "
+        f"({report['included']} included by secret fair coins): with "
+        f"confidence {report['confidence']:g} the training is not "
+        f"(eps, {report['delta']:g})-DP for any eps below {lower:.3f} "
+        "(one-run bound, Steinke et al. 2023); the accountant's upper bound "
+        f"is {upper:.3f} ({report['accountant']}). Held-out-threshold "
+        f"Clopper-Pearson bound (many-run statistic): "
+        f"{report['held_out_threshold']['epsilon']:.3f}.")
+    if lower > upper:
+        text += (" THE AUDIT CONTRADICTS THE ACCOUNTANT: the training leaks "
+                 "more than its epsilon says. This is a privacy bug unless "
+                 f"it is the {1 - report['confidence']:g} chance of a false "
+                 "alarm; rerun with fresh canaries and report it.")
+    else:
+        text += (" Consistent: a lower bound below the accounted epsilon "
+                 "does not prove the guarantee; it is what an audit that "
+                 "found no bug looks like.")
+    return text

@@ -124,7 +124,8 @@ def _audit_flags(parser):
         "canaries": "gradient (white-box: injected by the clipping engine) "
                     "or input (black-box: mislabelled examples scored by "
                     "loss).",
-        "num_canaries": "Canaries, each included with a secret fair coin.",
+        "num_canaries": "Canaries (>= 50), each included with a secret "
+                        "fair coin.",
         "confidence": "Confidence of the lower bounds.",
         "canary_seed": "Seed of the inclusion draws (tests and reruns "
                        "only; default: the OS's entropy, secret).",

@@ -19,7 +19,9 @@ knows the rest of the data). Its score for canary ``i`` is
     score_i = sum_t (noised_sum_t - data_clipped_sum_t)[j_i]
             = C * (times canary i was sampled) + N(0, T (sigma C)^2),
 
-an included canary scoring about ``q T C`` above an excluded one. This is
+an included canary scoring about ``q T C`` above an excluded one (with a
+noise schedule or quantile clipping, sigma and C are each step's own, and
+quantile clipping's gradient share sigma_g > sigma). This is
 the statistic whose distribution the accountant bounds; any noise too small,
 a clip not applied to the noise scale, or steps uncounted show as a lower
 bound above the accounted epsilon.

@@ -52,8 +52,10 @@ class AuditConfig:
         canaries: "gradient" (white-box: injected by the clipping engine,
             the strongest test of clipping and noise) or "input" (black-box:
             mislabelled training examples scored by their loss; any model).
-        num_canaries: m, at least 10; the one-run bound cannot exceed about
-            ``log(m)`` however leaky the training (m = 1000: about 4.7).
+        num_canaries: m, at least 50; the one-run bound cannot exceed a
+            cap that grows like ``log(m)``, however leaky the training
+            (m = 1000: 5.3 if every guess is right, about 4.6 for perfect
+            scores; docs/audit.md).
         confidence: of every bound, in (0, 1).
         canary_seed: None (default): the inclusion draws come from the
             operating system, secret from the training; a seed only for
@@ -72,7 +74,9 @@ class AuditConfig:
         if self.canaries not in CANARIES:
             raise ValueError(f"canaries={self.canaries!r}: must be one of "
                              f"{', '.join(CANARIES)}.")
-        for name, low in (("num_canaries", 10), ("mia_examples", 10)):
+        # 50: each random half of the held-out bound then holds included
+        # and excluded canaries but with probability about 2^-24.
+        for name, low in (("num_canaries", 50), ("mia_examples", 10)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(
                     value, (int, np.integer)) or value < low:
@@ -132,8 +136,14 @@ def audit(config=None, *, audit_config=None, data=None, **settings):
     if audit_config.canaries == "input":
         (x, y), (x_canary, y_canary) = mislabelled_canaries(
             x, y, audit_config.num_canaries, rng)
-        train_x = np.concatenate([x, x_canary[included]])
-        train_y = np.concatenate([y, y_canary[included]])
+        # An excluded canary's place goes to a held-back real example, so
+        # N (hence q and the steps) does not depend on the secret coins.
+        (x, y), (x_filler, y_filler) = _held_back(
+            x, y, audit_config.num_canaries, rng)
+        train_x = np.concatenate([x, x_canary[included],
+                                  x_filler[~included]])
+        train_y = np.concatenate([y, y_canary[included],
+                                  y_filler[~included]])
         results = train(config, data=((train_x, train_y), (x_test, y_test)))
         model = _load(config)
         scores = loss_scores(model, x_canary, y_canary)
@@ -146,13 +156,14 @@ def audit(config=None, *, audit_config=None, data=None, **settings):
                         callbacks=[GradientCanaryCallback(canaries)])
         model = _load(config)
         scores, sampled = canaries.scores(), canaries.times_sampled()
-    report = _report(audit_config, results, scores, included, rng,
-                     _real_data_mia(model, x, y, x_test, y_test,
-                                    audit_config.mia_examples, rng))
     folder = config.output.output_dir
+    # The scores first: whatever happens next, the run's result is kept.
     np.savez(os.path.join(folder, "canaries.npz"), scores=scores,
              included=included,
              **({} if sampled is None else {"times_sampled": sampled}))
+    report = _report(audit_config, results, scores, included, rng,
+                     _real_data_mia(model, x, y, x_test, y_test,
+                                    audit_config.mia_examples, rng))
     write_json(os.path.join(folder, "audit.json"), report)
     return report
 
@@ -167,6 +178,18 @@ def _refuse(config):
         raise ValueError("resume=True: an audit is one fresh run (its "
                          "canaries are drawn when it starts); leave "
                          "--resume out.")
+
+
+def _held_back(x, y, count, rng):
+    """``count`` random examples of ``(x, y)`` set apart from the rest."""
+    if count > len(x) // 2:
+        raise ValueError(
+            f"num_canaries={count}: input canaries need twice as many "
+            f"training examples (the canaries and as many held back); "
+            f"there are {len(x) + count}. Use fewer canaries.")
+    order = rng.permutation(len(x))
+    kept, held = np.sort(order[count:]), order[:count]
+    return (x[kept], y[kept]), (x[held], y[held])
 
 
 def _load(config):

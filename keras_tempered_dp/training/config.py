@@ -204,7 +204,9 @@ class PrivacyConfig(_Section):
     accountant: str = _field(
         "rdp", "rdp or pld (dp_accounting's privacy loss distribution: a "
         "smaller epsilon for the same noise, so less noise for a "
-        "--target_epsilon; Poisson sampling only).", ACCOUNTANTS)
+        "--target_epsilon). Both analyse Poisson sampling; with "
+        "--sampling=shuffle either gives the Poisson number by "
+        "convention.", ACCOUNTANTS)
 
     DEFAULT_NOISE_MULTIPLIER = 1.0
 

@@ -54,6 +54,9 @@ def test_non_private_run_input_canaries_large_bound(tmp_path):
                     l2_norm_clip=1e6, epochs=30, num_canaries=400)
     assert report["one_run"]["epsilon"] > 2.5, report["one_run"]
     assert report["canary_mia"]["auc"] > 0.9
+    # 400 canaries and 400 held-back examples out, then one of the two back
+    # per canary: N does not depend on the secret coins.
+    assert report["training"]["num_examples"] == 1438 - 400
 
 
 def test_dp_run_bound_stays_below_its_epsilon(tmp_path):
@@ -127,7 +130,7 @@ def test_seeded_draws_repeat():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(canaries="pixels"), "canaries='pixels'"),
-    (dict(num_canaries=5), "num_canaries=5"),
+    (dict(num_canaries=49), "num_canaries=49"),
     (dict(num_canaries=True), "num_canaries=True"),
     (dict(confidence=1.0), "confidence=1.0"),
     (dict(canary_seed=-1), "canary_seed=-1"),

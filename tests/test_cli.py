@@ -22,7 +22,21 @@ def _cli(*args, cwd):
 def test_usage_error_lists_commands(tmp_path):
     out = _cli("fly", cwd=tmp_path)
     assert out.returncode == 2
-    assert "train|reproduce|tune|plot-activations" in out.stderr
+    assert "train|reproduce|tune|audit|plot-activations" in out.stderr
+
+
+def test_audit_command(tmp_path):
+    out = _cli("audit", "--epochs=2", "--num_canaries=60",
+               "--accountant=pld", "--output_dir=out", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "one-run bound" in out.stdout and "(pld)" in out.stdout
+    report = json.loads((tmp_path / "out" / "audit.json").read_text())
+    assert report["num_canaries"] == 60 and report["accountant"] == "pld"
+    assert 0 <= report["one_run"]["epsilon"] < report["accounted_epsilon"]
+    assert (tmp_path / "out" / "canaries.npz").exists()
+    bad = _cli("audit", "--confidence=2", "--output_dir=bad", cwd=tmp_path)
+    assert bad.returncode == 2 and "confidence=2.0" in bad.stderr
+    assert not (tmp_path / "bad").exists()
 
 
 def test_plot_activations(tmp_path):

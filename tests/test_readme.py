@@ -22,7 +22,7 @@ def test_readme_numbers_in_comments_are_what_the_code_returns():
     lines = [line for block in _blocks() for line in block.splitlines()
              if re.match(r"^(compute_epsilon|calibrate_noise_multiplier)\(",
                          line)]
-    assert len(lines) == 2
+    assert len(lines) == 3
     for line in lines:
         code, comment = line.split("#", 1)
         value = eval(code, vars(keras_tempered_dp))

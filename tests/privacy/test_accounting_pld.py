@@ -67,9 +67,9 @@ def test_microbatching_halves_sigma_in_the_analysis():
                                 rel=1e-9)
 
 
-@pytest.mark.parametrize("q", [0.001, 0.01, 0.3, 1.0])
-@pytest.mark.parametrize("sigma", [0.7, 1.0, 2.0, 5.0])
-@pytest.mark.parametrize("steps", [1, 100, 2000])
+@pytest.mark.parametrize("q", [0.001, 0.03, 1.0])
+@pytest.mark.parametrize("sigma", [0.7, 1.5, 5.0])
+@pytest.mark.parametrize("steps", [1, 300, 2000])
 def test_pld_at_most_rdp_on_a_grid(q, sigma, steps):
     n = 100000
     b = max(1, round(q * n))
@@ -106,10 +106,12 @@ def test_schedule_epsilon_and_calibration():
     assert got == pytest.approx(want, rel=1e-6)
     assert got < schedule_epsilon(10000, 100, schedule, steps_per_epoch=100,
                                   epochs=5, delta=1e-5)
+    # Calibration under the schedule, on a shorter run (each try composes
+    # one PLD per epoch).
     tuned = calibrate_schedule(1.5, 10000, 100, schedule,
-                               steps_per_epoch=100, epochs=5,
+                               steps_per_epoch=100, epochs=3,
                                accountant="pld", tolerance=1e-2)
-    eps = schedule_epsilon(10000, 100, tuned, steps_per_epoch=100, epochs=5,
+    eps = schedule_epsilon(10000, 100, tuned, steps_per_epoch=100, epochs=3,
                            accountant="pld")
     assert 1.4 < eps <= 1.5
 

@@ -86,10 +86,15 @@ def _data_flags(parser, output_dir):
 
 def _reproduce_flags(parser):
     from keras_tempered_dp.experiments import RECIPES
+    from keras_tempered_dp.models import MODELS
     _data_flags(parser, "runs/reproduce")
     add_flag(parser, "recipe", str, "'paper' (tanh against ReLU, Papernot "
-             "et al.) or 'scale' (De et al.'s recipe with tempered "
-             "sigmoids).", "paper", choices=tuple(RECIPES))
+             "et al.), 'scale' (De et al.'s recipe with tempered sigmoids) "
+             "or 'scatternet' (Tramer & Boneh's ScatterNet models beside the "
+             "end-to-end CNN).", "paper", choices=tuple(RECIPES))
+    add_flag(parser, "model", str, "paper: a registry model instead of the "
+             "dataset's, e.g. scatternet_cnn.", None,
+             choices=tuple(MODELS))
     add_flag(parser, "activations", lambda t: t.split(","), "paper: the "
              "activations to compare, comma-separated (default tanh,relu).",
              None)
@@ -107,6 +112,7 @@ def _accountant_flag(parser):
 
 
 def _tune_flags(parser):
+    from keras_tempered_dp.models import MODELS
     _data_flags(parser, "runs/tune")
     add_flag(parser, "target_epsilon", float, "Every trial's epsilon.", 3.0)
     add_flag(parser, "max_trials", int, "Number of trials.", 10)
@@ -114,6 +120,9 @@ def _tune_flags(parser):
     add_flag(parser, "batch_size", int, "Batch size.", 64)
     add_flag(parser, "delta", float, "delta; default min(1e-5, 1/(10 N)).",
              None)
+    add_flag(parser, "model", str, "The model searched (default: the "
+             "dataset's); ScatterNet features are computed once.", None,
+             choices=tuple(MODELS))
     _accountant_flag(parser)
 
 
@@ -166,7 +175,8 @@ def run_reproduce(args):
         activations=args.activations, output_dir=args.output_dir,
         epochs=args.epochs, data_dir=args.data_dir,
         manual_dir=args.manual_dir, download=args.download, seed=args.seed,
-        verbose=args.verbose, command=command, accountant=args.accountant)
+        verbose=args.verbose, command=command, accountant=args.accountant,
+        model=args.model)
     for row in rows:
         print(f"{row['run']}: {row['test_accuracy']:.2f}% at epsilon "
               f"{row['epsilon']:.3f}")
@@ -181,10 +191,11 @@ def run_tune(args):
         batch_size=args.batch_size, delta=args.delta, seed=args.seed,
         output_dir=args.output_dir, data_dir=args.data_dir,
         manual_dir=args.manual_dir, download=args.download,
-        accountant=args.accountant)
-    print(f"best (s, T, o) = ({best['s']:.3g}, {best['T']:.3g}, "
-          f"{best['o']:.3g}); learning_rate {best['learning_rate']:.3g},"
-          f" l2_norm_clip {best['l2_norm_clip']:.3g}; every trial used "
+        accountant=args.accountant, model=args.model)
+    shape = (f"(s, T, o) = ({best['s']:.3g}, {best['T']:.3g}, "
+             f"{best['o']:.3g}); " if "s" in best else "")
+    print(f"best {shape}learning_rate {best['learning_rate']:.3g}, "
+          f"l2_norm_clip {best['l2_norm_clip']:.3g}; every trial used "
           f"noise_multiplier {noise:.4f}")
     print(TUNING_PRIVACY_NOTE)
 

@@ -9,7 +9,7 @@ or the search must run on public or synthetic data of the same kind.
 import keras_tuner
 
 from keras_tempered_dp.layers import TemperedSigmoid
-from keras_tempered_dp.models import mnist_cnn
+from keras_tempered_dp.models import mnist_cnn, split_fixed_front
 from keras_tempered_dp.privacy.compile import compile_dp
 
 
@@ -29,6 +29,9 @@ class TemperedSigmoidHyperModel(keras_tuner.HyperModel):
     l2_norm_clip    0.01 .. 10             log        1.0
     ==============  =====================  =========  =======
 
+    A model without activations (``scatternet_linear``) has no s, T, o to
+    search; the space is then the learning rate and the clip.
+
     Each trial builds ``model_fn(activation=TemperedSigmoid(s, T, o),
     input_shape=..., num_classes=...)`` and compiles it with
     :func:`compile_dp` at the fixed ``noise_multiplier``, so every trial
@@ -40,6 +43,10 @@ class TemperedSigmoidHyperModel(keras_tuner.HyperModel):
         model_fn: builds the network (default the paper's MNIST CNN).
         input_shape, num_classes: forwarded to ``model_fn``.
         momentum, num_microbatches, optimizer: forwarded to ``compile_dp``.
+        precomputed_features: for a model with a fixed front (ScatterNet),
+            build only the head, to fit on features computed once with
+            :func:`~keras_tempered_dp.models.split_fixed_front`'s front
+            (:func:`search` does).
 
     Example:
 
@@ -53,7 +60,8 @@ class TemperedSigmoidHyperModel(keras_tuner.HyperModel):
     def __init__(self, noise_multiplier, model_fn=mnist_cnn,
                  input_shape=(28, 28, 1), num_classes=10, momentum=0.0,
                  num_microbatches=None, optimizer=None,
-                 name="tempered_sigmoid", tunable=True):
+                 precomputed_features=False, name="tempered_sigmoid",
+                 tunable=True):
         super().__init__(name=name, tunable=tunable)
         self.noise_multiplier = noise_multiplier
         self.model_fn = model_fn
@@ -62,16 +70,25 @@ class TemperedSigmoidHyperModel(keras_tuner.HyperModel):
         self.momentum = momentum
         self.num_microbatches = num_microbatches
         self.optimizer = optimizer
+        self.precomputed_features = precomputed_features
+        probe = model_fn(activation=TemperedSigmoid(),
+                         input_shape=input_shape, num_classes=num_classes)
+        self.tunes_activation = any(
+            isinstance(layer, TemperedSigmoid) for layer in probe.layers)
 
     def build(self, hp):
-        activation = TemperedSigmoid(
-            s=hp.Float("s", 0.5, 4.0, default=2.0),
-            T=hp.Float("T", 0.25, 8.0, sampling="log", default=2.0),
-            o=hp.Float("o", 0.0, 2.0, default=1.0),
-        )
+        activation = "tanh"  # unused by a model without activations
+        if self.tunes_activation:
+            activation = TemperedSigmoid(
+                s=hp.Float("s", 0.5, 4.0, default=2.0),
+                T=hp.Float("T", 0.25, 8.0, sampling="log", default=2.0),
+                o=hp.Float("o", 0.0, 2.0, default=1.0),
+            )
         model = self.model_fn(activation=activation,
                               input_shape=self.input_shape,
                               num_classes=self.num_classes)
+        if self.precomputed_features:
+            _, model = split_fixed_front(model)
         compile_dp(
             model,
             l2_norm_clip=hp.Float("l2_norm_clip", 0.01, 10.0,
@@ -119,8 +136,11 @@ def require_tensorboard():
 def search(*, dataset="digits", target_epsilon=3.0, max_trials=10, epochs=5,
            batch_size=64, delta=None, validation_fraction=0.1, seed=0,
            output_dir="runs/tune", data_dir=None, manual_dir=None,
-           download=True, verbose=0, accountant="rdp"):
+           download=True, verbose=0, accountant="rdp", model=None):
     """A keras-tuner random search over (s, T, o, learning rate, clip).
+
+    ``model`` names a registry model (default: the dataset's); a ScatterNet
+    model's features are computed once, and its trials train the head.
 
     Every trial trains for ``epochs`` with the noise calibrated so that the
     trial ends at ``target_epsilon`` (Poisson accounting with
@@ -150,9 +170,17 @@ def search(*, dataset="digits", target_epsilon=3.0, max_trials=10, epochs=5,
     noise = calibrate_noise_multiplier(target_epsilon, n, batch_size,
                                        epochs=epochs, delta=delta,
                                        accountant=accountant)
+    model_fn = MODELS[model or DEFAULT_MODEL[dataset]]
+    num_classes = int(y.max()) + 1
+    front, _ = split_fixed_front(model_fn(input_shape=x.shape[1:],
+                                          num_classes=num_classes))
+    if front is not None:
+        x = front.predict(x, batch_size=512, verbose=0)
     hypermodel = TemperedSigmoidHyperModel(
-        noise_multiplier=noise, model_fn=MODELS[DEFAULT_MODEL[dataset]],
-        input_shape=x.shape[1:], num_classes=int(y.max()) + 1, momentum=0.9)
+        noise_multiplier=noise, model_fn=model_fn, input_shape=x.shape[1:]
+        if front is None else front.input_shape[1:],
+        num_classes=num_classes, momentum=0.9,
+        precomputed_features=front is not None)
     tuner = keras_tuner.RandomSearch(
         hypermodel, objective="val_accuracy", max_trials=max_trials,
         seed=seed, directory=output_dir, project_name=dataset,

@@ -182,3 +182,42 @@ def test_offline_download_fails_fast_and_leaves_nothing(tmp_path):
     assert time.time() - start < 120
     assert not (tmp_path / "tfds").exists()
     assert not (tmp_path / "out").exists()
+
+
+def test_reproduce_scatternet_recipe_command(tmp_path):
+    """The ScatterNet table on digits: four rows at one epsilon, features
+    computed by the first ScatterNet row and reused by the next."""
+    out = _cli("reproduce", "--recipe=scatternet", "--dataset=digits",
+               "--epochs=2", "--output_dir=out", "--verbose=0", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    folder = tmp_path / "out" / "digits_scatternet"
+    rows = json.loads((folder / "rows.json").read_text())
+    assert [r["run"] for r in rows] == [
+        "ScatterNet + linear", "ScatterNet + CNN, tanh",
+        "ScatterNet + CNN, ReLU", "end-to-end CNN, tanh"]
+    assert [r["settings"].get("model") for r in rows] == [
+        "scatternet_linear", "scatternet_cnn", "scatternet_cnn", None]
+    assert all(2.9 < r["epsilon"] <= 3.0 for r in rows)
+    assert rows[0]["feature_time_s"] > rows[1]["feature_time_s"]  # reused
+    assert rows[3]["feature_time_s"] is None
+    assert "of which features (s)" in (folder / "table.md").read_text()
+
+
+def test_train_and_reproduce_take_scatternet_models(tmp_path):
+    out = _cli("train", "--model=scatternet_cnn", "--activation=tanh",
+               "--epochs=1", "--output_dir=run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["config"]["model"] == "scatternet_cnn"
+    assert results["feature_time_s"] > 0
+    out = _cli("reproduce", "--model=scatternet_cnn", "--epochs=1",
+               "--activations=tanh", "--output_dir=out", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = json.loads((tmp_path / "out" / "digits_scatternet_cnn" /
+                       "rows.json").read_text())
+    assert rows[0]["settings"]["model"] == "scatternet_cnn"
+    out = _cli("reproduce", "--model=scatternet_linear", "--output_dir=x",
+               cwd=tmp_path)
+    assert out.returncode != 0
+    assert "has no activation" in out.stderr
+    assert not (tmp_path / "x").exists()

@@ -1,11 +1,13 @@
 """Every layer of the package through the shared harness
 (tests/layer_harness.py), plus each layer's own refusals."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
 
-from keras_tempered_dp.layers import TemperedSigmoid, WSConv2D
+from keras_tempered_dp.layers import Scattering2D, TemperedSigmoid, WSConv2D
 from tests.layer_harness import (
     LayerCase,
     check_config,
@@ -108,7 +110,38 @@ WS_CONV = LayerCase(
 )
 
 
-CASES = [TEMPERED_SIGMOID, WS_CONV]
+# -- Scattering2D -------------------------------------------------------------
+# No weights; its values are kymatio 0.3.0's (tests/layers/ has the full
+# comparison and the tolerance's reason).
+
+with np.load(os.path.join(os.path.dirname(__file__), "layers", "reference",
+                          "scattering_kymatio.npz")) as _ref:
+    _SCAT_INPUT = _ref["grey20x24_J1_L6/x"][..., None]        # [2, 20, 24, 1]
+    _SCAT_KYMATIO = _ref["grey20x24_J1_L6/S"].transpose(0, 2, 3, 1)
+
+
+def _scattering_identities(rng):
+    x = rng.normal(size=(3, 20, 24, 1))
+    layer = Scattering2D(J=1, L=6, dtype="float64")
+    # Positively homogeneous, and an all-zero image scatters to zero.
+    np.testing.assert_allclose(layer(3 * x), 3 * layer(x).numpy(),
+                               rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(layer(np.zeros_like(x)), 0)
+
+
+SCATTERING = LayerCase(
+    name="Scattering2D",
+    cls=Scattering2D,
+    kwargs=dict(J=1, L=6),
+    input_shape=(20, 24, 1),
+    golden_input=_SCAT_INPUT,
+    golden=lambda dtype: _SCAT_KYMATIO,
+    tolerances={"float32": 1e-6, "float64": 1e-6},
+    identities=[_scattering_identities],
+)
+
+
+CASES = [TEMPERED_SIGMOID, WS_CONV, SCATTERING]
 _ids = [case.name for case in CASES]
 
 

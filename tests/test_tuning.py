@@ -61,3 +61,31 @@ def test_search_without_tensorboard_says_what_to_install(monkeypatch,
         search(dataset="digits", max_trials=1, epochs=1,
                output_dir=str(tmp_path))
     assert not any(tmp_path.iterdir())
+
+
+def test_scatternet_spaces():
+    """The ScatterNet CNN searches (s, T, o) like the paper's CNNs; the
+    linear model has no activation, so its space is the learning rate and
+    the clip; with precomputed features a trial builds the head only."""
+    from keras_tempered_dp.models import scatternet_cnn, scatternet_linear
+    hp = keras_tuner.HyperParameters()
+    model = TemperedSigmoidHyperModel(
+        noise_multiplier=1.1, model_fn=scatternet_cnn).build(hp)
+    assert set(hp.values) == {"s", "T", "o", "l2_norm_clip", "learning_rate"}
+    assert model.input_shape == (None, 28, 28, 1)
+    hp = keras_tuner.HyperParameters()
+    model = TemperedSigmoidHyperModel(
+        noise_multiplier=1.1, model_fn=scatternet_linear,
+        precomputed_features=True).build(hp)
+    assert hp.values == {"l2_norm_clip": 1.0, "learning_rate": 0.15}
+    assert model.input_shape == (None, 7 * 7 * 81)  # the features
+    assert get_dp_state(model).config.noise_multiplier == 1.1
+
+
+def test_real_search_on_scatternet_features(tmp_path):
+    from keras_tempered_dp.tuning import search
+    best, noise = search(dataset="digits", model="scatternet_cnn",
+                         max_trials=2, epochs=1, target_epsilon=3.0,
+                         output_dir=str(tmp_path))
+    assert {"s", "T", "o", "learning_rate", "l2_norm_clip"} <= set(best)
+    assert noise > 0

@@ -1,4 +1,5 @@
-"""The networks: the tempered-sigmoid paper's CNNs and De et al.'s WRN-16-4.
+"""The networks: the tempered-sigmoid paper's CNNs, De et al.'s WRN-16-4 and
+Tramer and Boneh's ScatterNet models.
 
 Every builder takes ``activation=`` (see :func:`activation_layer`),
 ``input_shape=`` and ``num_classes=``; :data:`MODELS` maps the names the
@@ -8,10 +9,22 @@ model.
 
 from keras_tempered_dp.models.activation import activation_layer
 from keras_tempered_dp.models.paper import cifar10_cnn, digits_cnn, mnist_cnn
+from keras_tempered_dp.models.scatternet import (
+    join_front,
+    scatternet_cnn,
+    scatternet_linear,
+    split_fixed_front,
+)
 from keras_tempered_dp.models.wide_resnet import wide_resnet, wrn16_4
 
 MODELS = {"mnist_cnn": mnist_cnn, "cifar10_cnn": cifar10_cnn,
-          "digits_cnn": digits_cnn, "wrn16_4": wrn16_4}
+          "digits_cnn": digits_cnn, "wrn16_4": wrn16_4,
+          "scatternet_linear": scatternet_linear,
+          "scatternet_cnn": scatternet_cnn}
+
+# Models whose first layers are fixed features (split_fixed_front finds
+# them); train() computes those once over the data.
+FIXED_FRONT_MODELS = ("scatternet_linear", "scatternet_cnn")
 
 # The paper's model for each dataset (digits: a small CNN of the same shape).
 DEFAULT_MODEL = {"digits": "digits_cnn", "mnist": "mnist_cnn",
@@ -19,11 +32,16 @@ DEFAULT_MODEL = {"digits": "digits_cnn", "mnist": "mnist_cnn",
 
 __all__ = [
           "DEFAULT_MODEL",
+          "FIXED_FRONT_MODELS",
           "MODELS",
           "activation_layer",
           "cifar10_cnn",
           "digits_cnn",
+          "join_front",
           "mnist_cnn",
+          "scatternet_cnn",
+          "scatternet_linear",
+          "split_fixed_front",
           "wide_resnet",
           "wrn16_4",
 ]

@@ -125,14 +125,18 @@ class ModelConfig(_Section):
     """The network and its activation."""
 
     model: str | None = _field(
-        None, "mnist_cnn, cifar10_cnn, digits_cnn or wrn16_4; default: the "
-        "paper's model for the dataset.")
+        None, "mnist_cnn, cifar10_cnn, digits_cnn, wrn16_4, scatternet_linear "
+        "or scatternet_cnn; default: the paper's model for the dataset.")
     activation: str = _field(
         "tempered_sigmoid", "tempered_sigmoid (with --s --T --o), tanh, "
         "relu, or any registered name.")
     s: float = _field(2.0, "Tempered sigmoid scale s > 0.")
     T: float = _field(2.0, "Tempered sigmoid inverse temperature T > 0.")
     o: float = _field(1.0, "Tempered sigmoid offset o.")
+    precompute_features: bool = _field(
+        True, "Compute a ScatterNet model's fixed front end (scattering and "
+        "its normalization) once over the data instead of every step "
+        "(--noprecompute_features: every step).")
 
     def _checks(self):
         from keras_tempered_dp.activations import (
@@ -404,6 +408,7 @@ class RunConfig:
 
     def __post_init__(self):
         self._check_distribution()
+        self._check_precompute()
         if (self.engine.clipping == "quantile"
                 and self.privacy.noise_schedule != "constant"):
             raise ValueError(
@@ -411,6 +416,19 @@ class RunConfig:
                 f"{self.privacy.noise_schedule!r}: the count's share of the "
                 "noise is fixed for a constant noise multiplier; use one or "
                 "the other.")
+
+    def _check_precompute(self):
+        from keras_tempered_dp.models import FIXED_FRONT_MODELS
+        if (self.model.model in FIXED_FRONT_MODELS
+                and self.model.precompute_features
+                and self.recipe.augmentation_multiplicity > 1):
+            raise ValueError(
+                f"model={self.model.model!r} with augmentation_multiplicity="
+                f"{self.recipe.augmentation_multiplicity} and "
+                "precompute_features=True: augmentation crops and flips "
+                "images, and precomputed features are no longer images. "
+                "Pass --noprecompute_features (the scattering then runs every "
+                "step, on the augmented copies) or drop the augmentation.")
 
     def _check_distribution(self):
         strategy = self.distribute.strategy

@@ -7,7 +7,10 @@
    written;
 3. plan: delta, steps and the noise (:mod:`.plan`), composed with the
    checkpoint's ledger on a resume (:mod:`.checkpoint`);
-4. model: built and compiled, or resumed from the checkpoint;
+4. model: built and compiled, or resumed from the checkpoint; a model
+   whose first layers are fixed features (ScatterNet) is split, and those
+   features are computed once over the data (they cost no privacy: each
+   depends on one example and on nothing learned);
 5. fit: with the epsilon callback, the non-finite-loss guard, logs and an
    epoch checkpoint;
 6. results: the EMA applied, the test accuracy, the model and
@@ -17,6 +20,8 @@ A run that fails before its first checkpoint removes the folder it made.
 """
 
 import dataclasses
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -28,7 +33,14 @@ import numpy as np
 from keras_tempered_dp.averaging import ParameterAveraging
 from keras_tempered_dp.callbacks import EpsilonCallback, NoiseScheduler
 from keras_tempered_dp.data import load_dataset
-from keras_tempered_dp.models import DEFAULT_MODEL, MODELS, activation_layer
+from keras_tempered_dp.models import (
+    DEFAULT_MODEL,
+    FIXED_FRONT_MODELS,
+    MODELS,
+    activation_layer,
+    join_front,
+    split_fixed_front,
+)
 from keras_tempered_dp.privacy.accounting import Segment, merge_segments
 from keras_tempered_dp.privacy.compile import compile_dp, make_private
 from keras_tempered_dp.privacy.sampling import (
@@ -91,14 +103,17 @@ def _train(config, data, strategy, start, callbacks=()):
     run = _plan_run(config, len(x), existing)
     run.strategy = strategy
     with distribute.scope(strategy):
-        network = _build_or_resume(config, run, x.shape[1:], num_classes)
+        front, network = _build_or_resume(config, run, x.shape[1:],
+                                          num_classes)
+    if front is not None:
+        x, x_test = _precompute(front, x, x_test, run, config.output.verbose)
     made_folder = not os.path.exists(config.output.output_dir)
     os.makedirs(config.output.output_dir, exist_ok=True)
     try:
         per_epoch = _fit(config, run, network, x, y, x_test, y_test,
                          callbacks)
         return _finish(config, run, network, per_epoch, x_test, y_test,
-                       start)
+                       start, front)
     except BaseException:
         if made_folder and not ckpt.exists(config.output.output_dir):
             shutil.rmtree(config.output.output_dir, ignore_errors=True)
@@ -131,6 +146,7 @@ class _Run:
     checkpoint: object = None
     averaging: object = None
     strategy: object = None  # tf.distribute strategy, or None
+    feature_time_s: float | None = None  # precomputing fixed features
 
 
 def _existing_checkpoint(output):
@@ -210,7 +226,11 @@ def _record(config, plan, model_name):
         noise_multiplier=plan.noise_multiplier,
         noise_schedule=repr(plan.schedule) if plan.schedule else "constant",
         delta=plan.delta, accountant=plan.accountant,
-        ema_decay=config.recipe.ema_decay)
+        ema_decay=config.recipe.ema_decay,
+        # The checkpoint then holds the head only (None for other models,
+        # as in checkpoints written before this key existed).
+        precomputed_front=(True if model_name in FIXED_FRONT_MODELS
+                           and config.model.precompute_features else None))
 
 
 def _noise_seed(config, run):
@@ -237,9 +257,16 @@ def _engine_settings(config, run):
 
 
 def _build_or_resume(config, run, input_shape, num_classes):
+    """``(front, network)``: the fixed front to precompute (or None) and
+    the network that trains, compiled for DP-SGD."""
     settings = _engine_settings(config, run)
     if config.recipe.ema_decay is not None:
         run.averaging = ParameterAveraging(decay=config.recipe.ema_decay)
+    front = None
+    if run.checkpoint is None or run.record["precomputed_front"]:
+        network = _new_model(config, run, input_shape, num_classes)
+        if run.record["precomputed_front"]:
+            front, network = split_fixed_front(network)
     if run.checkpoint is not None:
         network = ckpt.load_model(run.checkpoint)
         make_private(network, **settings)
@@ -249,7 +276,14 @@ def _build_or_resume(config, run, input_shape, num_classes):
                 run.checkpoint.l2_norm_clip
         if run.averaging is not None:
             run.averaging.set_state(network, ckpt.load_ema(run.checkpoint))
-        return network
+        return front, network
+    compile_dp(network, learning_rate=config.optimizer.learning_rate,
+               momentum=config.optimizer.momentum, **settings)
+    return front, network
+
+
+def _new_model(config, run, input_shape, num_classes):
+    """The registry's model for these settings, not compiled."""
     tempered = config.model.activation == "tempered_sigmoid"
     activation = (activation_layer("tempered_sigmoid", s=config.model.s,
                                    T=config.model.T, o=config.model.o)
@@ -264,9 +298,36 @@ def _build_or_resume(config, run, input_shape, num_classes):
             f"of shape {tuple(input_shape)} ({str(error)[:200]}). Leave "
             "--model out to use the dataset's own model "
             f"({DEFAULT_MODEL[config.data.dataset]}).") from error
-    compile_dp(network, learning_rate=config.optimizer.learning_rate,
-               momentum=config.optimizer.momentum, **settings)
     return network
+
+
+# The last features computed in this process, reused by the next run on
+# the same images through the same front (reproduce's rows, repeats).
+_LAST_FEATURES = {}
+
+
+def _precompute(front, x, x_test, run, verbose):
+    """The front's features of the training and test sets, timed."""
+    began = time.time()
+    images = np.concatenate([x, x_test])  # one call: one trace of the front
+    key = (json.dumps([layer.get_config() for layer in front.layers],
+                      sort_keys=True, default=str),
+           images.shape, str(images.dtype),
+           hashlib.blake2b(np.ascontiguousarray(images).data).hexdigest())
+    reused = key in _LAST_FEATURES
+    if not reused:
+        _LAST_FEATURES.clear()
+        _LAST_FEATURES[key] = front.predict(images, batch_size=512,
+                                            verbose=0)
+    features = _LAST_FEATURES[key]
+    x, x_test = features[:len(x)], features[len(x):]
+    run.feature_time_s = time.time() - began
+    if verbose:
+        print(f"Fixed features ({', '.join(l.name for l in front.layers)}) "
+              f"of {len(images)} images, shape {x.shape[1:]}: "
+              + ("reused from the previous run." if reused else
+                 f"{run.feature_time_s:.1f} s."))
+    return x, x_test
 
 
 def resumed_seed(seed, epochs_done):
@@ -342,12 +403,15 @@ def _fit(config, run, network, x, y, x_test, y_test, callbacks=()):
     return out.read_log(log)
 
 
-def _finish(config, run, network, per_epoch, x_test, y_test, start):
+def _finish(config, run, network, per_epoch, x_test, y_test, start,
+            front=None):
     folder = config.output.output_dir
     if run.averaging is not None:
         run.averaging.apply()  # the averaged weights are the result
     _, test_accuracy = network.evaluate(x_test, y_test, verbose=0)
-    out.save_model(network, os.path.join(folder, "model.keras"))
+    # The saved model takes images: the front joined back to the head.
+    out.save_model(network if front is None else join_front(front, network),
+                   os.path.join(folder, "model.keras"))
     epochs = config.optimizer.epochs - run.part_start
     epsilon = run.plan.epsilon(epochs)
     flat = config.flat()
@@ -363,6 +427,7 @@ def _finish(config, run, network, per_epoch, x_test, y_test, start):
         "test_accuracy": float(test_accuracy),
         "privacy": out.statement(run.plan, epochs, epsilon),
         "wall_time_s": time.time() - start,
+        "feature_time_s": run.feature_time_s,
         "resumed_from_epoch": run.epochs_done,
         "ledger": run.ledger,
     }

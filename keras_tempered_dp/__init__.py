@@ -12,8 +12,13 @@ from keras_tempered_dp.activations import (
     tempered_sigmoid,
 )
 from keras_tempered_dp.callbacks import EpsilonCallback, NoiseScheduler
-from keras_tempered_dp.layers import TemperedSigmoid
-from keras_tempered_dp.models import cifar10_cnn, mnist_cnn
+from keras_tempered_dp.layers import Scattering2D, TemperedSigmoid
+from keras_tempered_dp.models import (
+    cifar10_cnn,
+    mnist_cnn,
+    scatternet_cnn,
+    scatternet_linear,
+)
 from keras_tempered_dp.privacy import (
     DPConfig,
     Segment,

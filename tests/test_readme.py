@@ -84,3 +84,19 @@ def test_recipe_doc_python_blocks_run():
     exec(compile(blocks[1], str(doc), "exec"), namespace)  # noqa: S102
     assert get_dp_state(namespace["model"]).engine.clipping == "normalize"
     assert namespace["schedule"].sigma0 > 0
+
+
+def test_scatternet_doc_python_block_runs():
+    doc = README.parent / "docs" / "scatternet.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), re.DOTALL)
+    assert len(blocks) == 1
+    namespace = {}
+    exec(compile(blocks[0], str(doc), "exec"), namespace)  # noqa: S102
+    model, head = namespace["model"], namespace["head"]
+    assert model.input_shape == (None, 8, 8, 1)
+    assert model.layers[0].name == "scattering"
+    logs = head.history.history
+    assert 0 < logs["epsilon"][-1] < 10
+    x_test, y_test = namespace["x_test"], namespace["y_test"]
+    accuracy = (model.predict(x_test, verbose=0).argmax(1) == y_test).mean()
+    assert accuracy > 0.7, accuracy  # chance is 0.1; seen 0.88 and 0.92

@@ -301,32 +301,40 @@ def _new_model(config, run, input_shape, num_classes):
     return network
 
 
-# The last features computed in this process, reused by the next run on
-# the same images through the same front (reproduce's rows, repeats).
+# The last scattering computed in this process, reused by the next run on
+# the same images (reproduce's rows, repeats): the expensive part of a
+# front; what follows it (normalization, flatten) is cheap and recomputed.
 _LAST_FEATURES = {}
 
 
 def _precompute(front, x, x_test, run, verbose):
     """The front's features of the training and test sets, timed."""
     began = time.time()
-    images = np.concatenate([x, x_test])  # one call: one trace of the front
-    key = (json.dumps([layer.get_config() for layer in front.layers],
-                      sort_keys=True, default=str),
+    images = np.concatenate([x, x_test])  # one call: one trace
+    first, rest = front.layers[0], front.layers[1:]
+    key = (json.dumps(first.get_config(), sort_keys=True, default=str),
            images.shape, str(images.dtype),
            hashlib.blake2b(np.ascontiguousarray(images).data).hexdigest())
     reused = key in _LAST_FEATURES
     if not reused:
         _LAST_FEATURES.clear()
-        _LAST_FEATURES[key] = front.predict(images, batch_size=512,
-                                            verbose=0)
+        _LAST_FEATURES[key] = keras.Sequential(
+            [keras.Input(images.shape[1:]), first]).predict(
+                images, batch_size=512, verbose=0)
     features = _LAST_FEATURES[key]
+    if rest:
+        features = keras.Sequential([keras.Input(features.shape[1:])]
+                                    + rest).predict(features,
+                                                    batch_size=4096,
+                                                    verbose=0)
     x, x_test = features[:len(x)], features[len(x):]
     run.feature_time_s = time.time() - began
     if verbose:
         print(f"Fixed features ({', '.join(l.name for l in front.layers)}) "
-              f"of {len(images)} images, shape {x.shape[1:]}: "
-              + ("reused from the previous run." if reused else
-                 f"{run.feature_time_s:.1f} s."))
+              f"of {len(images)} images, shape {x.shape[1:]}, in "
+              f"{run.feature_time_s:.1f} s"
+              + (f" ({first.name} reused from the previous run)."
+                 if reused else "."))
     return x, x_test
 
 

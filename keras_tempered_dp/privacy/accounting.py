@@ -31,8 +31,10 @@ Two accountants, both dp_accounting's, both upper bounds on epsilon:
   event for fixed-size batches without replacement).
 """
 
+import contextlib
 import dataclasses
 import functools
+import logging
 import math
 import numbers
 
@@ -258,6 +260,29 @@ def rdp_accountant(sampling="poisson"):
     return dp_accounting.rdp.RdpAccountant(list(RDP_ORDERS), relation)
 
 
+class _NonConvergenceFilter(logging.Filter):
+    """Drops dp_accounting's "failed to converge ... Excluding this order"
+    warnings: for some (q, sigma) its series at fractional orders near 1
+    does not converge within its iteration cap, and it then sets that
+    order's RDP to infinity. That only drops the order from the minimum
+    over orders, so epsilon can only be larger (never understated); the
+    dozens of lines it prints during a noise calibration say nothing a user
+    can act on."""
+
+    def filter(self, record):
+        return "failed to converge" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_non_convergence():
+    logger, quiet = logging.getLogger("absl"), _NonConvergenceFilter()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 @functools.lru_cache(maxsize=4096)
 def one_step_rdp(num_examples, batch_size, noise_multiplier, sampling):
     """RDP at every order of :data:`RDP_ORDERS` of one DP-SGD step.
@@ -267,8 +292,9 @@ def one_step_rdp(num_examples, batch_size, noise_multiplier, sampling):
     costs one cached vector per distinct step.
     """
     accountant = rdp_accountant(sampling)
-    accountant.compose(dp_sgd_event(num_examples, batch_size,
-                                    noise_multiplier, 1, sampling))
+    with _quiet_non_convergence():
+        accountant.compose(dp_sgd_event(num_examples, batch_size,
+                                        noise_multiplier, 1, sampling))
     # The one place that reads dp_accounting's private state: RdpAccountant
     # has no public accessor for its RDP vector (dp_accounting 0.4).
     return np.array(accountant._rdp, dtype=float)

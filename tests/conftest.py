@@ -56,3 +56,8 @@ def digits():
 def assert_close(a, b, rtol=1e-6, atol=1e-6):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol,
                                atol=atol)
+
+
+# The script that wrote the kymatio reference needs kymatio; it is run by
+# hand, not collected (pytest's --doctest-modules would import it).
+collect_ignore = ["layers/reference/make_scattering_reference.py"]

@@ -9,14 +9,15 @@ Generated with (see also the ``versions`` key inside the npz):
     kymatio 0.3.0, scipy 1.14.1, numpy 1.26.4, Python 3.11.7
 
 kymatio 0.3.0 imports ``scipy.special.sph_harm``, which newer SciPy removed,
-so it needs ``scipy<1.15``.  Test-only environment:
+so it needs ``scipy<1.15`` (the legacy stack's test extra pins both, so its
+test virtualenv runs this too). A separate environment:
 
-    python3.11 -m venv /work/venv-kymatio
-    /work/venv-kymatio/bin/pip install "kymatio==0.3.0" "scipy<1.15" "numpy<2"
+    python3.11 -m venv .venv-kymatio
+    .venv-kymatio/bin/pip install "kymatio==0.3.0" "scipy<1.15" "numpy<2"
 
 Rerun (from the repository root):
 
-    /work/venv-kymatio/bin/python tests/layers/reference/make_scattering_reference.py
+    .venv-kymatio/bin/python tests/layers/reference/make_scattering_reference.py
 
 Settings: kymatio defaults (max_order=2, pre_pad=False, out_type='array').
 Inputs are float64; kymatio's filters are built in complex64/float32, so the

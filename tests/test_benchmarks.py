@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIT_SPEED = os.path.join(ROOT, "benchmarks", "fit_speed.py")
 
@@ -60,6 +62,7 @@ def test_fit_speed_paper_row_code_path():
     assert found["total_s"] > 0
 
 
+@pytest.mark.slow  # half a minute; tests/distributed checks the same runs
 def test_distributed_scaling_quick_rows():
     script = os.path.join(ROOT, "benchmarks", "distributed_scaling.py")
     output = _run("--models=digits", "--devices=1,2", "--steps=2",

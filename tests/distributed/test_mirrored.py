@@ -32,7 +32,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 
 
-@pytest.fixture(scope="module", params=[2, 4])
+# 4 replicas repeat every check of 2 at twice the cost (a minute of CI):
+# run with -m slow.
+@pytest.fixture(scope="module", params=[
+    2, pytest.param(4, marks=pytest.mark.slow)])
 def measured(request, tmp_path_factory):
     out = tmp_path_factory.mktemp("mirrored") / "result.json"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",

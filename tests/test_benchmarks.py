@@ -62,7 +62,7 @@ def test_fit_speed_paper_row_code_path():
     assert found["total_s"] > 0
 
 
-@pytest.mark.slow  # half a minute; tests/distributed checks the same runs
+@pytest.mark.slow  # half a minute of CI for the benchmark script itself
 def test_distributed_scaling_quick_rows():
     script = os.path.join(ROOT, "benchmarks", "distributed_scaling.py")
     output = _run("--models=digits", "--devices=1,2", "--steps=2",

@@ -82,7 +82,9 @@ class Scattering2D(keras.layers.Layer):
         J: scales (``>= 1``); the output is ``2^J`` times coarser and needs
             ``H, W >= 2^J``. Tramer and Boneh use 2.
         L: angles per scale (``>= 1``); 8 in kymatio and the paper.
-        **kwargs: the base Layer's (``name``, ``dtype``).
+        **kwargs: the base Layer's (``name``, ``dtype``). The transform runs
+            in float32 (float64 with ``dtype="float64"``): under a float16
+            or bfloat16 policy the output is cast to it afterwards.
 
     Example:
 
@@ -95,6 +97,9 @@ class Scattering2D(keras.layers.Layer):
     """
 
     def __init__(self, J=2, L=8, **kwargs):
+        # The images reach call() as given: a float16 policy's autocast
+        # would round them before the float32 transform.
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         for name, value in (("J", J), ("L", L)):
             if isinstance(value, bool) or not isinstance(
@@ -125,8 +130,13 @@ class Scattering2D(keras.layers.Layer):
     def build(self, input_shape):
         H, W, _ = self._check_shape(input_shape)
         M, N = padded_size(H, self.J), padded_size(W, self.J)
-        self._pads = [[0, 0], [(M - H) // 2, (M - H + 1) // 2],
-                      [(N - W) // 2, (N - W + 1) // 2]]
+        # kymatio pads with np.pad(mode="reflect"), which reflects again
+        # when the padding reaches the image's size (H = 2^J); gathering
+        # its indices reproduces that, where tf.pad's REFLECT refuses.
+        self._rows = tf.constant(np.pad(
+            np.arange(H), ((M - H) // 2, (M - H + 1) // 2), mode="reflect"))
+        self._cols = tf.constant(np.pad(
+            np.arange(W), ((N - W) // 2, (N - W + 1) // 2), mode="reflect"))
         bank = filter_bank(M, N, self.J, self.L)
         complex_dtype = self._complex_dtype()
         # Constants, not weights: tf.constant keeps them out of the
@@ -136,8 +146,12 @@ class Scattering2D(keras.layers.Layer):
                      for levels in bank.psi]
         super().build(input_shape)
 
+    def _real_dtype(self):
+        # FFTs need float32 or float64; low-precision policies get float32.
+        return "float64" if self.compute_dtype == "float64" else "float32"
+
     def _complex_dtype(self):
-        return tf.complex128 if self.compute_dtype == "float64" \
+        return tf.complex128 if self._real_dtype() == "float64" \
             else tf.complex64
 
     def _low_pass(self, signal_hat, res):
@@ -148,10 +162,10 @@ class Scattering2D(keras.layers.Layer):
     def call(self, inputs):
         H, W, C = self._check_shape(inputs.shape)
         complex_dtype = self._complex_dtype()
-        x = tf.cast(inputs, self.compute_dtype)
+        x = tf.cast(inputs, self._real_dtype())
         batch = tf.shape(x)[0]
         x = tf.reshape(tf.transpose(x, [0, 3, 1, 2]), [-1, H, W])
-        x = tf.pad(x, self._pads, mode="REFLECT")
+        x = tf.gather(tf.gather(x, self._rows, axis=1), self._cols, axis=2)
         x_hat = tf.signal.fft2d(tf.cast(x, complex_dtype))  # [B*C, M, N]
         first, second = [], []
         for j1 in range(self.J):
@@ -175,8 +189,9 @@ class Scattering2D(keras.layers.Layer):
         h, w = H // 2 ** self.J, W // 2 ** self.J
         K = num_coefficients(self.J, self.L)
         coefficients = tf.reshape(coefficients, [batch, C, K, h, w])
-        return tf.reshape(tf.transpose(coefficients, [0, 3, 4, 1, 2]),
-                          [batch, h, w, C * K])
+        return tf.cast(tf.reshape(tf.transpose(coefficients,
+                                               [0, 3, 4, 1, 2]),
+                                  [batch, h, w, C * K]), self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         H, W, C = self._check_shape(input_shape)

@@ -7,9 +7,10 @@ of its channels, then a small trained head:
 * ``scatternet_linear``: one dense layer on the flattened features (39,700
   parameters on Fashion-MNIST);
 * ``scatternet_cnn``: their CNN on scattering features, activation after each
-  convolution and hidden dense layer. Grey images: conv 16@3x3 stride 2 ->
-  conv 32@3x3 -> dense 32 -> logits (33,066 parameters on 28x28); colour:
-  conv 64@3x3 -> max-pool 2 -> conv 64@3x3 -> logits.
+  convolution and hidden dense layer. Grey images (one channel): conv
+  16@3x3 stride 2 -> conv 32@3x3 -> dense 32 -> logits (33,066 parameters
+  on 28x28); colour (any other channel count): conv 64@3x3 -> max-pool 2 ->
+  conv 64@3x3 -> logits.
 
 Normalization costs no privacy: each example is normalized by its own
 statistics (``GroupNormalization`` over ``groups`` groups of channels and the

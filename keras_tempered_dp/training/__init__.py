@@ -10,7 +10,8 @@ It writes into ``output_dir``:
     log.csv          Keras CSVLogger (epsilon included)
     tensorboard/     TensorBoard logs (epoch_epsilon included)
     model.keras      the trained model (the averaged weights with
-                     ``ema_decay``)
+                     ``ema_decay``; a ScatterNet's front joined back to the
+                     head trained on its precomputed features)
     checkpoint/      the last finished epoch, for ``resume=True``
 
 Modules: :mod:`.config` (the settings tree), :mod:`.plan` (delta, steps,
@@ -20,6 +21,10 @@ checks), :mod:`.guards` (non-finite data and losses), :mod:`.results`
 """
 
 from keras_tempered_dp.training.config import RunConfig
-from keras_tempered_dp.training.run import resumed_seed, train
+from keras_tempered_dp.training.run import (
+    clear_feature_cache,
+    resumed_seed,
+    train,
+)
 
-__all__ = ["RunConfig", "resumed_seed", "train"]
+__all__ = ["RunConfig", "clear_feature_cache", "resumed_seed", "train"]

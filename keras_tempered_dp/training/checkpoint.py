@@ -33,7 +33,7 @@ from keras_tempered_dp import stack
 
 # Settings that shape the model: never changed by a resume.
 MODEL_KEYS = ("model", "activation", "s", "T", "o", "ema_decay",
-              "precomputed_front")
+              "precompute_features")
 # Settings that shape the privacy guarantee.
 PRIVACY_KEYS = ("num_examples", "batch_size", "sampling", "steps_per_epoch",
                 "l2_norm_clip", "clipping", "noise_multiplier",

@@ -134,9 +134,9 @@ class ModelConfig(_Section):
     T: float = _field(2.0, "Tempered sigmoid inverse temperature T > 0.")
     o: float = _field(1.0, "Tempered sigmoid offset o.")
     precompute_features: bool = _field(
-        True, "Compute a ScatterNet model's fixed front end (scattering and "
-        "its normalization) once over the data instead of every step "
-        "(--noprecompute_features: every step).")
+        True, "ScatterNet models only: compute the fixed front end "
+        "(scattering and its normalization) once over the data instead of "
+        "every step (--noprecompute_features: every step).")
 
     def _checks(self):
         from keras_tempered_dp.activations import (

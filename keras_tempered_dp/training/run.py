@@ -227,10 +227,10 @@ def _record(config, plan, model_name):
         noise_schedule=repr(plan.schedule) if plan.schedule else "constant",
         delta=plan.delta, accountant=plan.accountant,
         ema_decay=config.recipe.ema_decay,
-        # The checkpoint then holds the head only (None for other models,
-        # as in checkpoints written before this key existed).
-        precomputed_front=(True if model_name in FIXED_FRONT_MODELS
-                           and config.model.precompute_features else None))
+        # With True the checkpoint holds the head only. None for models
+        # without a fixed front, as in checkpoints older than the key.
+        precompute_features=(config.model.precompute_features
+                             if model_name in FIXED_FRONT_MODELS else None))
 
 
 def _noise_seed(config, run):
@@ -263,9 +263,9 @@ def _build_or_resume(config, run, input_shape, num_classes):
     if config.recipe.ema_decay is not None:
         run.averaging = ParameterAveraging(decay=config.recipe.ema_decay)
     front = None
-    if run.checkpoint is None or run.record["precomputed_front"]:
+    if run.checkpoint is None or run.record["precompute_features"]:
         network = _new_model(config, run, input_shape, num_classes)
-        if run.record["precomputed_front"]:
+        if run.record["precompute_features"]:
             front, network = split_fixed_front(network)
     if run.checkpoint is not None:
         network = ckpt.load_model(run.checkpoint)
@@ -305,6 +305,12 @@ def _new_model(config, run, input_shape, num_classes):
 # the same images (reproduce's rows, repeats): the expensive part of a
 # front; what follows it (normalization, flatten) is cheap and recomputed.
 _LAST_FEATURES = {}
+
+
+def clear_feature_cache():
+    """Frees the scattering features kept for the next run (1.1 GB for
+    Fashion-MNIST's 70,000 images)."""
+    _LAST_FEATURES.clear()
 
 
 def _precompute(front, x, x_test, run, verbose):

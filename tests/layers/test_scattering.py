@@ -4,7 +4,8 @@ Boneh used, and against identities that hold for any scattering transform.
 Two references:
 
 * ``reference/scattering_kymatio.npz``: kymatio's NumPy frontend on fixed
-  images (grey and colour, J 1-3, L 4-8, a non-square size), written by
+  images (grey and colour, J 1-3, L 4-8, a non-square size, the smallest
+  size 2^J), written by
   ``reference/make_scattering_reference.py`` in an environment where kymatio
   imports (SciPy < 1.15). Checked on both stacks.
 * kymatio itself, on fresh random images and sizes, where it imports (the
@@ -64,7 +65,8 @@ def test_matches_kymatio_stored_coefficients(case, dtype):
 
 @pytest.mark.parametrize("shape,J,L", [((1, 29, 31), 2, 8),
                                        ((3, 32, 40), 3, 8),
-                                       ((2, 16, 16), 2, 5)])
+                                       ((2, 16, 16), 2, 5),
+                                       ((1, 4, 5), 2, 8)])
 def test_matches_kymatio_live(shape, J, L):
     kymatio = pytest.importorskip(
         "kymatio.numpy", reason="kymatio 0.3.0 imports only with SciPy "

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from keras_tempered_dp.privacy.accounting import compute_epsilon
-from keras_tempered_dp.training import train
+from keras_tempered_dp.training import clear_feature_cache, train
 from keras_tempered_dp.training import run as run_module
 
 
@@ -63,7 +63,7 @@ def test_saved_model_takes_images_and_scores_as_reported(tmp_path, digits):
 
 
 def test_features_are_reused_by_the_next_run(tmp_path, capsys):
-    run_module._LAST_FEATURES.clear()  # earlier tests scattered digits too
+    clear_feature_cache()  # earlier tests scattered the digits too
     _train(tmp_path, "a", verbose=1, epochs=1)
     assert len(run_module._LAST_FEATURES) == 1
     _train(tmp_path, "b", verbose=1, epochs=1, model="scatternet_cnn",
@@ -79,8 +79,8 @@ def test_resume_continues_the_head_and_refuses_a_changed_front(tmp_path):
     assert resumed["resumed_from_epoch"] == 2
     assert len(resumed["ledger"]) == 3
     from keras_tempered_dp.training.checkpoint import CheckpointError
-    with pytest.raises(CheckpointError, match="precomputed_front: True -> "
-                       "None"):
+    with pytest.raises(CheckpointError, match="precompute_features: True "
+                       "-> False"):
         _train(tmp_path, epochs=4, resume=True, precompute_features=False)
 
 

@@ -66,6 +66,8 @@ CASES = {
     "colour32_J2_L8": (np.random.default_rng(1).standard_normal((2, 3, 32, 32)), 2, 8),
     "grey32_J3_L4": (np.random.default_rng(2).standard_normal((2, 32, 32)), 3, 4),
     "grey20x24_J1_L6": (np.random.default_rng(3).standard_normal((2, 20, 24)), 1, 6),
+    # The smallest size, 2^J a side: the padding reflects twice.
+    "grey8_J3_L8": (np.random.default_rng(4).standard_normal((2, 8, 8)), 3, 8),
 }
 
 

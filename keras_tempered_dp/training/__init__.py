@@ -17,14 +17,12 @@ It writes into ``output_dir``:
 Modules: :mod:`.config` (the settings tree), :mod:`.plan` (delta, steps,
 noise), :mod:`.checkpoint` (epoch checkpoints, the privacy ledger, resume
 checks), :mod:`.guards` (non-finite data and losses), :mod:`.results`
-(results.json and the privacy statement), :mod:`.run` (the steps).
+(results.json and the privacy statement), :mod:`.features` (a ScatterNet's
+fixed features, computed once), :mod:`.run` (the steps).
 """
 
 from keras_tempered_dp.training.config import RunConfig
-from keras_tempered_dp.training.run import (
-    clear_feature_cache,
-    resumed_seed,
-    train,
-)
+from keras_tempered_dp.training.features import clear_feature_cache
+from keras_tempered_dp.training.run import resumed_seed, train
 
 __all__ = ["RunConfig", "clear_feature_cache", "resumed_seed", "train"]

@@ -20,8 +20,6 @@ A run that fails before its first checkpoint removes the folder it made.
 """
 
 import dataclasses
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -53,6 +51,7 @@ from keras_tempered_dp.training import checkpoint as ckpt
 from keras_tempered_dp.training import distribute
 from keras_tempered_dp.training import results as out
 from keras_tempered_dp.training.config import RunConfig
+from keras_tempered_dp.training.features import precompute
 from keras_tempered_dp.training.guards import StopOnNonFiniteLoss, check_data
 from keras_tempered_dp.training.plan import plan_noise
 
@@ -106,7 +105,8 @@ def _train(config, data, strategy, start, callbacks=()):
         front, network = _build_or_resume(config, run, x.shape[1:],
                                           num_classes)
     if front is not None:
-        x, x_test = _precompute(front, x, x_test, run, config.output.verbose)
+        x, x_test, run.feature_time_s = precompute(
+            front, x, x_test, verbose=config.output.verbose)
     made_folder = not os.path.exists(config.output.output_dir)
     os.makedirs(config.output.output_dir, exist_ok=True)
     try:
@@ -299,49 +299,6 @@ def _new_model(config, run, input_shape, num_classes):
             "--model out to use the dataset's own model "
             f"({DEFAULT_MODEL[config.data.dataset]}).") from error
     return network
-
-
-# The last scattering computed in this process, reused by the next run on
-# the same images (reproduce's rows, repeats): the expensive part of a
-# front; what follows it (normalization, flatten) is cheap and recomputed.
-_LAST_FEATURES = {}
-
-
-def clear_feature_cache():
-    """Frees the scattering features kept for the next run (1.1 GB for
-    Fashion-MNIST's 70,000 images)."""
-    _LAST_FEATURES.clear()
-
-
-def _precompute(front, x, x_test, run, verbose):
-    """The front's features of the training and test sets, timed."""
-    began = time.time()
-    images = np.concatenate([x, x_test])  # one call: one trace
-    first, rest = front.layers[0], front.layers[1:]
-    key = (json.dumps(first.get_config(), sort_keys=True, default=str),
-           images.shape, str(images.dtype),
-           hashlib.blake2b(np.ascontiguousarray(images).data).hexdigest())
-    reused = key in _LAST_FEATURES
-    if not reused:
-        _LAST_FEATURES.clear()
-        _LAST_FEATURES[key] = keras.Sequential(
-            [keras.Input(images.shape[1:]), first]).predict(
-                images, batch_size=512, verbose=0)
-    features = _LAST_FEATURES[key]
-    if rest:
-        features = keras.Sequential([keras.Input(features.shape[1:])]
-                                    + rest).predict(features,
-                                                    batch_size=4096,
-                                                    verbose=0)
-    x, x_test = features[:len(x)], features[len(x):]
-    run.feature_time_s = time.time() - began
-    if verbose:
-        print(f"Fixed features ({', '.join(l.name for l in front.layers)}) "
-              f"of {len(images)} images, shape {x.shape[1:]}, in "
-              f"{run.feature_time_s:.1f} s"
-              + (f" ({first.name} reused from the previous run)."
-                 if reused else "."))
-    return x, x_test
 
 
 def resumed_seed(seed, epochs_done):

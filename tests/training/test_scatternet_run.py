@@ -11,7 +11,7 @@ import pytest
 
 from keras_tempered_dp.privacy.accounting import compute_epsilon
 from keras_tempered_dp.training import clear_feature_cache, train
-from keras_tempered_dp.training import run as run_module
+from keras_tempered_dp.training import features
 
 
 def _train(tmp_path, name="run", **kwargs):
@@ -65,7 +65,7 @@ def test_saved_model_takes_images_and_scores_as_reported(tmp_path, digits):
 def test_features_are_reused_by_the_next_run(tmp_path, capsys):
     clear_feature_cache()  # earlier tests scattered the digits too
     _train(tmp_path, "a", verbose=1, epochs=1)
-    assert len(run_module._LAST_FEATURES) == 1
+    assert len(features._LAST_SCATTERING) == 1
     _train(tmp_path, "b", verbose=1, epochs=1, model="scatternet_cnn",
            activation="tanh")  # the same front: scattering + group norm
     out = capsys.readouterr().out

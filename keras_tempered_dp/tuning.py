@@ -174,8 +174,9 @@ def search(*, dataset="digits", target_epsilon=3.0, max_trials=10, epochs=5,
     num_classes = int(y.max()) + 1
     front, _ = split_fixed_front(model_fn(input_shape=x.shape[1:],
                                           num_classes=num_classes))
-    if front is not None:
-        x = front.predict(x, batch_size=512, verbose=0)
+    if front is not None:  # the features once, as train() computes them
+        from keras_tempered_dp.training.features import precompute
+        x, _, _ = precompute(front, x, x[:0])
     hypermodel = TemperedSigmoidHyperModel(
         noise_multiplier=noise, model_fn=model_fn, input_shape=x.shape[1:]
         if front is None else front.input_shape[1:],

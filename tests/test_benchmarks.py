@@ -76,3 +76,18 @@ def test_distributed_scaling_quick_rows():
                                                  ("mirrored", "2"))
                           for m in ("dp", "ordinary")}, output
     assert all(rate > 0 for rate in found.values())
+
+
+def test_scattering_speed_prints_both_paths_on_digits():
+    script = os.path.join(ROOT, "benchmarks", "scattering_speed.py")
+    out = subprocess.run(
+        [sys.executable, script, "--dataset=digits", "--repeats=1"],
+        capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines()
+            if line.startswith("| ") and "s |" not in line[:8]]
+    assert any(r.startswith("| Keras predict") for r in rows)
+    assert any(r.startswith("| compiled") for r in rows)
+    difference = float(out.stdout.split("largest difference ")[1].split()[0])
+    assert difference < 1e-5

@@ -26,6 +26,9 @@ MODELS = {"mnist_cnn": mnist_cnn, "cifar10_cnn": cifar10_cnn,
 # them); train() computes those once over the data.
 FIXED_FRONT_MODELS = ("scatternet_linear", "scatternet_cnn")
 
+# Models that take activation= for the registry's sake and use none.
+MODELS_WITHOUT_ACTIVATION = ("scatternet_linear",)
+
 # The paper's model for each dataset (digits: a small CNN of the same shape).
 DEFAULT_MODEL = {"digits": "digits_cnn", "mnist": "mnist_cnn",
                  "fashion_mnist": "mnist_cnn", "cifar10": "cifar10_cnn"}
@@ -34,6 +37,7 @@ __all__ = [
           "DEFAULT_MODEL",
           "FIXED_FRONT_MODELS",
           "MODELS",
+          "MODELS_WITHOUT_ACTIVATION",
           "activation_layer",
           "cifar10_cnn",
           "digits_cnn",

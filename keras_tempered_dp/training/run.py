@@ -35,6 +35,7 @@ from keras_tempered_dp.models import (
     DEFAULT_MODEL,
     FIXED_FRONT_MODELS,
     MODELS,
+    MODELS_WITHOUT_ACTIVATION,
     activation_layer,
     join_front,
     split_fixed_front,
@@ -214,8 +215,11 @@ def _segments(ledger):
 def _record(config, plan, model_name):
     """Every setting that matters to privacy or to the model."""
     tempered = config.model.activation == "tempered_sigmoid"
+    activation = config.model.activation
+    if model_name in MODELS_WITHOUT_ACTIVATION:  # none to record or match
+        tempered, activation = False, None
     return dict(
-        model=model_name, activation=config.model.activation,
+        model=model_name, activation=activation,
         s=config.model.s if tempered else None,
         T=config.model.T if tempered else None,
         o=config.model.o if tempered else None,
@@ -386,7 +390,7 @@ def _finish(config, run, network, per_epoch, x_test, y_test, start,
     epochs = config.optimizer.epochs - run.part_start
     epsilon = run.plan.epsilon(epochs)
     flat = config.flat()
-    flat.update(model=run.model_name,
+    flat.update(model=run.model_name, activation=run.record["activation"],
                 noise_multiplier=run.plan.noise_multiplier,
                 delta=run.plan.delta, num_examples=run.plan.num_examples,
                 noise_schedule=run.record["noise_schedule"])

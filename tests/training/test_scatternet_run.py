@@ -105,3 +105,21 @@ def test_images_too_small_for_the_scattering_fail_before_training(
                        r"not fit .* needs images of at least 2\^J = 4"):
         _train(tmp_path, data=((x, y), (x, y)))
     assert not (tmp_path / "run").exists()
+
+
+def test_linear_model_records_no_activation_and_resumes_under_any(
+        tmp_path):
+    """scatternet_linear has no activation: none is recorded, and a resume
+    that names another one continues the same model (a CNN's is
+    refused)."""
+    first = _train(tmp_path, epochs=1, activation="tanh")
+    assert first["config"]["activation"] is None
+    resumed = _train(tmp_path, epochs=2, resume=True, activation="relu")
+    assert resumed["resumed_from_epoch"] == 1
+    from keras_tempered_dp.training.checkpoint import CheckpointError
+    _train(tmp_path, "cnn", epochs=1, model="scatternet_cnn",
+           activation="tanh")
+    with pytest.raises(CheckpointError, match="activation: 'tanh' -> "
+                       "'relu'"):
+        _train(tmp_path, "cnn", epochs=2, resume=True,
+               model="scatternet_cnn", activation="relu")

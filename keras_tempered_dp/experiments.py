@@ -237,13 +237,16 @@ def _select(plan, activations, model=None):
     """The paper experiment restricted to (or extended by) activations,
     with another model if asked."""
     if model is not None:
-        from keras_tempered_dp.models import MODELS
+        from keras_tempered_dp.models import (
+            MODELS,
+            MODELS_WITHOUT_ACTIVATION,
+        )
         if model not in MODELS:
             raise ValueError(f"model={model!r}: must be one of "
                              f"{', '.join(MODELS)}.")
-        if model == "scatternet_linear":
+        if model in MODELS_WITHOUT_ACTIVATION:
             raise ValueError(
-                "model='scatternet_linear' has no activation, so the "
+                f"model={model!r} has no activation, so the "
                 "paper's tanh-against-ReLU table has nothing to compare; "
                 "use recipe='scatternet' (ScatterNet + linear beside the "
                 "CNNs).")

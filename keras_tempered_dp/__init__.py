@@ -21,13 +21,18 @@ from keras_tempered_dp.models import (
 )
 from keras_tempered_dp.privacy import (
     DPConfig,
+    Ledger,
     Segment,
     calibrate_noise_multiplier,
     compile_dp,
     compose_epsilon,
     compute_epsilon,
+    load_model,
     make_private,
+    mark_sampling,
+    privacy_ledger,
     privacy_statement,
+    save_model,
     steps_per_epoch,
 )
 

@@ -1,4 +1,11 @@
-"""Keras callbacks: the privacy budget spent, written into the logs."""
+"""Keras callbacks: the privacy budget spent, written into the logs.
+
+:class:`EpsilonCallback` is a thin reporter: the steps are recorded by the
+model's step (:mod:`keras_tempered_dp.privacy.clipping.step_record`), kept
+in the model's ledger (:mod:`keras_tempered_dp.privacy.ledger`), checked by
+pure functions (:mod:`keras_tempered_dp.privacy.step_checks`); the callback
+declares each ``fit``'s data and writes the ledger's epsilon into the logs.
+"""
 
 import dataclasses
 import math
@@ -6,16 +13,20 @@ from collections.abc import Sequence
 
 import keras
 
-from keras_tempered_dp.privacy import accounting
+from keras_tempered_dp.privacy import accounting, recording
 from keras_tempered_dp.privacy.accounting import Segment, compose_epsilon
 from keras_tempered_dp.privacy.checks import check_dp_trainable
+from keras_tempered_dp.privacy.fit_data import current_fit_data
+from keras_tempered_dp.privacy.recording import FitContext, privacy_ledger
 from keras_tempered_dp.privacy.schedules import NoiseSchedule, schedule_segments
-from keras_tempered_dp.privacy.state import get_dp_state
-
-# Honest Poisson runs stay within this many standard deviations of the
-# expected number of examples per epoch (a false alarm has probability
-# below 1e-14); a batch size or N off by a factor lands far outside.
-POISSON_TOLERANCE_SDS = 8
+from keras_tempered_dp.privacy.state import get_dp_state, ledger_slot
+from keras_tempered_dp.privacy.step_checks import (
+    check_epoch_steps,
+    check_examples,
+    check_fit_data,
+    check_fit_steps,
+    check_recorded_steps,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,58 +121,69 @@ def dp_training(model):
 
 
 class EpsilonCallback(keras.callbacks.Callback):
-    """Writes ``epsilon``, the privacy spent so far, into the logs each epoch.
+    """Writes ``epsilon``, the privacy the model has spent, into the logs
+    each epoch.
 
-    Because it edits the epoch-end ``logs``, History, CSVLogger, TensorBoard
-    and the progress bar all see ``epsilon`` (put this callback before them in
-    the list; Keras runs callbacks in order). Epsilon comes from
-    dp_accounting's RDP accountant (or its PLD accountant, with
-    ``accountant="pld"``) after the DP-SGD steps actually run at
-    sampling rate ``batch_size / num_examples``; see
-    :mod:`keras_tempered_dp.privacy.accounting` for what it assumes, in
+    Epsilon is the composition of every DP-SGD step the model has taken,
+    read from the model's own ledger
+    (:func:`~keras_tempered_dp.privacy.recording.privacy_ledger`): steps of
+    earlier ``fit`` calls included, whatever callbacks they had, with the
+    noise multiplier each step really used (the engine's step records it;
+    a TF Privacy optimizer's is fixed when it is built). A callback created
+    late, listed in any order, or used for a second ``fit`` reports the
+    same number. Because it edits the epoch-end ``logs``, History,
+    CSVLogger, TensorBoard and the progress bar all see ``epsilon`` (put it
+    before them in the list; Keras runs callbacks in order). Epsilon comes
+    from dp_accounting's RDP accountant (or its PLD accountant, with
+    ``accountant="pld"``) at sampling rate ``batch_size / num_examples``;
+    see :mod:`keras_tempered_dp.privacy.accounting` for what it assumes, in
     particular about Keras' shuffled fixed-size batches.
 
-    It reports only what it can vouch for. Before training it refuses a
-    model that has neither the package's engine nor a TF Privacy DP optimizer,
-    a BatchNormalization layer anywhere in the model, an explicit
-    ``noise_multiplier`` or ``used_microbatching=False`` that the model
-    does not run, and a ``fit`` whose steps per epoch differ from the ones
-    accounted. At each epoch's end it checks the steps actually run and,
-    when the package's engine counts them, the steps and examples the
-    engine saw: no more examples per step than ``batch_size`` (fixed-size
-    batches), or a mean within statistical error of ``batch_size`` (Poisson
-    sampling, i.e. an engine with ``expected_batch_size``). A disagreement
-    raises an error naming both numbers; it never reports a smaller epsilon.
+    What the callback adds to the ledger is the data of this ``fit``: N,
+    the batch size and the sampling scheme of its steps. It checks them
+    before the first step against ``fit``'s own data
+    (:mod:`keras_tempered_dp.privacy.fit_data`): Poisson-sampled batches
+    need a step that divides by the expected batch size (and the reverse),
+    N must not exceed the arrays ``fit`` trains on, and ``fit``'s steps per
+    epoch must be the ones accounted. At each epoch's end it checks the
+    steps the engine (or the optimizer) counted and the examples it saw
+    (:mod:`keras_tempered_dp.privacy.step_checks`). A disagreement raises an
+    error naming both numbers; it never reports a smaller epsilon.
 
     Args:
         num_examples: the training set size N.
         batch_size: the batch size used by ``fit`` (the expected one under
             Poisson sampling).
         noise_multiplier: None (default) to read sigma from the model; a
-            value given must equal what the model runs.
+            value given must equal what the model runs now.
         delta: the delta of (epsilon, delta)-DP, below 1 / num_examples.
         sampling: "poisson" or "without_replacement" (the analysis).
         steps_per_epoch: steps in one epoch; by default
             ``steps_per_epoch(num_examples, batch_size)`` = ``ceil(N / B)``,
             what ``fit`` runs over arrays. ``fit`` must run this many.
-        initial_steps: steps of this run taken before this ``fit`` with the
-            same settings (resuming; under a schedule, its first epochs).
+        initial_steps: steps taken before the model had a ledger (a model
+            restored from weights alone), with this callback's settings
+            (under a schedule, its first epochs); refused when the model's
+            ledger already records steps.
         used_microbatching: None to infer it from the model; False is
             refused for a model that clips microbatches of > 1 example.
         noise_schedule: a :class:`~keras_tempered_dp.privacy.schedules.
-            NoiseSchedule`; by default the one a :class:`NoiseScheduler`
-            callback put on the model, else a constant noise multiplier.
+            NoiseSchedule` for :meth:`epsilon_after` and ``initial_steps``;
+            by default the one a :class:`NoiseScheduler` callback put on
+            the model. The steps that run are accounted at the noise they
+            used, schedule or not.
         previous_segments: :class:`~keras_tempered_dp.privacy.accounting.
-            Segment` objects of earlier parts of the run that used other
-            settings; composed before this run's steps.
+            Segment` objects of earlier parts of the run that the model's
+            ledger does not hold (like ``initial_steps``); added to it when
+            training starts.
         accountant: "rdp" (default) or "pld": the PLD accountant is tighter
             (a smaller epsilon for the same run) and costs about half a
             second per epoch; Poisson sampling only.
 
     Raises:
         ValueError: at construction for invalid arguments (delta >= 1/N
-            included), before training for a model that does not run what
-            is accounted.
+            included), before training for a model or data that does not
+            run what is accounted.
         RuntimeError: at an epoch's end when training did not run what was
             accounted.
 
@@ -224,10 +246,8 @@ class EpsilonCallback(keras.callbacks.Callback):
         # The batch hook only counts steps: Keras need not copy each step's
         # logs to NumPy for it (that would wait for every step).
         self._supports_tf_logs = True
-        self._recorded = []  # one segment per epoch of every fit so far
-        # The initial steps' segments, fixed when the first fit starts: the
-        # noise of steps already taken must not follow later changes.
-        self._initial = None
+        # The earlier steps this callback declares, added to the ledger once.
+        self._declared = False
         self._engine = None
         self._counters = None
         self._last_batch = -1
@@ -279,7 +299,7 @@ class EpsilonCallback(keras.callbacks.Callback):
                     training))
 
     def _run_segments(self, steps, first_epoch=0):
-        """This run's first ``steps`` steps as Segments, under its settings."""
+        """``steps`` planned steps as Segments, under the run's settings."""
         schedule = self._schedule()
         if schedule is not None:
             if self.model is not None and self._settings()[1]:
@@ -299,73 +319,139 @@ class EpsilonCallback(keras.callbacks.Callback):
 
     def epsilon_after(self, steps):
         """Epsilon after ``steps`` steps of this run (the previous segments
-        included), assuming the run's settings."""
+        included), assuming the run's settings: a plan, before training.
+        What was spent is :meth:`epsilon`."""
         steps = accounting.check_integer("steps", steps)
         return compose_epsilon(
             self.previous_segments + tuple(self._run_segments(steps)),
             delta=self.delta, sampling=self.sampling,
             accountant=self.accountant)
 
+    def _ledger(self):
+        if self.model is None:
+            raise ValueError("The callback has not seen a model yet: it "
+                             "reports the model's ledger once fit starts.")
+        return privacy_ledger(self.model)
+
+    def epsilon(self):
+        """Epsilon of every step the model has taken (its ledger)."""
+        return self._ledger().epsilon(delta=self.delta,
+                                      accountant=self.accountant,
+                                      sampling=self.sampling)
+
     def segments(self):
-        """Every :class:`Segment` accounted so far: the previous segments,
-        the initial steps and each epoch of this fit (adjacent ones with the
-        same settings merged). Store ``[dataclasses.asdict(s) for s in
-        callback.segments()]`` in a checkpoint to resume with other
-        settings."""
-        initial = (self._initial if self._initial is not None
-                   else tuple(self._run_segments(self.initial_steps)))
-        return accounting.merge_segments(
-            list(self.previous_segments) + list(initial) + self._recorded)
+        """The model's ledger: every :class:`Segment` it spent, adjacent
+        equal ones merged. ``[dataclasses.asdict(s) for s in ...]``
+        rebuilds with ``Segment(**d)``."""
+        return self._ledger().segments
 
     # -- Keras hooks -------------------------------------------------------
     def on_train_begin(self, logs=None):
         check_dp_trainable(self.model)
         training = self._training()
-        fit_steps = (self.params or {}).get("steps")
-        if fit_steps is not None and fit_steps != self.steps_per_epoch:
-            raise ValueError(
-                f"fit runs {fit_steps} steps per epoch but EpsilonCallback "
-                f"accounts steps_per_epoch={self.steps_per_epoch} "
-                f"(num_examples={self.num_examples}, batch_size="
-                f"{self.batch_size}); give "
-                "the callback the num_examples, batch_size and "
-                "steps_per_epoch that fit uses.")
+        check_fit_steps((self.params or {}).get("steps"),
+                        self.steps_per_epoch, self.num_examples,
+                        self.batch_size)
         self._engine = training.engine
-        if self._initial is None:
-            self._initial = tuple(self._run_segments(self.initial_steps))
-        # The constant noise accounted for this fit: what the model runs now.
+        micro = bool(self.used_microbatching) or self._microbatching(
+            training)
+        expected = getattr(self._engine, "expected_batch_size", None)
+        check_fit_data(
+            current_fit_data(self.model), num_examples=self.num_examples,
+            batch_size=self.batch_size, sampling=self.sampling,
+            expected_batch_size=expected,
+            divides_by_drawn_size=(expected is None and (
+                self._engine is None
+                or self._engine.num_microbatches is None)))
+        # Steps recorded before this fit ran without a declared context.
+        recording.drain(self.model)
+        slot = ledger_slot(self.model)
+        slot.ledger.check_attributed()  # before a step, not after it
+        context = FitContext(self.num_examples, self.batch_size,
+                             self.sampling, micro)
+        if slot.context is not None and slot.context != context:
+            raise ValueError(
+                f"Two epsilon callbacks in one fit declare different data "
+                f"({slot.context} and {context}); give them the same "
+                "num_examples, batch_size and sampling.")
+        if not self._declared and (self.initial_steps
+                                   or self.previous_segments) \
+                and slot.ledger.steps:
+            raise ValueError(
+                f"initial_steps={self.initial_steps} / previous_segments= "
+                f"declare steps taken before the model had a ledger, but "
+                f"its ledger already records {slot.ledger.steps} steps "
+                "(epsilon already covers them). Leave them out.")
+        slot.context = context
         self._noise_at_start = training.noise_multiplier
-        self._microbatching_at_start = (bool(self.used_microbatching)
-                                        or self._microbatching(training))
-        # Nothing is reset: a second fit with this callback adds its steps.
+        self._iterations = self._optimizer_iterations()
 
     def on_epoch_begin(self, epoch, logs=None):
+        if not self._declared:
+            # Here, not in on_train_begin: every callback's on_train_begin
+            # has run (a NoiseScheduler's too), so the schedule is known
+            # whatever the callbacks' order.
+            ledger = ledger_slot(self.model).ledger
+            for segment in self.previous_segments + tuple(
+                    self._run_segments(self.initial_steps)):
+                ledger.record(segment)
+            self._declared = True
         self._last_batch = -1
         self._counters = self._read_counters()
+        self._iterations = self._optimizer_iterations()
 
     def on_train_batch_end(self, batch, logs=None):
         self._last_batch = batch  # Keras passes the step's index in the epoch
 
     def on_epoch_end(self, epoch, logs=None):
         ran = self._last_batch + 1
-        if ran > self.steps_per_epoch:
-            raise RuntimeError(
-                f"fit ran {ran} steps in epoch {epoch} but EpsilonCallback "
-                f"accounts steps_per_epoch={self.steps_per_epoch}; epsilon "
-                "for this epoch is not reported.")
-        self._check_engine_counts(epoch, ran)
-        sigma = self._check_engine_noise(epoch)
-        if ran:
-            self._recorded.append(Segment(
-                self.num_examples, self.batch_size, ran, sigma,
-                self.sampling, self._microbatching_at_start))
+        check_epoch_steps(epoch, ran, self.steps_per_epoch)
+        self._check_schedule()
+        if self._engine is not None:
+            drained = recording.drain(self.model)
+            after = self._read_counters()
+            check_recorded_steps(epoch, ran, drained.steps)
+            if self._counters is not None:
+                check_recorded_steps(epoch, ran,
+                                     after[0] - self._counters[0])
+                check_examples(
+                    epoch, steps=ran, examples=after[1] - self._counters[1],
+                    max_examples=drained.max_examples,
+                    batch_size=self.batch_size,
+                    num_examples=self.num_examples,
+                    poisson=self._engine.expected_batch_size is not None)
+            self._counters = after
+        else:
+            self._record_tf_privacy(epoch, ran)
         self.steps += ran
         if logs is not None:
-            logs["epsilon"] = compose_epsilon(
-                self.segments(), delta=self.delta, sampling=self.sampling,
-                accountant=self.accountant)
+            logs["epsilon"] = self.epsilon()
+
+    def on_train_end(self, logs=None):
+        slot = ledger_slot(self.model)
+        if slot.context is not None:
+            recording.drain(self.model)
+            slot.context = None
 
     # -- checks of what ran -----------------------------------------------
+    def _optimizer_iterations(self):
+        iterations = getattr(getattr(self.model, "optimizer", None),
+                             "iterations", None)
+        return None if iterations is None else int(iterations.numpy())
+
+    def _record_tf_privacy(self, epoch, ran):
+        """A TF Privacy optimizer: its steps, checked against its own
+        iteration counter, at the noise it was built with."""
+        before, after = self._iterations, self._optimizer_iterations()
+        if before is not None and after is not None:
+            check_recorded_steps(epoch, ran, after - before,
+                                 what="The optimizer")
+        self._iterations = after
+        training = dp_training(self.model)
+        sigma = min(training.noise_multiplier, self._noise_at_start)
+        context = ledger_slot(self.model).context
+        ledger_slot(self.model).ledger.record(context.segment(ran, sigma))
+
     def _read_counters(self):
         engine = self._engine
         steps = getattr(engine, "steps_taken", None)
@@ -374,44 +460,7 @@ class EpsilonCallback(keras.callbacks.Callback):
             return None  # an engine without counters, or TF Privacy
         return int(steps.numpy()), int(examples.numpy())
 
-    def _check_engine_counts(self, epoch, ran):
-        before, after = self._counters, self._read_counters()
-        if before is None or after is None:
-            return
-        steps, examples = after[0] - before[0], after[1] - before[1]
-        if steps != ran:
-            raise RuntimeError(
-                f"The clipping engine counted {steps} DP-SGD steps in epoch "
-                f"{epoch} but fit ran {ran}; epsilon for this epoch is not "
-                "reported.")
-        told = steps * self.batch_size
-        if getattr(self._engine, "expected_batch_size", None) is None:
-            if examples > told:
-                raise RuntimeError(
-                    f"The clipping engine saw {examples} examples in "
-                    f"{steps} steps of epoch {epoch}, more than batch_size="
-                    f"{self.batch_size} per step ({told}): fit's batches are "
-                    "larger than the callback was told, which would "
-                    "understate epsilon. Give EpsilonCallback the "
-                    "batch_size fit uses.")
-            return
-        q = self.batch_size / self.num_examples
-        tolerance = POISSON_TOLERANCE_SDS * math.sqrt(
-            steps * self.num_examples * q * (1 - q)) + 1
-        if abs(examples - told) > tolerance:
-            raise RuntimeError(
-                f"The clipping engine saw {examples} examples in {steps} "
-                f"Poisson-sampled steps of epoch {epoch}, a mean of "
-                f"{examples / max(steps, 1):.1f} per step, but the callback "
-                f"was told batch_size={self.batch_size} of num_examples="
-                f"{self.num_examples} (expected {told} +- {tolerance:.0f}). "
-                "Give EpsilonCallback the num_examples and batch_size the "
-                "sampler uses.")
-
-    def _check_engine_noise(self, epoch):
-        """The noise of this epoch, checked to be what the accounting
-        assumes: a lower noise than accounted would make epsilon a lie."""
-        schedule = self._schedule()
+    def _check_schedule(self):
         state = get_dp_state(self.model)
         applied = None if state is None else state.noise_schedule
         if (self.noise_schedule is not None and applied is not None
@@ -420,21 +469,6 @@ class EpsilonCallback(keras.callbacks.Callback):
                 f"noise_schedule={self.noise_schedule!r} was given to "
                 f"EpsilonCallback but a NoiseScheduler applies {applied!r}; "
                 "leave noise_schedule= out: it is read from the model.")
-        assumed = (schedule(epoch) if schedule is not None
-                   else self._noise_at_start)
-        engine = self._engine
-        # TF Privacy's optimizers fix their noise when built.
-        running = (engine.noise_multiplier if engine is not None
-                   else self._noise_at_start)
-        if running < assumed * (1 - 1e-6):
-            raise RuntimeError(
-                f"The engine's noise multiplier is {running}"
-                f" at epoch {epoch}, below the {assumed} the epsilon "
-                "accounting assumes. Change the noise only through a "
-                "NoiseScheduler callback (or pass its schedule as "
-                "noise_schedule=). The model's weights are intact; epsilon "
-                "for this epoch is not reported.")
-        return assumed
 
 
 class NoiseScheduler(keras.callbacks.Callback):

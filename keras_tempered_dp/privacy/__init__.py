@@ -16,4 +16,8 @@ from keras_tempered_dp.privacy.checks import (
 from keras_tempered_dp.privacy.compile import compile_dp, make_private
 from keras_tempered_dp.privacy.config import DPConfig
 from keras_tempered_dp.privacy.losses import per_example_loss
+from keras_tempered_dp.privacy.ledger import Ledger, UnattributedStepsError
+from keras_tempered_dp.privacy.recording import privacy_ledger
+from keras_tempered_dp.privacy.sampling import mark_sampling
+from keras_tempered_dp.privacy.saving import load_model, save_model
 from keras_tempered_dp.privacy.state import DPState, get_dp_state

@@ -511,17 +511,28 @@ def smallest_noise(eps, target_epsilon, tolerance, what):
     return high
 
 
-def privacy_statement(num_examples, batch_size, noise_multiplier, *,
+def privacy_statement(num_examples, batch_size=None, noise_multiplier=None, *,
                       epochs=None, steps=None, delta=1e-5, sampling="poisson",
                       used_microbatching=False, accountant="rdp"):
     """A sentence stating epsilon and every assumption behind it, the
     accountant included.
+
+    ``privacy_statement(model, delta=...)`` states what ``model`` spent:
+    its ledger, every step it took
+    (:func:`~keras_tempered_dp.privacy.recording.privacy_ledger`).
 
     Example:
 
     >>> privacy_statement(60000, 256, 1.1, epochs=60)[:40]
     '(2.600, 1e-05)-DP for each example: DP-S'
     """
+    if hasattr(num_examples, "trainable_variables"):  # a model
+        from keras_tempered_dp.privacy.recording import privacy_ledger
+        if noise_multiplier is not None or batch_size is not None:
+            raise ValueError("privacy_statement(model, delta=...): the "
+                             "model's ledger holds N, batch sizes and noise.")
+        return privacy_ledger(num_examples).statement(delta=delta,
+                                                      accountant=accountant)
     segment = _segment(num_examples, batch_size, noise_multiplier, epochs,
                        steps, delta, sampling, used_microbatching,
                        accountant)

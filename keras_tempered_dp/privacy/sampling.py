@@ -12,6 +12,7 @@ The selection must stay secret: the generator is seeded from the operating
 system unless a seed is given (a seed is for tests and reproductions).
 """
 
+import dataclasses
 import itertools
 import secrets
 
@@ -21,6 +22,51 @@ import tensorflow as tf
 # The package's one step-count rule lives with the accounting that counts
 # the steps; re-exported here for the samplers' users.
 from keras_tempered_dp.privacy.accounting import steps_per_epoch  # noqa: F401
+
+# The attribute a sampler's dataset carries; read only by sampling_mark.
+_MARK = "_keras_tempered_dp_sampling"
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingMark:
+    """How a dataset draws its batches, as the accountant must be told.
+
+    Attributes:
+        sampling: "poisson" (each example joins each batch with probability
+            q) or "shuffle" (fixed-size batches of a reshuffled order).
+        num_examples: N, the examples it samples from.
+        batch_size: B, the (expected) batch size; q = B / N.
+    """
+
+    sampling: str
+    num_examples: int
+    batch_size: int
+
+
+def mark_sampling(dataset, sampling, num_examples, batch_size):
+    """Marks ``dataset`` as drawing its batches by ``sampling`` from
+    ``num_examples`` examples (returns it). The package's samplers mark
+    theirs; mark your own Poisson sampler this way so that ``fit`` and the
+    epsilon callback accept it as one.
+
+    >>> import tensorflow as tf
+    >>> data = mark_sampling(tf.data.Dataset.range(3), "poisson", 100, 10)
+    >>> sampling_mark(data).batch_size
+    10
+    """
+    if sampling not in ("poisson", "shuffle"):
+        raise ValueError(f"sampling={sampling!r}: must be 'poisson' or "
+                         "'shuffle'.")
+    mark = SamplingMark(sampling, int(num_examples), int(batch_size))
+    # object.__setattr__: tf.data's tracking must not see the attribute.
+    object.__setattr__(dataset, _MARK, mark)
+    return dataset
+
+
+def sampling_mark(data):
+    """The :class:`SamplingMark` of ``data``, or None (arrays, a dataset
+    no sampler of this package made or marked)."""
+    return getattr(data, _MARK, None)
 
 
 def poisson_batches(x, y, batch_size, *, seed=None):
@@ -51,8 +97,10 @@ def poisson_batches(x, y, batch_size, *, seed=None):
     """
     x, y = _examples(x, y)
     _check_batch_size(batch_size, len(x))
-    return _global_draw(_poisson_dataset(x, y, batch_size / len(x),
-                                         _fresh_each_iteration(seed)))
+    return mark_sampling(
+        _global_draw(_poisson_dataset(x, y, batch_size / len(x),
+                                      _fresh_each_iteration(seed))),
+        "poisson", len(x), batch_size)
 
 
 def distributed_poisson_batches(strategy, x, y, batch_size, *, seed=None):
@@ -122,7 +170,9 @@ def distributed_poisson_batches(strategy, x, y, batch_size, *, seed=None):
         return tf.data.Dataset.zip(shards).flat_map(
             one_per_replica).prefetch(2)
 
-    return strategy.distribute_datasets_from_function(per_worker)
+    return mark_sampling(
+        strategy.distribute_datasets_from_function(per_worker), "poisson",
+        len(x), batch_size)
 
 
 def _examples(x, y):
@@ -218,4 +268,6 @@ def shuffled_batches(x, y, batch_size, *, seed=None):
         seed = secrets.randbits(63)
     data = tf.data.Dataset.from_tensor_slices((x, y))
     data = data.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    return _global_draw(data.batch(batch_size, drop_remainder=True).repeat())
+    return mark_sampling(
+        _global_draw(data.batch(batch_size, drop_remainder=True).repeat()),
+        "shuffle", len(x), batch_size)

@@ -8,6 +8,12 @@ the whole protocol between the parts of the package.
 A model compiled by the user with a TF Privacy optimizer carries no state:
 the callback then reads the optimizer itself.
 
+Every model that trains privately also carries its
+:class:`~keras_tempered_dp.privacy.ledger.Ledger` (:func:`privacy_ledger`):
+the steps it took. The ledger outlives the state: compiling the model again
+(``compile_dp``, ``make_private``) keeps it, because the steps were taken
+whatever the new settings are.
+
 Example:
 
 >>> import keras
@@ -25,10 +31,12 @@ import dataclasses
 from typing import Any
 
 from keras_tempered_dp.privacy.config import DPConfig
+from keras_tempered_dp.privacy.ledger import Ledger
 
 # The attribute's name on the model; private so that no module reaches past
 # attach / get_dp_state.
 _ATTRIBUTE = "_keras_tempered_dp_state"
+_LEDGER = "_keras_tempered_dp_ledger"
 
 
 @dataclasses.dataclass
@@ -63,3 +71,35 @@ def get_dp_state(model):
     """The model's :class:`DPState`, or None if the package did not make it
     private."""
     return getattr(model, _ATTRIBUTE, None) if model is not None else None
+
+
+@dataclasses.dataclass
+class LedgerSlot:
+    """The model's ledger and the data of the ``fit`` now running.
+
+    Attributes:
+        ledger: the :class:`~keras_tempered_dp.privacy.ledger.Ledger`.
+        context: the :class:`~keras_tempered_dp.privacy.recording.
+            FitContext` an epsilon callback declared for the running
+            ``fit``, or None between fits.
+    """
+
+    ledger: Ledger
+    context: Any | None = None
+
+
+def ledger_slot(model):
+    """The model's :class:`LedgerSlot`, made (with an empty ledger) the
+    first time."""
+    slot = getattr(model, _LEDGER, None)
+    if slot is None:
+        slot = LedgerSlot(Ledger())
+        object.__setattr__(model, _LEDGER, slot)
+    return slot
+
+
+def set_ledger(model, ledger):
+    """Gives ``model`` ``ledger`` (a restored one)."""
+    if not isinstance(ledger, Ledger):
+        raise ValueError(f"{ledger!r} is not a Ledger.")
+    object.__setattr__(model, _LEDGER, LedgerSlot(ledger))

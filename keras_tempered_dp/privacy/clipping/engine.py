@@ -30,8 +30,10 @@ Beyond the paper (De et al. 2022; a sound Auto DP-SGD):
 * ``physical_batch_size=P``: the (logical) batch is processed in chunks of
   P examples whose clipped sums are accumulated; noise is added once, to the
   whole logical batch's sum, so the update equals the one-batch update;
-* the noise multiplier is a variable: a schedule may change it between
-  steps (:mod:`keras_tempered_dp.privacy.schedules` accounts for that);
+* the noise multiplier is a variable: a schedule (or anything else) may
+  change it between steps; every step records the sigma it used
+  (:mod:`.step_record`), and the model's ledger composes exactly those
+  (:mod:`keras_tempered_dp.privacy.ledger`);
 * ``clipping="quantile"``: the clip norm follows a privately estimated
   quantile of the per-example norms (Andrew et al. 2021), at no extra
   privacy cost (:mod:`.quantile`).
@@ -57,6 +59,7 @@ from keras_tempered_dp.privacy.clipping import (
 )
 from keras_tempered_dp.privacy.clipping.accumulation import accumulated
 from keras_tempered_dp.privacy.clipping.clipped_sum import clipped_sum
+from keras_tempered_dp.privacy.clipping.step_record import Drained, StepRecord
 from keras_tempered_dp.privacy.clipping.groups import (
     Batch,
     GroupsOf,
@@ -170,6 +173,7 @@ class ClippingEngine:
             if options.clipping == "quantile" else None)
         self._seed = seed
         self._strategy = tf.distribute.get_strategy()
+        self._pending = []  # drained when the variables moved
         self._make_variables(l2_norm_clip, noise_multiplier, seed=seed)
         self._model = self._loss_fn = None
         self._canaries = None
@@ -210,6 +214,7 @@ class ClippingEngine:
                 examples, trainable=False, dtype=tf.int64,
                 name="examples_seen",
                 aggregation=tf.VariableAggregation.SUM)
+        self._record = StepRecord(self._strategy)
 
     def _move_to(self, strategy):
         """Remakes the variables in ``strategy``'s scope (the model's, when
@@ -217,10 +222,13 @@ class ClippingEngine:
         if strategy is self._strategy:
             return
         self._strategy = strategy
+        self._pending.append(self._record.drain())
+        nominal = self._noise.nominal
         self._make_variables(
             self.l2_norm_clip, self.noise_multiplier,
             source=self._generator, steps=self._steps_taken.numpy(),
             examples=self._examples_seen.numpy())
+        self._noise.nominal.update(nominal)
 
     # -- settings (read-only) --------------------------------------------
     options = property(lambda self: self._options,
@@ -270,6 +278,24 @@ class ClippingEngine:
         if self._count_stddev is not None:
             quantile.check_noise_split(float(value), self._count_stddev)
         self._noise.assign(value)
+
+    def drain_record(self):
+        """The steps recorded since the last drain (:mod:`.step_record`),
+        each run's sigma mapped back to the exact value assigned; the
+        record is empty afterwards. The model's ledger calls this
+        (:func:`keras_tempered_dp.privacy.recording.drain`)."""
+        parts = self._pending + [self._record.drain()]
+        self._pending = []
+        runs = []
+        for part in parts:
+            for stored, steps in part.runs:
+                sigma = self._noise.nominal_value(stored)
+                if runs and runs[-1][0] == sigma:
+                    runs[-1] = (sigma, runs[-1][1] + steps)
+                else:
+                    runs.append((sigma, steps))
+        return Drained(tuple(runs), max(p.max_examples for p in parts),
+                       sum(p.merged_steps for p in parts))
 
     def gradient_noise_multiplier(self, noise_multiplier=None):
         """sigma_g: the gradient's share of the step's noise multiplier.
@@ -354,14 +380,17 @@ class ClippingEngine:
         return replicas.total(tf.cast(tf.shape(batch.x)[0], tf.float32))
 
     def _noised_gradients(self, batch):
-        """The noised, averaged gradient and the outputs of the rows seen."""
+        """The noised, averaged gradient, the outputs of the rows seen and
+        the sigma the step used (one read of the variable, for both the
+        noise and the record)."""
         installation.refuse_regularization_losses(self._model)
+        sigma = self._noise.variable.read_value()
         size = self._options.physical_batch_size
         total = (self._chunk_sum(batch) if size is None else
                  accumulated(self._chunk_sum, batch, size, self._model))
         # This replica's share of the step's noise (:mod:`.replicas`).
         stddev = replicas.share_stddev(
-            noise.noise_stddev(self.gradient_noise_multiplier(),
+            noise.noise_stddev(self._gradient_share(sigma),
                                tf.identity(self._clip)), replicas.count())
         sums = total.sums
         if self._canaries is not None:  # an audit (keras_tempered_dp.audit)
@@ -378,7 +407,12 @@ class ClippingEngine:
                     self._clip, total.below, total.counted,
                     self._options.quantile, self._count_stddev,
                     self._expected_batch_size, self._generator)
-        return grads, total.y_pred
+        return grads, total.y_pred, sigma
+
+    def _gradient_share(self, sigma):
+        if self.clipping != "quantile":
+            return sigma
+        return quantile.gradient_noise_multiplier(sigma, self._count_stddev)
 
     @property
     def canaries(self):
@@ -414,14 +448,14 @@ class ClippingEngine:
             ``(gradients, y_pred)``; gradients in the order of
             ``model.trainable_variables``.
         """
-        return self._noised_gradients(Batch(x, y, sample_weight))
+        return self._noised_gradients(Batch(x, y, sample_weight))[:2]
 
     def train_step(self, data):
         """One DP-SGD step, as ``model.train_step`` (installed by
         :meth:`install`): gradient, optimizer step, counters, metrics."""
         model = self._model
         batch = Batch(*keras.utils.unpack_x_y_sample_weight(data))
-        grads, y_pred = self._noised_gradients(batch)
+        grads, y_pred, sigma = self._noised_gradients(batch)
         model.optimizer.apply_gradients(zip(grads,
                                             model.trainable_variables))
         counted = groups_with_weight(batch.sample_weight,
@@ -429,9 +463,11 @@ class ClippingEngine:
         # Counted only once the step's checks passed (the gradients depend
         # on them): a refused step spends no privacy.
         with tf.control_dependencies(grads):
+            seen = tf.reduce_sum(tf.cast(counted, tf.float32))
             self._steps_taken.assign_add(1)
-            self._examples_seen.assign_add(
-                tf.cast(tf.reduce_sum(counted), tf.int64))
+            self._examples_seen.assign_add(tf.cast(seen, tf.int64))
+            self._record.update(sigma, tf.cast(replicas.total(seen),
+                                               tf.int64))
         k = self._options.augmentation_multiplicity
         y, sample_weight = (repeat_rows(t, k) for t in batch[1:])
         installation.track_loss(model, batch.x, y, y_pred, sample_weight)

@@ -55,7 +55,17 @@ class NoiseMultiplier:
         self.variable = tf.Variable(0.0, trainable=False, dtype=tf.float32,
                                     name="noise_multiplier")
         self.value = None
+        # float32 as stored -> the smallest exact value assigned that rounds
+        # up to it: what the ledger records for steps run at that float32
+        # (the smaller value only raises epsilon).
+        self.nominal = {}
         self.assign(value)
+
+    def nominal_value(self, stored):
+        """The exact sigma behind the float32 ``stored`` a step used: the
+        smallest value assigned that is stored so, else ``stored`` itself
+        (a write that bypassed :meth:`assign`)."""
+        return self.nominal.get(float(stored), float(stored))
 
     def assign(self, value):
         """Sets sigma; raises unless it is a finite number >= 0."""
@@ -64,8 +74,11 @@ class NoiseMultiplier:
             raise ValueError(f"noise_multiplier={value!r}: must be a finite "
                              "number >= 0 (the noise std in units of "
                              "l2_norm_clip).")
-        self.variable.assign(round_up_to_float32(value))
+        stored = round_up_to_float32(value)
+        self.variable.assign(stored)
         self.value = value
+        key = float(stored)
+        self.nominal[key] = min(value, self.nominal.get(key, value))
 
 
 def noised_sums(sums, stddev, generator):

@@ -9,6 +9,7 @@ declares each ``fit``'s data and writes the ledger's epsilon into the logs.
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 
 import keras
@@ -353,6 +354,8 @@ class EpsilonCallback(keras.callbacks.Callback):
                         self.steps_per_epoch, self.num_examples,
                         self.batch_size)
         self._engine = training.engine
+        count = getattr(self._engine, "nonfinite_examples", None)
+        self._nonfinite = 0 if count is None else int(count.numpy())
         micro = bool(self.used_microbatching) or self._microbatching(
             training)
         expected = getattr(self._engine, "expected_batch_size", None)
@@ -421,6 +424,7 @@ class EpsilonCallback(keras.callbacks.Callback):
                     num_examples=self.num_examples,
                     poisson=self._engine.expected_batch_size is not None)
             self._counters = after
+            self._warn_nonfinite(epoch)
         else:
             self._record_tf_privacy(epoch, ran)
         self.steps += ran
@@ -451,6 +455,24 @@ class EpsilonCallback(keras.callbacks.Callback):
         sigma = min(training.noise_multiplier, self._noise_at_start)
         context = ledger_slot(self.model).context
         ledger_slot(self.model).ledger.record(context.segment(ran, sigma))
+
+    def _warn_nonfinite(self, epoch):
+        """Says when examples were left out for a non-finite loss or
+        gradient (each then added zero to its step: the guarantee holds;
+        docs/sharp_edges.md)."""
+        count = getattr(self._engine, "nonfinite_examples", None)
+        if count is None:
+            return
+        count, before = int(count.numpy()), getattr(self, "_nonfinite", 0)
+        self._nonfinite = count
+        if count > before:
+            warnings.warn(
+                f"Epoch {epoch}: {count - before} examples had a non-finite "
+                "loss or gradient (NaN or inf inputs, labels that are not "
+                "class indices, overflow) and were left out of their steps "
+                "(clip factor 0: epsilon is unchanged). Repair the data; "
+                "engine.nonfinite_examples counts them.", RuntimeWarning,
+                stacklevel=2)
 
     def _read_counters(self):
         engine = self._engine

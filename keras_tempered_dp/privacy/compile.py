@@ -8,7 +8,10 @@ Both take the engine's options either as one
 written only in ``EngineOptions``.
 """
 
+import math
+
 import keras
+import numpy as np
 
 from keras_tempered_dp import stack
 from keras_tempered_dp.privacy.checks import (
@@ -151,8 +154,10 @@ def make_private(model, *, l2_norm_clip, noise_multiplier,
 
     Raises:
         TypeError: for a keyword that is not an engine option, listing them.
-        ValueError: for an uncompiled model, a TF Privacy optimizer,
-            batch-mixing layers and invalid settings.
+        ValueError: for an uncompiled model, a TF Privacy optimizer, an
+            optimizer whose learning rate is not a finite number > 0 (a
+            schedule's at step 0: finite and >= 0), batch-mixing layers and
+            invalid settings.
 
     Example:
 
@@ -179,9 +184,46 @@ def make_private(model, *, l2_norm_clip, noise_multiplier,
             "The model is compiled with a TF Privacy DP optimizer, which "
             "already clips and noises: adding the engine would do both "
             "twice. Compile with an ordinary optimizer first.")
+    _check_learning_rate(model.optimizer)
     _install_engine(model, config, expected_batch_size,
                     _engine_options(engine_options, options))
     return config
+
+
+def _check_learning_rate(optimizer):
+    """Raises unless the compiled optimizer's learning rate is finite and
+    > 0: with NaN every weight becomes NaN, with 0 or less the model does
+    not learn (or climbs the loss), and either way the run spends its
+    privacy budget and reports an epsilon.
+
+    A ``LearningRateSchedule`` is checked at step 0 (a pure function,
+    cheap), where 0 is allowed: warm-up schedules start there. A plain
+    callable learning rate (Keras accepts one) is left alone: calling it
+    may not be cheap or side-effect free.
+    """
+    # Keras 2 and 3 keep the rate as given (a variable or a schedule) in
+    # `_learning_rate`; Keras 3's `learning_rate` evaluates a schedule.
+    rate = getattr(optimizer, "_learning_rate", None)
+    if rate is None:
+        rate = getattr(optimizer, "learning_rate", None)
+    schedule = isinstance(rate,
+                          keras.optimizers.schedules.LearningRateSchedule)
+    if schedule:
+        rate = rate(0)
+    elif rate is None or (callable(rate) and not hasattr(rate, "numpy")):
+        return
+    value = float(np.asarray(rate.numpy() if hasattr(rate, "numpy")
+                             else rate))
+    if not math.isfinite(value) or value < 0 or (value == 0
+                                                 and not schedule):
+        at = " (the schedule's value at step 0)" if schedule else ""
+        raise ValueError(
+            f"learning_rate={value!r}{at}: the model's optimizer "
+            f"({type(optimizer).__name__}) must have a finite learning "
+            "rate > 0; with this one DP-SGD would spend privacy on steps "
+            "that leave the weights NaN, unchanged or moving uphill. "
+            "Compile the model with a valid learning rate, then call "
+            "make_private.")
 
 
 def _engine_options(engine_options, flat):

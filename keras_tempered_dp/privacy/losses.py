@@ -1,9 +1,78 @@
-"""Per-example losses: DP-SGD clips each example's own gradient."""
+"""Per-example losses: DP-SGD clips each example's own gradient.
+
+Sparse (integer-label) losses also refuse labels that are not whole
+numbers: Keras casts a label of 3.7 to class 3 and trains without a word,
+at accuracy 0. How the refusal reaches the user depends on how the step
+runs:
+
+* eagerly (``run_eagerly=True``): a ValueError at the first batch;
+* in a graph (Keras 2's default, Keras 3's on CPU): a
+  ``tf.errors.InvalidArgumentError`` from an assert at the first step,
+  before any update;
+* under XLA (Keras 3's default where a GPU is present, or
+  ``jit_compile=True``) asserts are dropped and nothing can raise inside
+  the step, so the loss of such a row is NaN instead: the clipping engine
+  leaves every example with a non-finite loss out of the clipped sum and
+  counts it (``ClippedSum.nonfinite``), and no wrong class is learned.
+"""
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 # "none" on both stacks (Keras 2 spells it Reduction.NONE, Keras 3 has no enum).
 NONE = "none"
+
+
+def _is_sparse(loss):
+    """Whether ``loss`` takes integer class labels (Keras' sparse
+    losses: ``SparseCategoricalCrossentropy`` and its function)."""
+    fn = getattr(loss, "fn", None)  # a LossFunctionWrapper, or ours
+    names = [type(loss).__name__, getattr(loss, "__name__", ""),
+             getattr(fn, "__name__", "")]
+    return any(name.lower().startswith("sparse") for name in names)
+
+
+def _whole_number_rows(y_true):
+    """``[B]`` bool: every label of the row is a whole, finite number."""
+    y = tf.convert_to_tensor(y_true)
+    if not y.dtype.is_floating:
+        return None
+    whole = tf.logical_and(tf.math.is_finite(y), tf.equal(y, tf.floor(y)))
+    return tf.reduce_all(tf.reshape(whole, [tf.shape(y)[0], -1]), axis=1)
+
+
+def _refusal(name, labels):
+    return (f"loss {name!r} takes integer class labels, but y contains "
+            f"labels that are not whole numbers (e.g. {labels}); Keras "
+            "would truncate them to a class and train on the wrong one. "
+            "Pass the class index of each example as an integer (e.g. "
+            "y.astype('int32')), or use a loss for float targets.")
+
+
+def _checked_labels(name, call):
+    """``call`` (a loss's ``call(y_true, y_pred)``) refusing non-integral
+    labels, eagerly, in a graph, and under XLA by a NaN loss (see the
+    module docstring)."""
+    def checked_call(y_true, y_pred):
+        losses = call(y_true, y_pred)
+        whole = _whole_number_rows(y_true)
+        if whole is None:
+            return losses
+        if tf.executing_eagerly():
+            if not bool(tf.reduce_all(whole)):
+                bad = np.asarray(y_true)[~np.asarray(whole)]
+                raise ValueError(_refusal(name, bad.ravel()[:5].tolist()))
+            return losses
+        # Dropped under XLA, where the NaN below does the refusing.
+        checked = tf.debugging.Assert(
+            tf.reduce_all(whole),
+            [_refusal(name, "see below"), "labels:", y_true], summarize=10)
+        nan = tf.constant(float("nan"), losses.dtype)
+        rows = tf.reshape(whole, [-1] + [1] * (losses.shape.rank - 1))
+        with tf.control_dependencies([checked]):
+            return tf.where(rows, losses, nan)
+    return checked_call
 
 
 class _FunctionLoss(keras.losses.Loss):
@@ -36,25 +105,41 @@ def per_example_loss(loss=None):
             instance (copied with reduction NONE) or a function
             ``(y_true, y_pred) -> per-example loss``.
 
+    A sparse loss (integer class labels) refuses labels that are not whole
+    numbers (see the module docstring).
+
     Example:
 
     >>> per_example_loss("mse").reduction
     'none'
     """
     if loss is None:
-        return keras.losses.SparseCategoricalCrossentropy(
-            from_logits=True, reduction=NONE)
+        return _with_label_check(keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction=NONE))
     if isinstance(loss, str):
         resolved = keras.losses.get(loss)
     else:
         resolved = loss
     if isinstance(resolved, keras.losses.Loss):
         config = dict(resolved.get_config(), reduction=NONE)
-        return resolved.__class__.from_config(config)
+        return _with_label_check(resolved.__class__.from_config(config))
     if callable(resolved):
         name = getattr(resolved, "__name__", "loss")
-        return _FunctionLoss(resolved, name=name)
+        return _with_label_check(_FunctionLoss(resolved, name=name))
     raise ValueError(
         f"loss={loss!r}: expected None, a Keras loss name, a "
         "keras.losses.Loss or a function (y_true, y_pred) -> loss."
     )
+
+
+def _with_label_check(loss):
+    """A sparse ``loss`` whose ``call`` refuses non-integral labels.
+
+    The check is set on the instance only: the class, its config and so
+    what a saved model records are Keras' own. The labels are checked in
+    ``call``, after Keras 3 has converted them to the loss's float dtype:
+    their values, not their dtype, are what can be checked.
+    """
+    if _is_sparse(loss):
+        loss.call = _checked_labels(loss.name, loss.call)
+    return loss

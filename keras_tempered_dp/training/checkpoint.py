@@ -5,8 +5,10 @@ After every epoch the run writes ``<output_dir>/checkpoint/``:
     model.keras   the model with its optimizer state
     ema.npz       the weight average (when an EMA is kept)
     state.json    the epochs done, the run's *record* (every setting that
-                  matters to privacy or to the model) and the *ledger*: one
-                  entry per finished epoch with what really ran (N, batch
+                  matters to privacy or to the model), the model's privacy
+                  ledger (every step it took, as the steps recorded them:
+                  :mod:`keras_tempered_dp.privacy.ledger`; epsilon comes
+                  from it alone) and a per-epoch report of it (N, batch
                   size, sampling, steps, noise multiplier)
 
 The folder is written beside the old one and swapped in, so an interrupted
@@ -34,6 +36,10 @@ from keras_tempered_dp import stack
 # Settings that shape the model: never changed by a resume.
 MODEL_KEYS = ("model", "activation", "s", "T", "o", "ema_decay",
               "precompute_features")
+# The optimizer's settings: the checkpoint restores its optimizer, so a
+# resume with other values would train with the old ones while the results
+# recorded the new.
+OPTIMIZER_KEYS = ("learning_rate", "momentum")
 # Settings that shape the privacy guarantee.
 PRIVACY_KEYS = ("num_examples", "batch_size", "sampling", "steps_per_epoch",
                 "l2_norm_clip", "clipping", "noise_multiplier",
@@ -53,6 +59,9 @@ class Checkpoint:
     ledger: list[dict]
     l2_norm_clip: float | None = None  # the adaptive clip, if any
     part_start: int = 0  # the epoch where the record's settings began
+    # The model's privacy ledger (Ledger.to_dict()): every step it took.
+    # None in checkpoints older than the ledger.
+    privacy_ledger: dict | None = None
     folder: str = ""
 
     def model_path(self):
@@ -209,6 +218,17 @@ def check_resume(checkpoint, record, change_privacy):
             f"ask for ({'; '.join(model)}). A resume continues the saved "
             "model: resume with the checkpoint's settings, or start a new "
             "run in another --output_dir.")
+    # Checkpoints older than these keys do not hold them: not compared.
+    optimizer = differences(checkpoint.record, record,
+                            [k for k in OPTIMIZER_KEYS
+                             if k in checkpoint.record])
+    if optimizer:
+        raise CheckpointError(
+            "The checkpoint's optimizer trains with other settings than "
+            f"these ({'; '.join(optimizer)}): a resume restores the saved "
+            "optimizer, so the new values would be recorded but not used. "
+            "Resume with the checkpoint's values, or start a new run in "
+            "another --output_dir.")
     privacy = differences(checkpoint.record, record, PRIVACY_KEYS)
     if privacy and not change_privacy:
         raise CheckpointError(

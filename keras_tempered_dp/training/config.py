@@ -112,9 +112,14 @@ class DataConfig(_Section):
         "poisson", "poisson: what the accountant assumes; shuffle: Keras' "
         "fixed-size batches (epsilon then by convention).", SAMPLINGS)
     seed: int = _field(0, "Seed for initialization and shuffling.")
+    num_classes: int | None = _field(
+        None, "Classes of the model's output (default: the dataset's "
+        "declared number; never read off the labels).")
 
     def _checks(self):
-        return {"dataset": lambda n, v: _check_choice(n, v, DATASETS) or v,
+        return {"num_classes": lambda n, v: _check_number(
+                    n, v, low=2, integer=True, allow_none=True),
+                "dataset": lambda n, v: _check_choice(n, v, DATASETS) or v,
                 "sampling": lambda n, v: _check_choice(n, v, SAMPLINGS) or v,
                 "seed": lambda n, v: _check_number(n, v, low=0,
                                                    integer=True)}

@@ -54,10 +54,15 @@ def check_data(x, y, name, num_classes=None):
                          "indices must be >= 0.")
     if num_classes is not None and labels.size and \
             labels.max() >= num_classes:
+        first = int(np.flatnonzero(labels.reshape(len(labels), -1).max(
+            axis=1) >= num_classes)[0])
         raise ValueError(
-            f"The {name} labels hold {int(labels.max())}, but the model has "
-            f"{num_classes} classes (0 to {num_classes - 1}). Relabel the "
-            "data, or build the model with more classes.")
+            f"The {name} labels hold {int(labels.max())} (first at index "
+            f"{first}), but the dataset declares {num_classes} classes (0 to "
+            f"{num_classes - 1}). Relabel the data, or declare more classes "
+            "(num_classes=, --num_classes): the number of classes is never "
+            "read off the labels, since an architecture chosen from private "
+            "data would itself be a release.")
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):

@@ -8,6 +8,7 @@ import csv
 import json
 import os
 
+from keras_tempered_dp.privacy import saving
 from keras_tempered_dp.privacy.accounting import (
     accountant_name,
     privacy_statement,
@@ -23,9 +24,10 @@ def write_json(path, value):
 
 
 def save_model(model, path):
-    """Saves ``model`` to ``path`` (.keras) atomically."""
+    """Saves ``model`` with its privacy ledger to ``path`` (.keras)
+    atomically."""
     tmp = path[:-len(".keras")] + ".writing.keras"
-    model.save(tmp)
+    saving.save_model(model, tmp)
     os.replace(tmp, path)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from keras_tempered_dp.averaging import ParameterAveraging
 from keras_tempered_dp.callbacks import EpsilonCallback, NoiseScheduler
-from keras_tempered_dp.data import load_dataset
+from keras_tempered_dp.data import DATASETS, load_dataset
 from keras_tempered_dp.models import (
     DEFAULT_MODEL,
     FIXED_FRONT_MODELS,
@@ -47,7 +47,9 @@ from keras_tempered_dp.privacy.sampling import (
     poisson_batches,
     shuffled_batches,
 )
-from keras_tempered_dp.privacy.state import get_dp_state
+from keras_tempered_dp.privacy.ledger import Ledger
+from keras_tempered_dp.privacy.recording import privacy_ledger
+from keras_tempered_dp.privacy.state import get_dp_state, set_ledger
 from keras_tempered_dp.training import checkpoint as ckpt
 from keras_tempered_dp.training import distribute
 from keras_tempered_dp.training import results as out
@@ -96,8 +98,10 @@ def _train(config, data, strategy, start, callbacks=()):
     (x, y), (x_test, y_test) = data or load_dataset(
         config.data.dataset, data_dir=config.data.data_dir,
         manual_dir=config.data.manual_dir, download=config.data.download)
-    num_classes = int(np.max(y)) + 1
-    check_data(x, y, "training")
+    # Declared, never read off the (private) labels.
+    num_classes = (config.data.num_classes
+                   or DATASETS[config.data.dataset].num_classes)
+    check_data(x, y, "training", num_classes)
     check_data(x_test, y_test, "test", num_classes)
     existing = _existing_checkpoint(config.output)
     run = _plan_run(config, len(x), existing)
@@ -231,6 +235,8 @@ def _record(config, plan, model_name):
         noise_schedule=repr(plan.schedule) if plan.schedule else "constant",
         delta=plan.delta, accountant=plan.accountant,
         ema_decay=config.recipe.ema_decay,
+        learning_rate=config.optimizer.learning_rate,
+        momentum=config.optimizer.momentum,
         # With True the checkpoint holds the head only. None for models
         # without a fixed front, as in checkpoints older than the key.
         precompute_features=(config.model.precompute_features
@@ -273,6 +279,9 @@ def _build_or_resume(config, run, input_shape, num_classes):
             front, network = split_fixed_front(network)
     if run.checkpoint is not None:
         network = ckpt.load_model(run.checkpoint)
+        if run.checkpoint.privacy_ledger is not None:
+            set_ledger(network,
+                       Ledger.from_dict(run.checkpoint.privacy_ledger))
         make_private(network, **settings)
         if (run.checkpoint.l2_norm_clip is not None
                 and config.engine.clipping == "quantile"):  # adapted clip
@@ -332,7 +341,9 @@ class _EpochCheckpoint(keras.callbacks.Callback):
         clip = engine.l2_norm_clip if engine.clipping == "quantile" else None
         ckpt.save(self.config.output.output_dir, self.model,
                   ckpt.Checkpoint(epoch + 1, run.record, run.ledger, clip,
-                                  part_start=run.part_start),
+                                  part_start=run.part_start,
+                                  privacy_ledger=privacy_ledger(
+                                      self.model).to_dict()),
                   run.averaging)
 
 
@@ -347,12 +358,17 @@ def _fit(config, run, network, x, y, x_test, y_test, callbacks=()):
     else:  # each replica samples its own shard
         batches = distributed_poisson_batches(run.strategy, x, y,
                                               batch_size, seed=seed)
+    # A checkpoint older than the model's ledger: its steps are declared
+    # from its per-epoch report (the steps the ledger would hold).
+    earlier = {}
+    if run.epochs_done and not privacy_ledger(network).steps:
+        earlier = dict(initial_steps=(run.epochs_done - run.part_start)
+                       * plan.steps_per_epoch,
+                       previous_segments=plan.previous)
     epsilon = EpsilonCallback(
         plan.num_examples, batch_size, delta=plan.delta,
         steps_per_epoch=plan.steps_per_epoch, accountant=plan.accountant,
-        initial_steps=(run.epochs_done - run.part_start)
-        * plan.steps_per_epoch,
-        **({"previous_segments": plan.previous} if plan.previous else {}))
+        **earlier)
     extra = list(callbacks) + ([NoiseScheduler(plan.schedule)]
                                if plan.schedule is not None else [])
     if run.averaging is not None:
@@ -385,10 +401,14 @@ def _finish(config, run, network, per_epoch, x_test, y_test, start,
         run.averaging.apply()  # the averaged weights are the result
     _, test_accuracy = network.evaluate(x_test, y_test, verbose=0)
     # The saved model takes images: the front joined back to the head.
-    out.save_model(network if front is None else join_front(front, network),
-                   os.path.join(folder, "model.keras"))
+    ledger = privacy_ledger(network)
+    saved = network if front is None else join_front(front, network)
+    set_ledger(saved, ledger)
+    out.save_model(saved, os.path.join(folder, "model.keras"))
     epochs = config.optimizer.epochs - run.part_start
-    epsilon = run.plan.epsilon(epochs)
+    # What the steps recorded, not what was planned.
+    epsilon = ledger.epsilon(delta=run.plan.delta,
+                             accountant=run.plan.accountant)
     flat = config.flat()
     flat.update(model=run.model_name, activation=run.record["activation"],
                 noise_multiplier=run.plan.noise_multiplier,
@@ -405,6 +425,7 @@ def _finish(config, run, network, per_epoch, x_test, y_test, start,
         "feature_time_s": run.feature_time_s,
         "resumed_from_epoch": run.epochs_done,
         "ledger": run.ledger,
+        "privacy_ledger": ledger.to_dict(),
     }
     out.write_json(os.path.join(folder, "results.json"), results)
     return results

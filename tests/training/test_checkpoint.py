@@ -105,3 +105,38 @@ def test_checkpoint_of_the_other_keras_is_a_clear_error(tmp_path):
         train(**_args(tmp_path, epochs=2, resume=True))
     assert path.read_bytes() == before
     assert ckpt.load(str(tmp_path / "run")).epochs_done == 1
+
+
+def test_resume_continues_the_models_ledger_and_epsilon_is_its(tmp_path):
+    from keras_tempered_dp import compute_epsilon, load_model, privacy_ledger
+    first = train(**_args(tmp_path, epochs=1))
+    state = json.loads(
+        (tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    steps = first["ledger"][0]["steps"]
+    assert state["privacy_ledger"]["segments"][0]["steps"] == steps
+    resumed = train(**_args(tmp_path, epochs=3, resume=True))
+    n, b = resumed["config"]["num_examples"], resumed["config"]["batch_size"]
+    assert resumed["privacy_ledger"]["segments"] == [dict(
+        num_examples=n, batch_size=b, steps=3 * steps, noise_multiplier=1.0,
+        sampling="poisson", used_microbatching=False)]
+    assert resumed["epsilon"] == pytest.approx(compute_epsilon(
+        n, b, 1.0, steps=3 * steps, delta=resumed["config"]["delta"]),
+        rel=1e-12)
+    # The released model carries the same ledger.
+    model = load_model(str(tmp_path / "run" / "model.keras"))
+    assert privacy_ledger(model).steps == 3 * steps
+
+
+@pytest.mark.parametrize("change, listed", [
+    (dict(learning_rate=0.5), "learning_rate: 0.15 -> 0.5"),
+    (dict(momentum=0.0), "momentum: 0.9 -> 0.0"),
+])
+def test_resume_with_other_optimizer_settings_is_refused(tmp_path, change,
+                                                         listed):
+    # The checkpoint restores its optimizer: new values would be recorded
+    # in results.json but not used.
+    first = dict(learning_rate=0.15, momentum=0.9)
+    train(**_args(tmp_path, **first))
+    with pytest.raises(ckpt.CheckpointError, match=listed):
+        train(**_args(tmp_path, epochs=2, resume=True,
+                      **dict(first, **change)))

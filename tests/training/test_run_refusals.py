@@ -100,9 +100,26 @@ def test_diverging_loss_stops_without_results(tmp_path):
 def test_test_labels_outside_the_classes_are_refused(tmp_path):
     (x, y), (xt, yt) = _small_data(2)
     yt[0] = 12
-    with pytest.raises(ValueError, match="model has 10 classes"):
+    with pytest.raises(ValueError, match="declares 10 classes"):
         train(**_args(tmp_path), data=((x, y), (xt, yt)))
     assert not (tmp_path / "run").exists()
+
+
+def test_the_classes_are_declared_never_read_off_private_labels(tmp_path):
+    # One training example labelled 12 used to make the released model 13
+    # outputs wide: the architecture leaked a private label.
+    (x, y), (xt, yt) = _small_data(2)
+    y[5] = 12
+    with pytest.raises(ValueError, match=r"hold 12 \(first at index 5\)"):
+        train(**_args(tmp_path), data=((x, y), (xt, yt)))
+    assert not (tmp_path / "run").exists()
+    # Declared, the model has the declared width whatever the labels hold.
+    results = train(**_args(tmp_path), data=((x, y), (xt, yt)),
+                    num_classes=13)
+    import keras
+    model = keras.models.load_model(str(tmp_path / "run" / "model.keras"))
+    assert model.output_shape[-1] == 13
+    assert results["config"]["num_classes"] == 13
 
 
 def test_output_dir_that_is_a_file_is_refused(tmp_path):

@@ -4,6 +4,19 @@ One forward pass with every trainable layer tapped (:mod:`.tap`), one
 backward pass to the taps' outputs, per-group squared norms layer by layer
 (:mod:`.registry`), clip factors, then each layer's share of the clipped
 sum from its inputs and re-weighted output gradients.
+
+A group whose loss, layer inputs, outputs or output gradients hold a NaN
+or an infinity anywhere, or whose gradient norm is not finite, contributes
+exactly nothing: its clip factor is 0 and, since ``0 * NaN`` is NaN, its
+rows of every layer's inputs and output gradients are replaced by zeros
+(``tf.where``, which selects rather than multiplies) before the norms and
+the weighted sums are formed. It is counted in ``ClippedSum.nonfinite``.
+Zero is within the clip bound C, so the sensitivity (and epsilon) do not
+change; stopping the step instead would make a data-dependent event public.
+One case is left: an example whose inputs and loss are finite but whose
+per-example gradient has an entry beyond float32's range (not just its
+squared norm) gets factor 0, and a layer that forms per-example gradients
+outright would still compute ``0 * inf``.
 """
 
 import contextlib
@@ -32,12 +45,17 @@ class ClippedSum(NamedTuple):
         below: groups of weight > 0 whose norm is <= the clip (for
             ``clipping="quantile"``).
         counted: groups of weight > 0.
+        nonfinite: groups of weight > 0 left out of ``sums`` because
+            something non-finite (NaN or infinity) appeared in their loss,
+            layer inputs, outputs, output gradients or gradient norm
+            (float32).
     """
 
     sums: list[tf.Tensor]
     y_pred: tf.Tensor
     below: tf.Tensor
     counted: tf.Tensor
+    nonfinite: tf.Tensor
 
 
 class LayerNorms(NamedTuple):
@@ -72,6 +90,69 @@ def _layer_norms(taps, records, grad_outputs, num_groups):
         total += tf.cast(result.sq_norms, tf.float32)
         clipped_sums.append(result.clipped_sum)
     return LayerNorms(total, clipped_sums)
+
+
+def _finite_rows(tensor, rows):
+    """``[rows]`` bool: each row of ``tensor`` all finite; None for
+    integer tensors (token ids), which are."""
+    tensor = tf.convert_to_tensor(tensor)
+    if not tensor.dtype.is_floating:
+        return None
+    return tf.reduce_all(
+        tf.reshape(tf.math.is_finite(tensor), [rows, -1]), axis=1)
+
+
+def _nonfinite_groups(losses, records, grad_outputs, rows, num_groups):
+    """``[G]`` bool: the groups with a non-finite value in a row's loss,
+    a tapped layer's inputs or outputs, or its output gradients."""
+    tensors = [losses, *grad_outputs]
+    for record in records:
+        tensors += [t for t in tf.nest.flatten(record.inputs)
+                    if t is not None] + [record.outputs]
+    masks = [m for m in (_finite_rows(t, rows) for t in tensors)
+             if m is not None]
+    finite = tf.reduce_all(tf.stack(masks), axis=0)
+    return tf.logical_not(tf.reduce_all(
+        grouping.regroup(finite, num_groups), axis=1))
+
+
+def _zero_rows(bad_rows, tensor):
+    """``tensor`` with the rows where ``bad_rows`` holds set to 0 (by
+    selection: ``0 * NaN`` would stay NaN)."""
+    if not tensor.dtype.is_floating:
+        return tensor
+    mask = tf.reshape(bad_rows, [-1] + [1] * (tensor.shape.rank - 1))
+    return tf.where(mask, tf.zeros_like(tensor), tensor)
+
+
+def _sanitized(taps, records, grad_outputs, bad_rows):
+    """Records and output gradients with the ``bad_rows`` zeroed.
+
+    Those rows then add exactly 0 to every layer's norm and clipped sum.
+    Their recorded outputs are replaced by the layer's outputs on the zeroed
+    inputs, so that a recomputation (generic route) still matches them;
+    computed only when some row is bad.
+    """
+    any_bad = tf.reduce_any(bad_rows)
+    grad_outputs = [_zero_rows(bad_rows, g) for g in grad_outputs]
+    cleaned = []
+    for tap, record in zip(taps, records):
+        record = record._replace(inputs=tf.nest.map_structure(
+            lambda t: t if t is None
+            else _zero_rows(bad_rows, tf.convert_to_tensor(t)),
+            record.inputs))
+
+        def recomputed(tap=tap, record=record):
+            z = Recompute(tap, record)(record.inputs)
+            return tf.where(
+                tf.reshape(bad_rows, [-1] + [1] * (z.shape.rank - 1)),
+                tf.cast(z, record.outputs.dtype), record.outputs)
+
+        outputs = tf.cond(any_bad, recomputed,
+                          lambda record=record: tf.identity(record.outputs))
+        outputs.set_shape(record.outputs.shape)
+        cleaned.append(record._replace(outputs=outputs))
+    return cleaned, grad_outputs
 
 
 def _broadcast_to_rank(weights, rank):
@@ -122,16 +203,29 @@ def clipped_sum(model, taps, loss_fn, batch, num_groups, clip, options):
             losses, records, grad_outputs, num_groups)
     rows = tf.shape(losses)[0]
     per_group = grouping.rows_per_group(rows, num_groups)
+    bad = _nonfinite_groups(losses, records, grad_outputs, rows, num_groups)
+    records, grad_outputs = _sanitized(taps, records, grad_outputs,
+                                       tf.repeat(bad, per_group))
     # None = per example: keeps static shapes, which choose the cheaper norm
     # method per layer even when the batch size varies.
     layer_norms = _layer_norms(taps, records, grad_outputs, num_groups)
     norms = tf.sqrt(layer_norms.sq_norms)
-    factors = clip_factors(norms, clip, options.clipping, options.gamma)
+    # A squared norm can still overflow (a finite but huge gradient).
+    kept = tf.logical_and(tf.logical_not(bad), tf.math.is_finite(norms))
+    factors = tf.where(kept, clip_factors(tf.where(kept, norms, 0.0), clip,
+                                          options.clipping, options.gamma),
+                       0.0)
     example_weights = (tf.repeat(factors, per_group)
                        / tf.cast(per_group, tf.float32))
     sums = _variable_sums(taps, records, grad_outputs, layer_norms, factors,
                           example_weights)
-    below, counted = count_below(norms, clip, grouping.groups_with_weight(
-        batch.sample_weight, rows, num_groups))
+    weighted = grouping.groups_with_weight(batch.sample_weight, rows,
+                                           num_groups)
+    # A group left out counts as above the clip (its norm is not <= C):
+    # each group still moves the count by at most 1/2.
+    below, counted = count_below(
+        tf.where(kept, norms, float("inf")), clip, weighted)
+    nonfinite = tf.reduce_sum(
+        weighted * tf.cast(tf.logical_not(kept), tf.float32))
     return ClippedSum([sums[id(v)] for v in model.trainable_variables],
-                      y_pred, below, counted)
+                      y_pred, below, counted, nonfinite)

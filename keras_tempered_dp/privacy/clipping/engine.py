@@ -179,7 +179,7 @@ class ClippingEngine:
         self._canaries = None
 
     def _make_variables(self, l2_norm_clip, noise_multiplier, seed=None,
-                        source=None, steps=0, examples=0):
+                        source=None, steps=0, examples=0, nonfinite=0):
         """The engine's variables, in ``self._strategy``'s scope.
 
         Under a tf.distribute strategy they must be made in its scope: the
@@ -214,6 +214,10 @@ class ClippingEngine:
                 examples, trainable=False, dtype=tf.int64,
                 name="examples_seen",
                 aggregation=tf.VariableAggregation.SUM)
+            self._nonfinite_examples = tf.Variable(
+                nonfinite, trainable=False, dtype=tf.int64,
+                name="nonfinite_examples",
+                aggregation=tf.VariableAggregation.SUM)
         self._record = StepRecord(self._strategy)
 
     def _move_to(self, strategy):
@@ -227,7 +231,8 @@ class ClippingEngine:
         self._make_variables(
             self.l2_norm_clip, self.noise_multiplier,
             source=self._generator, steps=self._steps_taken.numpy(),
-            examples=self._examples_seen.numpy())
+            examples=self._examples_seen.numpy(),
+            nonfinite=self._nonfinite_examples.numpy())
         self._noise.nominal.update(nominal)
 
     # -- settings (read-only) --------------------------------------------
@@ -246,6 +251,11 @@ class ClippingEngine:
     steps_taken = property(
         lambda self: self._steps_taken.read_value(),
         doc="Optimizer steps run by ``fit`` / ``train_on_batch`` (int64).")
+    nonfinite_examples = property(
+        lambda self: self._nonfinite_examples.read_value(),
+        doc="Examples (groups) left out of a step because their loss or "
+            "gradient was not finite: clip factor 0, a zero contribution "
+            "(docs/sharp_edges.md). Exact, not noised: a debugging count.")
     examples_seen = property(
         lambda self: self._examples_seen.read_value(),
         doc="Examples of sample weight > 0 in those steps, each counted "
@@ -334,6 +344,7 @@ class ClippingEngine:
         self._move_to(model.distribute_strategy)
         self._model = model
         self._loss_fn = per_example_loss(model.loss)
+        self._installed_loss = model.loss
         if self._options.physical_batch_size is not None:
             installation.without_xla(model)
         installation.replace_train_step(model, self.train_step)
@@ -368,6 +379,11 @@ class ClippingEngine:
         """
         installation.build(self._model, x)
         installation.check_installable(self._model)
+        if self._model.loss is not self._installed_loss:
+            # model.compile(loss=...) after install: Keras retraces the
+            # step, and the step must differentiate the loss the logs show.
+            self._loss_fn = per_example_loss(self._model.loss)
+            self._installed_loss = self._model.loss
         return find_taps(self._model)
 
     def _denominator(self, batch):
@@ -407,7 +423,7 @@ class ClippingEngine:
                     self._clip, total.below, total.counted,
                     self._options.quantile, self._count_stddev,
                     self._expected_batch_size, self._generator)
-        return grads, total.y_pred, sigma
+        return grads, total.y_pred, sigma, total.nonfinite
 
     def _gradient_share(self, sigma):
         if self.clipping != "quantile":
@@ -455,7 +471,7 @@ class ClippingEngine:
         :meth:`install`): gradient, optimizer step, counters, metrics."""
         model = self._model
         batch = Batch(*keras.utils.unpack_x_y_sample_weight(data))
-        grads, y_pred, sigma = self._noised_gradients(batch)
+        grads, y_pred, sigma, nonfinite = self._noised_gradients(batch)
         model.optimizer.apply_gradients(zip(grads,
                                             model.trainable_variables))
         counted = groups_with_weight(batch.sample_weight,
@@ -468,6 +484,8 @@ class ClippingEngine:
             self._examples_seen.assign_add(tf.cast(seen, tf.int64))
             self._record.update(sigma, tf.cast(replicas.total(seen),
                                                tf.int64))
+            self._nonfinite_examples.assign_add(tf.cast(nonfinite,
+                                                        tf.int64))
         k = self._options.augmentation_multiplicity
         y, sample_weight = (repeat_rows(t, k) for t in batch[1:])
         installation.track_loss(model, batch.x, y, y_pred, sample_weight)

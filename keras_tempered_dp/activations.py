@@ -93,12 +93,46 @@ def check_tempered_sigmoid_parameters(s, T, o):
     )
 
 
+# The dtypes the result keeps; anything else is refused, not converted.
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _dtype_name(dtype):
+    """``dtype`` (a TensorFlow, NumPy, JAX or torch dtype) as a string."""
+    if stack.KERAS_3:
+        return keras.backend.standardize_dtype(dtype)
+    import tensorflow as tf
+    return tf.as_dtype(dtype).name
+
+
+def _check_float_input(x):
+    """Raises a TypeError naming ``x`` unless its dtype is a float dtype.
+
+    Integer and boolean inputs are refused rather than cast: cast to an
+    integer, T=0.5 would become 0 and s, o would be truncated, and casting
+    the input instead would pick a float dtype the caller never chose.
+    """
+    dtype = _dtype_name(x.dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"x has dtype {dtype}: the tempered sigmoid needs a float tensor "
+            f"({', '.join(FLOAT_DTYPES)}). Cast it first, e.g. "
+            "keras.ops.cast(x, \"float32\") (tf.cast on Keras 2); image "
+            "pixels usually also want scaling to [0, 1]."
+        )
+
+
 def tempered_sigmoid(x, s=2.0, T=2.0, o=1.0):
     """Tempered sigmoid ``s * sigmoid(T * x) - o``, elementwise.
 
     Computed through the backend's sigmoid (``ops.sigmoid``), so values and
     gradients stay finite for any finite input (the sigmoid saturates
     instead of overflowing). Runs on any Keras 3 backend.
+
+    The result has the dtype of ``x`` (s, T and o are cast to it): float16
+    and bfloat16 stay half precision, float64 keeps its precision. A NumPy
+    array or Python list is first converted by the backend, which on JAX
+    (unless ``jax_enable_x64`` is set) turns float64 into float32.
 
     Args:
         x: a float tensor or array (float16, bfloat16, float32 or float64).
@@ -111,6 +145,8 @@ def tempered_sigmoid(x, s=2.0, T=2.0, o=1.0):
 
     Raises:
         ValueError: if ``s <= 0``, ``T <= 0`` or an argument is not finite.
+        TypeError: if ``x`` is not of a float dtype (an integer or boolean
+            tensor, e.g. raw image pixels); cast it to a float dtype first.
 
     Example:
 
@@ -118,9 +154,12 @@ def tempered_sigmoid(x, s=2.0, T=2.0, o=1.0):
     >>> y = tempered_sigmoid(np.array([0.0, 1.0], "float32"), s=2, T=2, o=1)
     >>> bool(abs(float(y[1]) - 0.7615942) < 1e-6)  # tanh(1)
     True
+    >>> tempered_sigmoid(np.array([0.0], "float16")).dtype == np.float16
+    True
     """
     s, T, o = check_tempered_sigmoid_parameters(s, T, o)
     x = ops.convert_to_tensor(x)
+    _check_float_input(x)
     dtype = x.dtype
     # s, T and o are cast to x's dtype so that float16 inputs stay float16
     # (and float64 ones keep their precision).

@@ -115,11 +115,12 @@ def _tune_flags(parser):
     from keras_tempered_dp.models import MODELS
     _data_flags(parser, "runs/tune")
     add_flag(parser, "target_epsilon", float, "Every trial's epsilon.", 3.0)
-    add_flag(parser, "max_trials", int, "Number of trials.", 10)
-    add_flag(parser, "epochs", int, "Epochs per trial.", 5)
-    add_flag(parser, "batch_size", int, "Batch size.", 64)
-    add_flag(parser, "delta", float, "delta; default min(1e-5, 1/(10 N)).",
-             None)
+    # Checked, with search()'s other arguments, by tuning.SearchSettings.
+    add_flag(parser, "max_trials", int, "Number of trials (>= 1).", 10)
+    add_flag(parser, "epochs", int, "Epochs per trial (>= 1).", 5)
+    add_flag(parser, "batch_size", int, "Batch size (>= 1).", 64)
+    add_flag(parser, "delta", float, "delta, in (0, 1/N); default "
+             "min(1e-5, 1/(10 N)).", None)
     add_flag(parser, "model", str, "The model searched (default: the "
              "dataset's); ScatterNet features are computed once.", None,
              choices=tuple(MODELS))

@@ -13,6 +13,12 @@ other gzip bytes), so such a TFDS refuses them. The IDX files (MNIST,
 Fashion-MNIST) are then read directly, with their headers checked: the same
 images and labels, in the files' own order, and nothing is written to
 ``data_dir``.
+
+MNIST's and Fashion-MNIST's IDX files have the same names, sizes and
+headers, so before either TFDS or this module reads a folder, its label
+files are checked to begin with the first ten labels of the dataset asked
+for (:data:`FIRST_LABELS`); Fashion-MNIST given as MNIST, or the reverse, is
+refused instead of silently loaded.
 """
 
 import dataclasses
@@ -31,6 +37,9 @@ class DatasetSpec:
     files: tuple[str, ...] = ()
     search_dirs: tuple[str, ...] = ()
     provider: str = ""
+    # Declared, never read off the labels: an architecture chosen from
+    # private data (one example labelled 12 -> 13 outputs) is a release.
+    num_classes: int = 10
 
 
 _IDX = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -58,6 +67,63 @@ DATASETS = {
 
 class DataUnavailableError(RuntimeError):
     """The dataset is neither prepared, nor in a folder, nor downloadable."""
+
+
+# The first ten labels of the original train and test label files: the
+# fingerprint that tells the IDX datasets apart (their headers are alike).
+FIRST_LABELS = {
+    "mnist": {"train": (5, 0, 4, 1, 9, 2, 1, 3, 1, 4),
+              "t10k": (7, 2, 1, 0, 4, 1, 4, 9, 5, 9)},
+    "fashion_mnist": {"train": (9, 0, 0, 3, 0, 2, 7, 2, 5, 5),
+                      "t10k": (9, 2, 1, 1, 6, 1, 4, 6, 5, 7)},
+}
+
+
+def _first_labels(path, count):
+    """The first ``count`` labels of a gzipped IDX label file (fewer if it
+    is shorter), reading only the file's beginning."""
+    with gzip.open(path, "rb") as f:
+        data = f.read(8 + count)
+    if int.from_bytes(data[:4], "big") != 0x0801:
+        raise DataUnavailableError(
+            f"{path} is not an IDX label file (rank 1, unsigned bytes).")
+    return tuple(int(v) for v in data[8:])
+
+
+def check_idx_identity(name, folder):
+    """Refuses ``folder`` unless its IDX label files are ``name``'s.
+
+    The label files must begin with the first ten labels of the original
+    files of ``name`` (:data:`FIRST_LABELS`), both train and test.
+
+    Raises:
+        DataUnavailableError: naming the folder and, when the labels are
+            another dataset's, that dataset.
+    """
+    expected = FIRST_LABELS[name]
+    found = {split: _first_labels(
+                 os.path.join(folder, f"{split}-labels-idx1-ubyte.gz"),
+                 len(labels))
+             for split, labels in expected.items()}
+    if found == expected:
+        return
+    others = [other for other, labels in FIRST_LABELS.items()
+              if other != name and labels == found]
+    if others:
+        looks = (f"its label files begin with the labels of {others[0]}'s original "
+                 f"files, so the folder looks like {others[0]} (load it as "
+                 f"load_dataset({others[0]!r}, manual_dir=...), or "
+                 f"--dataset={others[0]})")
+    else:
+        looks = (f"its label files match no known dataset (train "
+                 f"labels begin "
+                 f"{list(found['train'])}, test {list(found['t10k'])}; "
+                 f"{name}'s begin {list(expected['train'])} and "
+                 f"{list(expected['t10k'])})")
+    raise DataUnavailableError(
+        f"manual_dir={folder!r} does not hold {name}'s original files: "
+        f"{looks}. MNIST's and Fashion-MNIST's files have the same names "
+        f"and headers; give the folder that holds {name}'s.")
 
 
 def load_digits(test_fraction=0.2, seed=0):
@@ -120,6 +186,8 @@ def _prepare(builder, name, manual_dir, download):
     spec = DATASETS[name]
     folder = find_manual_dir(name, manual_dir)
     if folder is not None:
+        if name in FIRST_LABELS:  # before TFDS, or this module, reads it
+            check_idx_identity(name, folder)
         created = _missing_parents(str(builder.data_dir))
         try:
             builder.download_and_prepare(
@@ -196,7 +264,9 @@ def load_dataset(name, data_dir=None, manual_dir=None, download=True):
     Raises:
         ValueError: for an unknown name.
         DataUnavailableError: saying which files are needed, where they were
-            looked for, and what provides them.
+            looked for, and what provides them; or that the MNIST-style files
+            in a folder are another dataset's (e.g. Fashion-MNIST given as
+            "mnist").
     """
     if name not in DATASETS:
         raise ValueError(f"dataset={name!r}: must be one of "

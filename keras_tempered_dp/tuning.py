@@ -6,11 +6,16 @@ Steinke, "Hyperparameter tuning with Renyi differential privacy", ICLR 2022),
 or the search must run on public or synthetic data of the same kind.
 """
 
+import dataclasses
+
 import keras_tuner
 
 from keras_tempered_dp.layers import TemperedSigmoid
-from keras_tempered_dp.models import mnist_cnn, split_fixed_front
+from keras_tempered_dp.models import MODELS, mnist_cnn, split_fixed_front
+from keras_tempered_dp.privacy.accounting import ACCOUNTANTS
 from keras_tempered_dp.privacy.compile import compile_dp
+# train's own checks, so that tune's flags are refused in the same words.
+from keras_tempered_dp.training.config import _check_choice, _check_number
 
 
 class TemperedSigmoidHyperModel(keras_tuner.HyperModel):
@@ -133,6 +138,75 @@ def require_tensorboard():
             "tensorboard.") from error
 
 
+@dataclasses.dataclass(frozen=True)
+class SearchSettings:
+    """The numbers of a :func:`search`, validated on creation.
+
+    :func:`search` makes one before it loads data or runs a trial, so a bad
+    setting (``--max_trials=0``, ``--epochs=0``, ``--delta=0``, ...) is
+    refused at once, by name, instead of running a meaningless or endless
+    search. ``delta`` can only be checked against ``1/N`` once the data is
+    loaded: :meth:`resolved_delta`.
+
+    Example:
+
+    >>> SearchSettings(max_trials=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: max_trials=0: must be >= 1.
+    """
+
+    target_epsilon: float = 3.0
+    max_trials: int = 10
+    epochs: int = 5
+    batch_size: int = 64
+    delta: float | None = None
+    validation_fraction: float = 0.1
+    accountant: str = "rdp"
+    model: str | None = None
+
+    def __post_init__(self):
+        _check_number("target_epsilon", self.target_epsilon, low=0,
+                      low_open=True)
+        for name in ("max_trials", "epochs", "batch_size"):
+            _check_number(name, getattr(self, name), low=1, integer=True)
+        # delta=0 is refused, not replaced by the default.
+        _check_number("delta", self.delta, low=0, low_open=True,
+                      allow_none=True)
+        fraction = _check_number("validation_fraction",
+                                 self.validation_fraction, low=0,
+                                 low_open=True)
+        if fraction >= 1:
+            raise ValueError(
+                f"validation_fraction={self.validation_fraction!r}: must be "
+                "< 1 (the share of the training set held out to score "
+                "trials).")
+        _check_choice("accountant", self.accountant, ACCOUNTANTS)
+        if self.model is not None:
+            _check_choice("model", self.model, tuple(MODELS))
+
+    def resolved_delta(self, n):
+        """``delta``, or ``min(1e-5, 1/(10 n))`` when None, for ``n``
+        training examples.
+
+        Raises:
+            ValueError: if ``n`` is below one batch, or ``delta >= 1/n``.
+        """
+        if n < 1:
+            raise ValueError(
+                f"batch_size={self.batch_size!r}: larger than the training "
+                "examples left after the validation split; use a smaller "
+                "batch size.")
+        if self.delta is None:
+            return min(1e-5, 1 / (10 * n))
+        if self.delta >= 1 / n:
+            raise ValueError(
+                f"delta={self.delta!r}: must be below 1/N = {1 / n:.3g} "
+                f"(N = {n} training examples per trial); a delta that large "
+                "allows releasing an example outright.")
+        return self.delta
+
+
 def search(*, dataset="digits", target_epsilon=3.0, max_trials=10, epochs=5,
            batch_size=64, delta=None, validation_fraction=0.1, seed=0,
            output_dir="runs/tune", data_dir=None, manual_dir=None,
@@ -149,9 +223,22 @@ def search(*, dataset="digits", target_epsilon=3.0, max_trials=10, epochs=5,
 
     Returns:
         ``(best_hyperparameters_dict, noise_multiplier)``.
+
+    Raises:
+        ValueError: naming the argument, for ``max_trials``, ``epochs`` or
+            ``batch_size`` below 1, ``delta`` not in ``(0, 1/N)``,
+            ``target_epsilon <= 0``, a ``validation_fraction`` outside
+            ``(0, 1)`` or an unknown ``accountant`` or ``model``
+            (:class:`SearchSettings`); all but ``delta >= 1/N`` before
+            the data is loaded.
     """
     import numpy as np
 
+    settings = SearchSettings(
+        target_epsilon=target_epsilon, max_trials=max_trials, epochs=epochs,
+        batch_size=batch_size, delta=delta,
+        validation_fraction=validation_fraction, accountant=accountant,
+        model=model)
     require_tensorboard()
     from keras_tempered_dp.data import load_dataset
     from keras_tempered_dp.models import DEFAULT_MODEL, MODELS
@@ -166,7 +253,7 @@ def search(*, dataset="digits", target_epsilon=3.0, max_trials=10, epochs=5,
     val, tr = order[:n_val], order[n_val:]
     n = len(tr) - len(tr) % batch_size
     tr = tr[:n]
-    delta = delta or min(1e-5, 1 / (10 * n))
+    delta = settings.resolved_delta(n)
     noise = calibrate_noise_multiplier(target_epsilon, n, batch_size,
                                        epochs=epochs, delta=delta,
                                        accountant=accountant)

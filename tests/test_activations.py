@@ -197,3 +197,37 @@ def test_function_registered_by_its_owner_keeps_its_name():
     assert fn is someone_elses_ts
     assert keras.utils.get_registered_name(fn) == "someone>someone_elses_ts"
     assert keras.activations.get("someone_elses_ts") is fn
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32",
+                                   "float64"])
+@pytest.mark.parametrize("kind", ["tensor", "numpy"])
+def test_keeps_the_floating_dtype_of_x(dtype, kind):
+    # Reference: the formula in float64, rounded to dtype.
+    values = np.array([-3.0, -0.5, 0.0, 0.25, 2.0])
+    x = tf.constant(values, dtype)
+    if kind == "numpy":
+        if dtype == "bfloat16":
+            pytest.skip("NumPy has no bfloat16")
+        x = x.numpy()
+    got = tempered_sigmoid(x, s=3, T=0.5, o=1)
+    assert tf.as_dtype(got.dtype).name == dtype
+    xs = tf.cast(tf.constant(values, dtype), "float64").numpy()
+    want = 3 / (1 + np.exp(-0.5 * xs)) - 1
+    tol = {"float16": 4e-3, "bfloat16": 3e-2, "float32": 1e-6,
+           "float64": 1e-15}[dtype]
+    np.testing.assert_allclose(tf.cast(got, "float64").numpy(), want,
+                               atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("x", [
+    pytest.param(np.array([1, 2]), id="numpy-int64"),
+    pytest.param(tf.constant([1, 2]), id="tf-int32"),
+    pytest.param(tf.constant([0, 255], tf.uint8), id="tf-uint8"),
+    pytest.param(np.array([True, False]), id="bool"),
+    pytest.param([1, 2], id="list-of-ints"),
+])
+def test_non_float_x_is_refused_naming_x_and_its_dtype(x):
+    dtype = tf.convert_to_tensor(x).dtype.name
+    with pytest.raises(TypeError, match=rf"x has dtype {dtype}.*Cast it"):
+        tempered_sigmoid(x, s=2, T=0.5, o=1)

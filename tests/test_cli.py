@@ -221,3 +221,38 @@ def test_train_and_reproduce_take_scatternet_models(tmp_path):
     assert out.returncode != 0
     assert "has no activation" in out.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_tune_refuses_bad_flags_before_any_trial(tmp_path, capsys,
+                                                 monkeypatch):
+    import keras_tuner
+
+    from keras_tempered_dp.cli import main
+
+    def refuse(self, *args, **kwargs):  # --max_trials=0 ran without end
+        raise AssertionError("a trial ran")
+    monkeypatch.setattr(keras_tuner.RandomSearch, "search", refuse)
+    cases = [
+        (["--delta=0"], "delta=0.0: must be > 0"),
+        (["--epochs=0"], "epochs=0: must be >= 1"),
+        (["--max_trials=0"], "max_trials=0: must be >= 1"),
+        (["--max_trials=-1"], "max_trials=-1: must be >= 1"),
+        (["--batch_size=0"], "batch_size=0: must be >= 1"),
+        (["--target_epsilon=-1"], "target_epsilon=-1.0: must be > 0"),
+    ]
+    for flags, message in cases:
+        status = main(["tune", *flags, f"--output_dir={tmp_path / 'o'}"])
+        captured = capsys.readouterr()
+        assert status == 2, flags
+        assert f"keras-tempered-dp tune: error: {message}" in captured.err, (
+            flags, captured.err)
+        assert "Traceback" not in captured.err and "best" not in captured.out
+        assert not (tmp_path / "o").exists()
+
+
+def test_tune_max_trials_zero_exits_2_from_the_console_script(tmp_path):
+    out = _cli("tune", "--max_trials=0", f"--output_dir={tmp_path / 'o'}",
+               cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "max_trials=0: must be >= 1" in out.stderr
+    assert not (tmp_path / "o").exists()

@@ -105,16 +105,108 @@ def test_manual_files_refused_by_tfds_checksums_are_read_directly(
 
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
                         refuse)
-    manual = tmp_path / "manual"
-    manual.mkdir()
-    for split, n in (("train", 4), ("t10k", 2)):
-        _write_idx(manual / f"{split}-images-idx3-ubyte.gz",
-                   np.full((n, 28, 28), 255))
-        _write_idx(manual / f"{split}-labels-idx1-ubyte.gz", np.arange(n))
+    manual = _synthetic_idx_folder(tmp_path / "manual", "fashion_mnist",
+                                   extra=(8, 3))
     data_dir = tmp_path / "tfds"
     (x, y), (xt, yt) = load_dataset("fashion_mnist", data_dir=str(data_dir),
                                     manual_dir=str(manual), download=False)
-    assert x.shape == (4, 28, 28, 1) and x.dtype == np.float32
-    assert x.max() == 1.0 and y.tolist() == [0, 1, 2, 3]
-    assert yt.dtype == np.int32 and xt.shape == (2, 28, 28, 1)
+    assert x.shape == (12, 28, 28, 1) and x.dtype == np.float32
+    assert x.max() == 1.0
+    assert y.tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5, 8, 3]
+    assert yt.dtype == np.int32 and xt.shape == (12, 28, 28, 1)
+    assert not data_dir.exists()
+
+
+# Written out here, not imported from the package, so that a wrong entry
+# there cannot pass: the first labels of the original label files.
+ORIGINAL_FIRST_LABELS = {
+    "mnist": ([5, 0, 4, 1, 9, 2, 1, 3, 1, 4], [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]),
+    "fashion_mnist": ([9, 0, 0, 3, 0, 2, 7, 2, 5, 5],
+                      [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]),
+    "neither": ([1] * 10, [2] * 10),
+}
+
+
+def _synthetic_idx_folder(folder, like, extra=()):
+    """Four small IDX files whose labels begin like ``like``'s originals."""
+    folder.mkdir()
+    for split, labels in zip(("train", "t10k"), ORIGINAL_FIRST_LABELS[like]):
+        labels = np.array(list(labels) + list(extra))
+        _write_idx(folder / f"{split}-images-idx3-ubyte.gz",
+                   np.full((len(labels), 28, 28), 255))
+        _write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+@pytest.fixture
+def tfds_prepare_calls(monkeypatch):
+    """Records TFDS preparations; each refuses the files' checksums, as
+    TFDS >= 4.9.5 does for files that are not the download's bytes."""
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core.download.download_manager import (
+        NonMatchingChecksumError,
+    )
+    calls = []
+
+    def refuse(builder, *args, **kwargs):
+        calls.append(builder.name)
+        raise NonMatchingChecksumError("wrong checksum")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
+                        refuse)
+    return calls
+
+
+@pytest.mark.parametrize("asked,given,looks_like", [
+    ("mnist", "fashion_mnist", "looks like fashion_mnist"),
+    ("fashion_mnist", "mnist", "looks like mnist"),
+    ("mnist", "neither", "match no known dataset"),
+])
+def test_idx_files_of_another_dataset_are_refused_before_tfds(
+        tmp_path, tfds_prepare_calls, asked, given, looks_like):
+    manual = _synthetic_idx_folder(tmp_path / given, given)
+    with pytest.raises(DataUnavailableError) as info:
+        load_dataset(asked, data_dir=str(tmp_path / "tfds"),
+                     manual_dir=str(manual), download=False)
+    message = str(info.value)
+    assert f"manual_dir={str(manual)!r}" in message
+    assert f"does not hold {asked}'s" in message and looks_like in message
+    assert tfds_prepare_calls == []  # refused before TFDS could prepare it
+    assert not (tmp_path / "tfds").exists()
+
+
+def test_idx_files_of_the_dataset_asked_for_pass_the_check(
+        tmp_path, tfds_prepare_calls):
+    manual = _synthetic_idx_folder(tmp_path / "m", "mnist", extra=(6,))
+    (x, y), (xt, yt) = load_dataset("mnist", data_dir=str(tmp_path / "tfds"),
+                                    manual_dir=str(manual), download=False)
+    assert tfds_prepare_calls == ["mnist"]
+    assert y.tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4, 6]
+    assert yt.tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9, 6]
+
+
+def test_too_few_labels_are_refused(tmp_path, tfds_prepare_calls):
+    manual = tmp_path / "short"
+    manual.mkdir()
+    for split in ("train", "t10k"):
+        _write_idx(manual / f"{split}-images-idx3-ubyte.gz",
+                   np.zeros((3, 28, 28)))
+        _write_idx(manual / f"{split}-labels-idx1-ubyte.gz",
+                   np.array([5, 0, 4] if split == "train" else [7, 2, 1]))
+    with pytest.raises(DataUnavailableError, match="match no known dataset"):
+        load_dataset("mnist", data_dir=str(tmp_path / "tfds"),
+                     manual_dir=str(manual), download=False)
+
+
+@pytest.mark.skipif(not os.path.isdir(FASHION_DIR),
+                    reason="needs apt-get install dataset-fashion-mnist")
+def test_real_fashion_mnist_folder_is_refused_as_mnist(tmp_path):
+    # No TFDS stub: whichever path TFDS would take, the check comes first,
+    # so this needs no network and writes nothing.
+    data_dir = tmp_path / "tfds"
+    with pytest.raises(DataUnavailableError,
+                       match=r"does not hold mnist's original files.*"
+                             r"looks like fashion_mnist"):
+        load_dataset("mnist", data_dir=str(data_dir), manual_dir=FASHION_DIR,
+                     download=False)
     assert not data_dir.exists()

@@ -226,3 +226,25 @@ def test_activation_name_loads_in_fresh_process(tmp_path, fresh_python,
     """)
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"),
                                   model.predict(x, verbose=0))
+
+
+@pytest.mark.parametrize("policy,out", [
+    ("float64", "float64"), ("float32", "float32"), ("bfloat16", "bfloat16"),
+    ("mixed_float16", "float16"), (None, "float32")])
+@pytest.mark.parametrize("given", ["float16", "float32", "float64"])
+def test_tempered_sigmoid_layer_returns_its_compute_dtype(policy, out, given):
+    import tensorflow as tf
+    # As documented: Keras casts float inputs to the layer's compute dtype.
+    kwargs = {} if policy is None else {"dtype": policy}
+    x = np.array([-2.0, 0.0, 4.0], given)
+    y = TemperedSigmoid(3, 0.5, 1, **kwargs)(x)
+    assert tf.as_dtype(y.dtype).name == out
+    np.testing.assert_allclose(
+        tf.cast(y, "float64").numpy(),
+        [-0.19317573589001466, 0.5, 1.642391233933647],
+        atol=3e-2 if out in ("float16", "bfloat16") else 1e-6)
+
+
+def test_tempered_sigmoid_layer_refuses_integer_inputs():
+    with pytest.raises(TypeError, match="x has dtype int32.*Cast it"):
+        TemperedSigmoid()(np.array([0, 255], "int32"))

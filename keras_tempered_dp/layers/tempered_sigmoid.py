@@ -19,6 +19,15 @@ class TemperedSigmoid(keras.layers.Layer):
     gradient to DP-SGD's clipping and noise than ReLU; ``(s, T, o) = (2, 2, 1)``
     is tanh, the setting the paper recommends.
 
+    Dtypes: like every Keras layer, it computes in its *compute dtype* (the
+    ``dtype`` argument or policy; float32 by default) and Keras casts float
+    inputs to it first. So ``TemperedSigmoid(dtype="float64")`` returns
+    float64, ``dtype="mixed_float16"`` (or ``"bfloat16"``) half precision,
+    and the default layer returns float32 also for float16 or float64
+    inputs; for the input's own dtype call :func:`tempered_sigmoid`
+    directly. Integer and boolean inputs, which Keras does not cast, raise
+    a TypeError asking for a float dtype.
+
     Args:
         s: output scale, > 0. The output lies in ``(-o, s - o)``.
         T: inverse temperature, > 0. The slope is at most ``s * T / 4``.
@@ -27,6 +36,7 @@ class TemperedSigmoid(keras.layers.Layer):
 
     Raises:
         ValueError: if ``s <= 0``, ``T <= 0`` or an argument is not finite.
+        TypeError: when called on an integer or boolean tensor.
 
     Example:
 
@@ -36,6 +46,9 @@ class TemperedSigmoid(keras.layers.Layer):
     ...                           TemperedSigmoid(s=2, T=2, o=1)])
     >>> tuple(model(np.zeros((1, 4), "float32")).shape)
     (1, 3)
+    >>> layer = TemperedSigmoid(dtype="float64")
+    >>> layer(np.zeros(2, "float16")).dtype == np.float64
+    True
     """
 
     def __init__(self, s=2.0, T=2.0, o=1.0, **kwargs):

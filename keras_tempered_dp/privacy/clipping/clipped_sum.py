@@ -198,9 +198,16 @@ def clipped_sum(model, taps, loss_fn, batch, num_groups, clip, options):
         losses = loss_fn(batch.y, y_pred, batch.sample_weight)
         total = tf.reduce_sum(losses)
     grad_outputs = tape.gradient(total, [r.outputs for r in records])
+    sample_weight = batch.sample_weight
     if isinstance(num_groups, int):
         records, grad_outputs = grouping.checked_microbatches(
             losses, records, grad_outputs, num_groups)
+        # Everything regrouped below waits for the check, the losses and
+        # weights too: a reshape must not fail first, with a raw message.
+        with tf.control_dependencies(grad_outputs):
+            losses = tf.identity(losses)
+            if sample_weight is not None:
+                sample_weight = tf.identity(sample_weight)
     rows = tf.shape(losses)[0]
     per_group = grouping.rows_per_group(rows, num_groups)
     bad = _nonfinite_groups(losses, records, grad_outputs, rows, num_groups)
@@ -219,8 +226,7 @@ def clipped_sum(model, taps, loss_fn, batch, num_groups, clip, options):
                        / tf.cast(per_group, tf.float32))
     sums = _variable_sums(taps, records, grad_outputs, layer_norms, factors,
                           example_weights)
-    weighted = grouping.groups_with_weight(batch.sample_weight, rows,
-                                           num_groups)
+    weighted = grouping.groups_with_weight(sample_weight, rows, num_groups)
     # A group left out counts as above the clip (its norm is not <= C):
     # each group still moves the count by at most 1/2.
     below, counted = count_below(

@@ -99,8 +99,13 @@ def _train(config, data, strategy, start, callbacks=()):
         config.data.dataset, data_dir=config.data.data_dir,
         manual_dir=config.data.manual_dir, download=config.data.download)
     # Declared, never read off the (private) labels.
-    num_classes = (config.data.num_classes
-                   or DATASETS[config.data.dataset].num_classes)
+    spec = DATASETS[config.data.dataset]
+    num_classes = config.data.num_classes or spec.num_classes
+    if data is None and tuple(x.shape[1:]) != spec.shape:
+        raise ValueError(
+            f"dataset={config.data.dataset!r} declares inputs of shape "
+            f"{spec.shape} but its files hold {tuple(x.shape[1:])}: the "
+            "files are not that dataset's.")
     check_data(x, y, "training", num_classes)
     check_data(x_test, y_test, "test", num_classes)
     existing = _existing_checkpoint(config.output)

@@ -10,6 +10,7 @@ declares each ``fit``'s data and writes the ledger's epsilon into the logs.
 import dataclasses
 import math
 import warnings
+import weakref
 from collections.abc import Sequence
 
 import keras
@@ -17,7 +18,8 @@ import keras
 from keras_tempered_dp.privacy import accounting, recording
 from keras_tempered_dp.privacy.accounting import Segment, compose_epsilon
 from keras_tempered_dp.privacy.checks import check_dp_trainable
-from keras_tempered_dp.privacy.fit_data import current_fit_data
+from keras_tempered_dp.privacy.fit_data import current_fit_data, fit_frame
+from keras_tempered_dp.privacy.ledger import Unattributed
 from keras_tempered_dp.privacy.recording import FitContext, privacy_ledger
 from keras_tempered_dp.privacy.schedules import NoiseSchedule, schedule_segments
 from keras_tempered_dp.privacy.state import get_dp_state, ledger_slot
@@ -247,8 +249,8 @@ class EpsilonCallback(keras.callbacks.Callback):
         # The batch hook only counts steps: Keras need not copy each step's
         # logs to NumPy for it (that would wait for every step).
         self._supports_tf_logs = True
-        # The earlier steps this callback declares, added to the ledger once.
-        self._declared = False
+        # The models whose ledger got this callback's earlier steps (once).
+        self._declared = weakref.WeakSet()
         self._engine = None
         self._counters = None
         self._last_batch = -1
@@ -369,28 +371,32 @@ class EpsilonCallback(keras.callbacks.Callback):
         # Steps recorded before this fit ran without a declared context.
         recording.drain(self.model)
         slot = ledger_slot(self.model)
+        if self._engine is None:
+            self._unseen_tf_privacy_steps(slot, training)
         slot.ledger.check_attributed()  # before a step, not after it
         context = FitContext(self.num_examples, self.batch_size,
-                             self.sampling, micro)
-        if slot.context is not None and slot.context != context:
+                             self.sampling, micro, fit_frame(self.model))
+        live = recording.live_context(slot)
+        if live is not None and live != context:
             raise ValueError(
                 f"Two epsilon callbacks in one fit declare different data "
-                f"({slot.context} and {context}); give them the same "
+                f"({live} and {context}); give them the same "
                 "num_examples, batch_size and sampling.")
-        if not self._declared and (self.initial_steps
-                                   or self.previous_segments) \
+        if self.model not in self._declared and (
+                self.initial_steps or self.previous_segments) \
                 and slot.ledger.steps:
             raise ValueError(
                 f"initial_steps={self.initial_steps} / previous_segments= "
                 f"declare steps taken before the model had a ledger, but "
                 f"its ledger already records {slot.ledger.steps} steps "
                 "(epsilon already covers them). Leave them out.")
-        slot.context = context
+        if live is None:
+            slot.context = context
         self._noise_at_start = training.noise_multiplier
         self._iterations = self._optimizer_iterations()
 
     def on_epoch_begin(self, epoch, logs=None):
-        if not self._declared:
+        if self.model not in self._declared:
             # Here, not in on_train_begin: every callback's on_train_begin
             # has run (a NoiseScheduler's too), so the schedule is known
             # whatever the callbacks' order.
@@ -398,7 +404,7 @@ class EpsilonCallback(keras.callbacks.Callback):
             for segment in self.previous_segments + tuple(
                     self._run_segments(self.initial_steps)):
                 ledger.record(segment)
-            self._declared = True
+            self._declared.add(self.model)
         self._last_batch = -1
         self._counters = self._read_counters()
         self._iterations = self._optimizer_iterations()
@@ -411,18 +417,26 @@ class EpsilonCallback(keras.callbacks.Callback):
         check_epoch_steps(epoch, ran, self.steps_per_epoch)
         self._check_schedule()
         if self._engine is not None:
-            drained = recording.drain(self.model)
             after = self._read_counters()
-            check_recorded_steps(epoch, ran, drained.steps)
-            if self._counters is not None:
-                check_recorded_steps(epoch, ran,
-                                     after[0] - self._counters[0])
-                check_examples(
-                    epoch, steps=ran, examples=after[1] - self._counters[1],
-                    max_examples=drained.max_examples,
-                    batch_size=self.batch_size,
-                    num_examples=self.num_examples,
-                    poisson=self._engine.expected_batch_size is not None)
+
+            def check(drained):
+                # Before the steps are attributed: steps that did not run
+                # as declared are kept unattributed, never accounted at the
+                # declared batch size. Another drain this epoch (a second
+                # epsilon callback, a save) may have taken some of them.
+                if drained.steps > ran:
+                    check_recorded_steps(epoch, ran, drained.steps)
+                if self._counters is not None:
+                    check_recorded_steps(epoch, ran,
+                                         after[0] - self._counters[0])
+                    check_examples(
+                        epoch, steps=ran,
+                        examples=after[1] - self._counters[1],
+                        max_examples=drained.max_examples,
+                        batch_size=self.batch_size,
+                        num_examples=self.num_examples,
+                        poisson=self._engine.expected_batch_size is not None)
+            recording.drain(self.model, check=check)
             self._counters = after
             self._warn_nonfinite(epoch)
         else:
@@ -447,14 +461,32 @@ class EpsilonCallback(keras.callbacks.Callback):
         """A TF Privacy optimizer: its steps, checked against its own
         iteration counter, at the noise it was built with."""
         before, after = self._iterations, self._optimizer_iterations()
-        if before is not None and after is not None:
-            check_recorded_steps(epoch, ran, after - before,
-                                 what="The optimizer")
-        self._iterations = after
         training = dp_training(self.model)
         sigma = min(training.noise_multiplier, self._noise_at_start)
-        context = ledger_slot(self.model).context
-        ledger_slot(self.model).ledger.record(context.segment(ran, sigma))
+        slot = ledger_slot(self.model)
+        try:
+            if before is not None and after is not None:
+                check_recorded_steps(epoch, ran, after - before,
+                                     what="The optimizer")
+        except RuntimeError:
+            slot.ledger.record_unattributed(Unattributed(sigma, ran))
+            raise
+        finally:
+            self._iterations = after
+            slot.optimizer_iterations = after
+        slot.ledger.record(slot.context.segment(ran, sigma))
+
+    def _unseen_tf_privacy_steps(self, slot, training):
+        """A TF Privacy optimizer's iterations no epsilon callback saw (a
+        fit without one, train_on_batch, a loop): kept unattributed."""
+        iterations = self._optimizer_iterations()
+        if iterations is None:
+            return
+        seen = slot.optimizer_iterations or 0
+        if iterations > seen:
+            slot.ledger.record_unattributed(Unattributed(
+                training.noise_multiplier, iterations - seen))
+        slot.optimizer_iterations = iterations
 
     def _warn_nonfinite(self, epoch):
         """Says when examples were left out for a non-finite loss or

@@ -69,13 +69,21 @@ def describe(x, batch_size=None):
     return FitData("dataset", None, batch_size)
 
 
-def current_fit_data(model):
-    """The :class:`FitData` of the ``fit`` of ``model`` now on the stack."""
+def fit_frame(model):
+    """The innermost frame of ``model.fit`` on the call stack, or None."""
     frame = sys._getframe(1)
     while frame is not None:
         if frame.f_code.co_name == "fit" and \
                 frame.f_locals.get("self") is model:
-            local = frame.f_locals
-            return describe(local.get("x"), local.get("batch_size"))
+            return frame
         frame = frame.f_back
-    return FitData("unknown")
+    return None
+
+
+def current_fit_data(model):
+    """The :class:`FitData` of the ``fit`` of ``model`` now on the stack."""
+    frame = fit_frame(model)
+    if frame is None:
+        return FitData("unknown")
+    local = frame.f_locals
+    return describe(local.get("x"), local.get("batch_size"))

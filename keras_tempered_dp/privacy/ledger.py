@@ -64,11 +64,14 @@ class Unattributed:
         steps: how many.
         max_batch_size: the largest number of examples one of them saw
             (0 when not recorded).
+        used_microbatching: their microbatches held more than one example
+            (the analysis halves sigma).
     """
 
     noise_multiplier: float
     steps: int
     max_batch_size: int = 0
+    used_microbatching: bool = False
 
 
 class Ledger:
@@ -132,7 +135,8 @@ class Ledger:
         if last is not None and last.noise_multiplier == run.noise_multiplier:
             self._unattributed[-1] = Unattributed(
                 last.noise_multiplier, last.steps + run.steps,
-                max(last.max_batch_size, run.max_batch_size))
+                max(last.max_batch_size, run.max_batch_size),
+                last.used_microbatching or run.used_microbatching)
         else:
             self._unattributed.append(run)
 
@@ -155,7 +159,8 @@ class Ledger:
         for run in runs:
             self.record(Segment(num_examples, batch_size, run.steps,
                                 run.noise_multiplier, sampling,
-                                used_microbatching))
+                                used_microbatching
+                                or run.used_microbatching))
 
     # -- epsilon -----------------------------------------------------------
     def epsilon(self, *, delta, accountant="rdp", sampling=None):

@@ -21,6 +21,7 @@ Example:
 """
 
 import dataclasses
+import sys
 
 from keras_tempered_dp.privacy.accounting import Segment
 from keras_tempered_dp.privacy.ledger import Unattributed
@@ -29,12 +30,20 @@ from keras_tempered_dp.privacy.state import get_dp_state, ledger_slot
 
 @dataclasses.dataclass(frozen=True)
 class FitContext:
-    """The data of one ``fit``, as its epsilon callback declared it."""
+    """The data of one ``fit``, as its epsilon callback declared it.
+
+    ``fit_frame`` is that ``fit``'s frame on the call stack (None where it
+    was not found): a ``fit`` that raised never ran its callbacks'
+    ``on_train_end``, and its context must not be lent to the steps of a
+    later ``fit`` (:func:`live_context`).
+    """
 
     num_examples: int
     batch_size: int
     sampling: str
     used_microbatching: bool
+    fit_frame: object = dataclasses.field(default=None, compare=False,
+                                          repr=False)
 
     def segment(self, steps, noise_multiplier):
         return Segment(self.num_examples, self.batch_size, steps,
@@ -42,9 +51,33 @@ class FitContext:
                        self.used_microbatching)
 
 
-def drain(model):
+def _on_stack(frame):
+    current = sys._getframe(1)
+    while current is not None:
+        if current is frame:
+            return True
+        current = current.f_back
+    return False
+
+
+def live_context(slot):
+    """The slot's context if its ``fit`` is still running, else None (and
+    the stale context dropped)."""
+    context = slot.context
+    if context is not None and context.fit_frame is not None \
+            and not _on_stack(context.fit_frame):
+        slot.context = None
+    return slot.context
+
+
+def drain(model, check=None):
     """Moves the engine's recorded steps into the model's ledger, under
     the running fit's context (unattributed without one).
+
+    Args:
+        check: called with the drained content before it is attributed;
+            if it raises, the steps are recorded unattributed (they ran,
+            but not as declared) and the error propagates.
 
     Returns:
         The :class:`~keras_tempered_dp.privacy.clipping.step_record.
@@ -56,12 +89,22 @@ def drain(model):
         return None
     drained = engine.drain_record()
     slot = ledger_slot(model)
-    for sigma, steps in drained.runs:
-        if slot.context is None:
-            slot.ledger.record_unattributed(
-                Unattributed(sigma, steps, drained.max_examples))
-        else:
-            slot.ledger.record(slot.context.segment(steps, sigma))
+    context = live_context(slot)
+    micro = (engine.num_microbatches is not None
+             and engine.num_microbatches < drained.max_examples)
+    try:
+        if check is not None and context is not None:
+            check(drained)
+    except BaseException:
+        context = None
+        raise
+    finally:
+        for sigma, steps in drained.runs:
+            if context is None:
+                slot.ledger.record_unattributed(Unattributed(
+                    sigma, steps, drained.max_examples, micro))
+            else:
+                slot.ledger.record(context.segment(steps, sigma))
     return drained
 
 

@@ -60,7 +60,15 @@ class DPState:
 
 
 def attach(model, config, engine=None):
-    """Stores a fresh :class:`DPState` on ``model`` and returns it."""
+    """Stores a fresh :class:`DPState` on ``model`` and returns it.
+
+    The steps the old engine recorded are moved into the model's ledger
+    first: compiling again must not drop steps that were taken.
+    """
+    if get_dp_state(model) is not None:
+        # Imported here: recording builds on this module.
+        from keras_tempered_dp.privacy import recording
+        recording.drain(model)
     state = DPState(config=config, engine=engine)
     # object.__setattr__: Keras must not track (or save) this attribute.
     object.__setattr__(model, _ATTRIBUTE, state)
@@ -82,10 +90,14 @@ class LedgerSlot:
         context: the :class:`~keras_tempered_dp.privacy.recording.
             FitContext` an epsilon callback declared for the running
             ``fit``, or None between fits.
+        optimizer_iterations: a TF Privacy optimizer's ``iterations`` the
+            ledger accounts for (their steps are counted by the callback).
     """
 
     ledger: Ledger
     context: Any | None = None
+    # A TF Privacy optimizer's iterations the ledger has accounted for.
+    optimizer_iterations: int | None = None
 
 
 def ledger_slot(model):

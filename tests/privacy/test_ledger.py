@@ -328,3 +328,99 @@ def test_any_sequence_of_fits_noise_changes_and_saves_is_composed_exactly(
     assert history.history["epsilon"][-1] == pytest.approx(
         reference_epsilon([(b, sigma) for sigma in ran], delta=1e-3, n=n),
         rel=1e-9)
+
+
+class _Boom(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 3:
+            raise KeyboardInterrupt("interrupted")
+
+
+def test_an_interrupted_fit_does_not_lend_its_data_to_later_steps(data):
+    # fit raised: its callbacks' on_train_end never ran. Its context must
+    # not be used for the steps of a later fit that declared nothing.
+    x, y = data
+    model = _model()
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(x, y, batch_size=B, epochs=2, verbose=0,
+                  callbacks=[EpsilonCallback(N, B, delta=DELTA), _Boom()])
+    model.fit(x[:700], y[:700], batch_size=2 * B, epochs=1, verbose=0)
+    ledger = kdp.privacy_ledger(model)
+    assert ledger.segments == ()
+    assert sum(u.steps for u in ledger.unattributed) == 4 + 7
+    assert max(u.max_batch_size for u in ledger.unattributed) == 2 * B
+
+
+def test_compiling_again_keeps_steps_no_callback_declared(data):
+    # The old engine's record is drained before a new engine replaces it.
+    x, y = data
+    model = _model()
+    model.fit(x, y, batch_size=B, epochs=1, verbose=0)
+    compile_dp(model, l2_norm_clip=1.0, noise_multiplier=2.0)
+    assert kdp.privacy_ledger(model).unattributed[0].steps == 25
+    with pytest.raises(UnattributedStepsError):
+        model.fit(x, y, batch_size=B, epochs=1, verbose=0,
+                  callbacks=[EpsilonCallback(N, B, delta=DELTA)])
+
+
+def test_compute_gradients_is_recorded_as_a_release(data):
+    x, y = data
+    model = _model()
+    engine = get_dp_state(model).engine
+    for _ in range(3):
+        engine.compute_gradients(tf.constant(x[:B]), tf.constant(y[:B]))
+    run = kdp.privacy_ledger(model).unattributed[0]
+    assert (run.steps, run.max_batch_size, run.noise_multiplier) == (3, B, 1.0)
+
+
+def test_steps_that_failed_a_check_are_not_attributed(data):
+    # fit's default batch of 32 where the callback was told 16 (and the
+    # steps per epoch fit runs): refused at the epoch's end, and those
+    # steps stay unattributed rather than accounted at batch 16.
+    x, y = data
+    model = _model()
+    with pytest.raises(RuntimeError, match="more than batch_size=16"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[EpsilonCallback(
+            N, 16, delta=DELTA, steps_per_epoch=44)])
+    ledger = kdp.privacy_ledger(model)
+    assert ledger.segments == ()
+    assert ledger.unattributed[0].steps == 44
+
+
+def test_two_epsilon_callbacks_in_one_fit_report_the_same(data):
+    x, y = data
+    model = _model()
+    first, second = (EpsilonCallback(N, B, delta=DELTA),
+                     EpsilonCallback(N, B, delta=DELTA))
+    history = model.fit(x, y, batch_size=B, epochs=2, verbose=0,
+                        callbacks=[first, second])
+    assert history.history["epsilon"][-1] == pytest.approx(
+        reference_epsilon([(B, 1.0)] * 50), rel=1e-9)
+    assert first.epsilon() == second.epsilon()
+
+
+def test_unattributed_microbatches_keep_their_halved_accounting(data):
+    x, y = data
+    model = _model(num_microbatches=8)
+    model.fit(x, y, batch_size=B, epochs=1, verbose=0)
+    ledger = kdp.privacy_ledger(model)
+    assert ledger.unattributed[0].used_microbatching
+    ledger.attribute(num_examples=N, batch_size=B)
+    assert ledger.segments[0].used_microbatching
+
+
+@pytest.mark.skipif(not tf_privacy_available(),
+                    reason="TF Privacy runs on the legacy stack only")
+def test_tf_privacy_steps_no_callback_saw_are_unattributed(data):
+    from tensorflow_privacy import DPKerasSGDOptimizer
+    n = 280
+    x, y = data[0][:n], data[1][:n]
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.compile(optimizer=DPKerasSGDOptimizer(
+        l2_norm_clip=1.0, noise_multiplier=1.0, num_microbatches=None,
+        learning_rate=0.1), loss=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction=keras.losses.Reduction.NONE))
+    model.fit(x, y, batch_size=B, epochs=1, verbose=0)  # no callback
+    with pytest.raises(UnattributedStepsError, match="5 DP-SGD steps"):
+        model.fit(x, y, batch_size=B, epochs=1, verbose=0,
+                  callbacks=[EpsilonCallback(n, B, delta=DELTA)])

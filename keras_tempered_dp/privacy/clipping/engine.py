@@ -458,13 +458,25 @@ class ClippingEngine:
     def compute_gradients(self, x, y, sample_weight=None):
         """The noised, averaged DP-SGD gradient for one batch.
 
-        Not counted in :attr:`steps_taken` / :attr:`examples_seen`.
+        Not counted in :attr:`steps_taken` / :attr:`examples_seen` (no
+        optimizer step ran), but recorded in the model's ledger like a step:
+        the noised gradient is a release. Outside a ``fit`` whose epsilon
+        callback declared the data, it is recorded unattributed.
 
         Returns:
             ``(gradients, y_pred)``; gradients in the order of
             ``model.trainable_variables``.
         """
-        return self._noised_gradients(Batch(x, y, sample_weight))[:2]
+        batch = Batch(x, y, sample_weight)
+        grads, y_pred, sigma, _ = self._noised_gradients(batch)
+        counted = groups_with_weight(batch.sample_weight,
+                                     tf.shape(batch.x)[0], None)
+        with tf.control_dependencies(grads):
+            recorded = self._record.update(sigma, tf.cast(replicas.total(
+                tf.reduce_sum(tf.cast(counted, tf.float32))), tf.int64))
+        with tf.control_dependencies([recorded]):
+            grads = [tf.identity(g) for g in grads]
+        return grads, y_pred
 
     def train_step(self, data):
         """One DP-SGD step, as ``model.train_step`` (installed by

@@ -315,7 +315,7 @@ class ClippingEngine:
         ``(sigma^-2 - (2 s_b)^-2)^(-1/2)`` (in float64).
         """
         sigma = (self._noise.variable if noise_multiplier is None
-                 else tf.constant(float(noise_multiplier)))
+                 else tf.convert_to_tensor(noise_multiplier, tf.float32))
         if self.clipping != "quantile":
             return tf.identity(sigma)
         return quantile.gradient_noise_multiplier(sigma, self._count_stddev)
@@ -406,7 +406,7 @@ class ClippingEngine:
                  accumulated(self._chunk_sum, batch, size, self._model))
         # This replica's share of the step's noise (:mod:`.replicas`).
         stddev = replicas.share_stddev(
-            noise.noise_stddev(self._gradient_share(sigma),
+            noise.noise_stddev(self.gradient_noise_multiplier(sigma),
                                tf.identity(self._clip)), replicas.count())
         sums = total.sums
         if self._canaries is not None:  # an audit (keras_tempered_dp.audit)
@@ -424,11 +424,6 @@ class ClippingEngine:
                     self._options.quantile, self._count_stddev,
                     self._expected_batch_size, self._generator)
         return grads, total.y_pred, sigma, total.nonfinite
-
-    def _gradient_share(self, sigma):
-        if self.clipping != "quantile":
-            return sigma
-        return quantile.gradient_noise_multiplier(sigma, self._count_stddev)
 
     @property
     def canaries(self):

@@ -49,7 +49,35 @@ def rng(request):
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
-@pytest.fixture
+def console_script():
+    """The installed ``keras-tempered-dp`` (beside this Python first)."""
+    import shutil
+    exe = shutil.which("keras-tempered-dp", path=os.path.dirname(
+        sys.executable)) or shutil.which("keras-tempered-dp")
+    assert exe, "the console script is not installed"
+    return exe
+
+
+@pytest.fixture(scope="session")
+def digits_train_run(tmp_path_factory):
+    """``keras-tempered-dp train --epochs=2`` on one device, as a user runs
+    it: (the finished process, its results.json, its folder).
+
+    Run once per session: the CLI test reads its output, and the
+    distributed runs compare their epsilon with it.
+    """
+    import json
+    cwd = tmp_path_factory.mktemp("digits_train_run")
+    run = subprocess.run([console_script(), "train", "--epochs=2",
+                          "--output_dir=out"], cwd=cwd, capture_output=True,
+                         text=True, timeout=600,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert run.returncode == 0, run.stderr[-2000:]
+    folder = cwd / "out"
+    return run, json.loads((folder / "results.json").read_text()), folder
+
+
+@pytest.fixture(scope="session")
 def fresh_python():
     return run_fresh_python
 

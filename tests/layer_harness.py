@@ -10,10 +10,15 @@ runs every check below on every case:
 * get_config/from_config round trip compared as JSON, every constructor
   argument present in the config (:func:`check_config`),
 * save and load (.keras and SavedModel) in a fresh process giving the same
-  predictions (:func:`check_save_load`); on Keras 3, which saves models only
+  predictions (:func:`save_load_job`); on Keras 3, which saves models only
   as .keras, the SavedModel is ``model.export``'s inference SavedModel,
 * training that continues after a .keras save and load in a fresh process
-  as it would have without one (:func:`check_training_resumes`),
+  as it would have without one (:func:`training_resumes_job`),
+
+The fresh-process checks of a module run together (:func:`run_fresh_jobs`):
+every case's files are written first, then one fresh process loads them all
+(two on Keras 3, whose exported SavedModels load without the package), and
+each test asserts its own case.
 * a one-step fit, plain and DP-SGD, that changes the weights
   (:func:`check_one_step_fit`).
 """
@@ -192,30 +197,90 @@ def fresh_predict_code(path, fmt, x_path, y_path):
     """
 
 
-def check_save_load(case, fmt, tmp_path, fresh_python, rng):
+@dataclasses.dataclass
+class FreshJob:
+    """Code for a fresh process and the check of what it left behind.
+
+    ``package_free`` jobs run where the package is not even imported (Keras
+    3's exported SavedModel, which TensorFlow alone serves); the others
+    import it and nothing registered by hand.
+    """
+
+    code: str
+    verify: Callable[[], None]
+    package_free: bool = False
+
+
+def run_fresh_jobs(jobs, fresh_python):
+    """Runs every job's code in fresh processes, one process for the
+    package-free jobs and one for the rest (two instead of one per job: a
+    TensorFlow start is 3-6 s on 2 cores), each job in its own namespace.
+
+    Returns ``{name: None or the job's traceback}``; a test asserts its own
+    job's entry and then calls its ``verify``.
+    """
+    failures = {}
+    for package_free in (False, True):
+        group = {name: job.code for name, job in jobs.items()
+                 if job.package_free == package_free}
+        if not group:
+            continue
+        out = fresh_python(f"""
+            import json, traceback
+            failures = {{}}
+            for name, code in {group!r}.items():
+                try:
+                    exec(code, {{"__name__": "fresh_job"}})
+                    failures[name] = None
+                except BaseException:
+                    failures[name] = traceback.format_exc()[-3000:]
+            print("FRESH_JOBS" + json.dumps(failures))
+        """)
+        line = [line for line in out.splitlines()
+                if line.startswith("FRESH_JOBS")][-1]
+        failures.update(json.loads(line[len("FRESH_JOBS"):]))
+    return failures
+
+
+def check_fresh_job(jobs, failures, name):
+    """The assertions of one job run by :func:`run_fresh_jobs`."""
+    assert failures[name] is None, failures[name]
+    jobs[name].verify()
+
+
+def save_load_job(case, fmt, folder, rng):
     """Saved as .keras or SavedModel, loaded in a fresh process: the same
     layer class (where the file holds Keras layers) and the same
     predictions."""
+    folder.mkdir(parents=True, exist_ok=True)
     model = _model(case)
     x = rng.normal(size=(4,) + case.input_shape).astype("float32")
-    path = tmp_path / ("model.keras" if fmt == "keras" else "saved_model")
+    path = folder / ("model.keras" if fmt == "keras" else "saved_model")
     save_model(model, path, fmt)
-    np.save(tmp_path / "x.npy", x)
+    np.save(folder / "x.npy", x)
+    expected = model.predict(x, verbose=0)
     code = textwrap.dedent(fresh_predict_code(
-        path, fmt, tmp_path / "x.npy", tmp_path / "y.npy"))
-    fresh_python(code + textwrap.dedent(f"""
+        path, fmt, folder / "x.npy", folder / "y.npy")) + textwrap.dedent(f"""
         if model is not None:
             import keras_tempered_dp.layers as layers
             assert type(model.layers[0]).__name__ == {case.cls.__name__!r}
             if {fmt!r} == "keras":
                 assert type(model.layers[0]) is layers.{case.cls.__name__}
-    """))
-    np.testing.assert_allclose(np.load(tmp_path / "y.npy"),
-                               model.predict(x, verbose=0), rtol=1e-6,
-                               atol=1e-6)
+    """)
+
+    def verify():
+        np.testing.assert_allclose(np.load(folder / "y.npy"), expected,
+                                   rtol=1e-6, atol=1e-6)
+    return FreshJob(code, verify, package_free=is_package_free(fmt))
 
 
-def check_training_resumes(model, x, y, tmp_path, fresh_python):
+def is_package_free(fmt):
+    """Whether a saved ``fmt`` loads without the package (Keras 3's
+    exported SavedModel; see :func:`fresh_predict_code`)."""
+    return fmt == "savedmodel" and KERAS_3
+
+
+def training_resumes_job(model, x, y, folder):
     """A model trained one epoch, saved as .keras and loaded in a fresh
     process predicts as before and trains on as it would have in this one.
 
@@ -224,39 +289,44 @@ def check_training_resumes(model, x, y, tmp_path, fresh_python):
     weights. Batches come in a fixed order (no shuffling, no dropout), so
     both continuations see the same steps.
     """
+    folder.mkdir(parents=True, exist_ok=True)
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
                   loss=keras.losses.SparseCategoricalCrossentropy(
                       from_logits=True))
     fit = dict(batch_size=4, epochs=1, shuffle=False, verbose=0)
     model.fit(x, y, **fit)
-    path = tmp_path / "trained.keras"
+    path = folder / "trained.keras"
     model.save(str(path))
-    np.save(tmp_path / "x.npy", x)
-    np.save(tmp_path / "y.npy", y)
+    np.save(folder / "x.npy", x)
+    np.save(folder / "y.npy", y)
     predictions = model.predict(x, verbose=0)
     model.fit(x, y, **fit)
-    fresh_python(f"""
+    weights_after = [np.asarray(w) for w in model.get_weights()]
+    code = textwrap.dedent(f"""
         import keras, numpy as np
         import keras_tempered_dp
         model = keras.models.load_model({str(path)!r})
         assert int(model.optimizer.iterations.numpy()) == {len(x) // 4}
-        x, y = np.load({str(tmp_path / 'x.npy')!r}), \
-            np.load({str(tmp_path / 'y.npy')!r})
-        np.save({str(tmp_path / 'predictions.npy')!r},
+        x, y = np.load({str(folder / 'x.npy')!r}), \
+            np.load({str(folder / 'y.npy')!r})
+        np.save({str(folder / 'predictions.npy')!r},
                 model.predict(x, verbose=0))
         history = model.fit(x, y, batch_size=4, epochs=1, shuffle=False,
                             verbose=0)
         assert np.isfinite(history.history["loss"][0])
-        np.savez({str(tmp_path / 'weights.npz')!r},
+        np.savez({str(folder / 'weights.npz')!r},
                  *[np.asarray(w) for w in model.get_weights()])
     """)
-    np.testing.assert_allclose(np.load(tmp_path / "predictions.npy"),
-                               predictions, rtol=1e-6, atol=1e-6)
-    with np.load(tmp_path / "weights.npz") as resumed:
-        weights = [resumed[f"arr_{i}"] for i in range(len(resumed.files))]
-    assert len(weights) == len(model.get_weights())
-    for got, expected in zip(weights, model.get_weights()):
-        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+    def verify():
+        np.testing.assert_allclose(np.load(folder / "predictions.npy"),
+                                   predictions, rtol=1e-6, atol=1e-6)
+        with np.load(folder / "weights.npz") as resumed:
+            weights = [resumed[f"arr_{i}"] for i in range(len(resumed.files))]
+        assert len(weights) == len(weights_after)
+        for got, expected in zip(weights, weights_after):
+            np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    return FreshJob(code, verify)
 
 
 def check_one_step_fit(case, private, rng):

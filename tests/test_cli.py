@@ -2,21 +2,31 @@
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 
 import pytest
 
 from keras_tempered_dp.experiments import experiment, reproduce
 from keras_tempered_dp.tuning import search
+from tests.conftest import console_script
+
+
+def _main(*args, capsys):
+    """``main(args)`` in this process, as the console script calls it:
+    (exit status, stdout, stderr). The console script's own exit status is
+    checked by test_usage_error_lists_commands and the max_trials test; the
+    rest need no TensorFlow start of their own (4-6 s each)."""
+    from keras_tempered_dp.cli import main
+    try:
+        status = main(list(args))
+    except SystemExit as exit_:  # argparse's usage errors and --help
+        status = exit_.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
 
 
 def _cli(*args, cwd):
-    exe = shutil.which("keras-tempered-dp") or shutil.which(
-        "keras-tempered-dp", path=os.path.dirname(sys.executable))
-    assert exe, "the console script is not installed"
-    return subprocess.run([exe, *args], capture_output=True, text=True,
+    return subprocess.run([console_script(), *args], capture_output=True, text=True,
                           cwd=cwd, timeout=600,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
 
@@ -48,11 +58,9 @@ def test_plot_activations(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_train_command(tmp_path):
-    out = _cli("train", "--epochs=2", "--output_dir=out", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
+def test_train_command(digits_train_run, tmp_path):
+    out, results, _ = digits_train_run  # train --epochs=2 (conftest.py)
     assert "epsilon" in out.stdout and "test accuracy" in out.stdout
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["config"]["epochs"] == 2
     bad = _cli("train", "--s=-1", "--output_dir=bad", cwd=tmp_path)
     assert bad.returncode == 2 and "s=-1.0: must be > 0" in bad.stderr
@@ -141,14 +149,14 @@ def test_cifar10_scale_preset_runs_on_cifar_shaped_data(tmp_path):
     assert 7.9 < results["epsilon"] <= 8.0
 
 
-def test_train_help_lists_train_flags_only(tmp_path):
-    out = _cli("train", "--help", cwd=tmp_path)
-    assert out.returncode == 0
+def test_train_help_lists_train_flags_only(capsys):
+    status, out, _ = _main("train", "--help", capsys=capsys)
+    assert status == 0
     for flag in ("--dataset", "--target_epsilon", "--noise_multiplier",
                  "--resume", "--change_privacy", "--augmentation_multiplicity",
                  "--clipping", "--ema_decay"):
-        assert flag in out.stdout, flag
-    assert "--max_trials" not in out.stdout and "--triples" not in out.stdout
+        assert flag in out, flag
+    assert "--max_trials" not in out and "--triples" not in out
 
 
 def test_errors_are_one_message_without_traceback(tmp_path, capsys):
@@ -173,24 +181,26 @@ def test_errors_are_one_message_without_traceback(tmp_path, capsys):
         assert not (tmp_path / "o").exists()
 
 
-def test_unknown_flag_and_bad_choice_are_usage_errors(tmp_path):
-    out = _cli("train", "--epoch=2", cwd=tmp_path)
-    assert out.returncode == 2 and "unrecognized arguments: --epoch=2" in \
-        out.stderr and "Traceback" not in out.stderr
-    out = _cli("train", "--model=resnet", cwd=tmp_path)
-    assert out.returncode == 2 and "model='resnet': must be one of" in \
-        out.stderr and "Traceback" not in out.stderr
+def test_unknown_flag_and_bad_choice_are_usage_errors(tmp_path, capsys):
+    status, _, err = _main("train", "--epoch=2",
+                           f"--output_dir={tmp_path / 'o'}", capsys=capsys)
+    assert status == 2 and "unrecognized arguments: --epoch=2" in err
+    assert "Traceback" not in err
+    status, _, err = _main("train", "--model=resnet",
+                           f"--output_dir={tmp_path / 'o'}", capsys=capsys)
+    assert status == 2 and "model='resnet': must be one of" in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()
 
 
-def test_offline_download_fails_fast_and_leaves_nothing(tmp_path):
+def test_offline_download_fails_fast_and_leaves_nothing(tmp_path, capsys):
     import time
     start = time.time()
-    out = _cli("train", "--dataset=mnist", f"--data_dir={tmp_path / 'tfds'}",
-               f"--output_dir={tmp_path / 'out'}", cwd=tmp_path)
-    assert out.returncode == 2
-    assert "No network is reachable" in out.stderr or \
-        "download failed" in out.stderr
-    assert "Traceback" not in out.stderr
+    status, _, err = _main("train", "--dataset=mnist",
+                           f"--data_dir={tmp_path / 'tfds'}",
+                           f"--output_dir={tmp_path / 'out'}", capsys=capsys)
+    assert status == 2
+    assert "No network is reachable" in err or "download failed" in err
+    assert "Traceback" not in err
     assert time.time() - start < 120
     assert not (tmp_path / "tfds").exists()
     assert not (tmp_path / "out").exists()
@@ -215,23 +225,24 @@ def test_reproduce_scatternet_recipe_command(tmp_path):
     assert "of which features (s)" in (folder / "table.md").read_text()
 
 
-def test_train_and_reproduce_take_scatternet_models(tmp_path):
+def test_train_and_reproduce_take_scatternet_models(tmp_path, capsys):
     out = _cli("train", "--model=scatternet_cnn", "--activation=tanh",
                "--epochs=1", "--output_dir=run", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["config"]["model"] == "scatternet_cnn"
     assert results["feature_time_s"] > 0
-    out = _cli("reproduce", "--model=scatternet_cnn", "--epochs=1",
-               "--activations=tanh", "--output_dir=out", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
+    status, _, err = _main("reproduce", "--model=scatternet_cnn",
+                           "--epochs=1", "--activations=tanh",
+                           f"--output_dir={tmp_path / 'out'}", "--verbose=0",
+                           capsys=capsys)
+    assert status == 0, err[-2000:]
     rows = json.loads((tmp_path / "out" / "digits_scatternet_cnn" /
                        "rows.json").read_text())
     assert rows[0]["settings"]["model"] == "scatternet_cnn"
-    out = _cli("reproduce", "--model=scatternet_linear", "--output_dir=x",
-               cwd=tmp_path)
-    assert out.returncode != 0
-    assert "has no activation" in out.stderr
+    status, _, err = _main("reproduce", "--model=scatternet_linear",
+                           f"--output_dir={tmp_path / 'x'}", capsys=capsys)
+    assert status == 2 and "has no activation" in err
     assert not (tmp_path / "x").exists()
 
 

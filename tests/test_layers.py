@@ -2,6 +2,7 @@
 (tests/layer_harness.py), plus each layer's own refusals."""
 
 import os
+import zlib
 
 import keras
 import numpy as np
@@ -9,13 +10,16 @@ import pytest
 
 from keras_tempered_dp.layers import Scattering2D, TemperedSigmoid, WSConv2D
 from tests.layer_harness import (
+    FreshJob,
     LayerCase,
     check_config,
     check_golden,
     check_numerical_gradient,
+    check_fresh_job,
     check_one_step_fit,
-    check_save_load,
-    check_training_resumes,
+    run_fresh_jobs,
+    save_load_job,
+    training_resumes_job,
 )
 
 # -- TemperedSigmoid ----------------------------------------------------------
@@ -169,21 +173,75 @@ def test_config_round_trip_as_json_with_every_argument(case):
     check_config(case)
 
 
-@pytest.mark.parametrize("fmt", ["keras", "savedmodel"])
+FORMATS = ["keras", "savedmodel"]
+
+
+def _activation_name_job(folder, rng):
+    """A model using the registered name "tempered_sigmoid" loads where
+    only the package is imported."""
+    folder.mkdir(parents=True)
+    model = keras.Sequential([
+        keras.Input((5,)),
+        keras.layers.Dense(3, activation="tempered_sigmoid")])
+    x = rng.normal(size=(6, 5)).astype("float32")
+    model.save(str(folder / "model.keras"))
+    np.save(folder / "x.npy", x)
+    expected = model.predict(x, verbose=0)
+    code = f"""
+import keras, numpy as np, tensorflow as tf
+import keras_tempered_dp
+model = keras.models.load_model({str(folder / 'model.keras')!r})
+np.save({str(folder / 'y.npy')!r},
+        model.predict(np.load({str(folder / 'x.npy')!r}), verbose=0))
+"""
+
+    def verify():
+        np.testing.assert_array_equal(np.load(folder / "y.npy"), expected)
+    return FreshJob(code, verify)
+
+
+@pytest.fixture(scope="module")
+def fresh_jobs(tmp_path_factory, fresh_python):
+    """Every fresh-process check of this module, prepared here and run
+    together (tests/layer_harness.py, run_fresh_jobs); each test below
+    asserts its own job."""
+    folder = tmp_path_factory.mktemp("fresh_jobs")
+    jobs = {}
+    for case in CASES:
+        for fmt in FORMATS:
+            name = f"save_load-{case.name}-{fmt}"
+            jobs[name] = save_load_job(case, fmt, folder / name,
+                                       _rng_for(name))
+        name = f"resumes-{case.name}"
+        rng = _rng_for(name)
+        model = keras.Sequential([keras.Input(case.input_shape), case.make(),
+                                  keras.layers.Flatten(),
+                                  keras.layers.Dense(2)])
+        x = rng.normal(size=(8,) + case.input_shape).astype("float32")
+        jobs[name] = training_resumes_job(model, x, rng.integers(0, 2, 8),
+                                          folder / name)
+    jobs["activation_name"] = _activation_name_job(
+        folder / "activation_name", _rng_for("activation_name"))
+    return jobs, run_fresh_jobs(jobs, fresh_python)
+
+
+def _rng_for(name):
+    return np.random.default_rng(zlib.crc32(name.encode()))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_save_and_load_in_fresh_process(case, fmt, tmp_path, fresh_python,
-                                        rng):
-    check_save_load(case, fmt, tmp_path, fresh_python, rng)
+def test_save_and_load_in_fresh_process(case, fmt, fresh_jobs):
+    check_fresh_job(*fresh_jobs, f"save_load-{case.name}-{fmt}")
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_training_resumes_after_load_in_fresh_process(case, tmp_path,
-                                                     fresh_python, rng):
-    model = keras.Sequential([keras.Input(case.input_shape), case.make(),
-                              keras.layers.Flatten(), keras.layers.Dense(2)])
-    x = rng.normal(size=(8,) + case.input_shape).astype("float32")
-    check_training_resumes(model, x, rng.integers(0, 2, 8), tmp_path,
-                           fresh_python)
+def test_training_resumes_after_load_in_fresh_process(case, fresh_jobs):
+    check_fresh_job(*fresh_jobs, f"resumes-{case.name}")
+
+
+def test_activation_name_loads_in_fresh_process(fresh_jobs):
+    check_fresh_job(*fresh_jobs, "activation_name")
 
 
 @pytest.mark.parametrize("private", [False, True], ids=["sgd", "dp_sgd"])
@@ -205,27 +263,6 @@ def test_tempered_sigmoid_rejects_bad_arguments(kwargs, name):
 def test_ws_conv_rejects_bad_eps(eps):
     with pytest.raises(ValueError, match="eps="):
         WSConv2D(3, 2, eps=eps)
-
-
-def test_activation_name_loads_in_fresh_process(tmp_path, fresh_python,
-                                                rng):
-    """A model using the registered name "tempered_sigmoid" loads where
-    only the package is imported."""
-    model = keras.Sequential([
-        keras.Input((5,)),
-        keras.layers.Dense(3, activation="tempered_sigmoid")])
-    x = rng.normal(size=(6, 5)).astype("float32")
-    model.save(str(tmp_path / "model.keras"))
-    np.save(tmp_path / "x.npy", x)
-    fresh_python(f"""
-        import keras, numpy as np, tensorflow as tf
-        import keras_tempered_dp
-        model = keras.models.load_model({str(tmp_path / 'model.keras')!r})
-        np.save({str(tmp_path / 'y.npy')!r},
-                model.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0))
-    """)
-    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"),
-                                  model.predict(x, verbose=0))
 
 
 @pytest.mark.parametrize("policy,out", [

@@ -1,3 +1,6 @@
+import textwrap
+import zlib
+
 import keras
 import numpy as np
 import pytest
@@ -7,9 +10,13 @@ from keras_tempered_dp.layers import TemperedSigmoid
 from keras_tempered_dp.models import cifar10_cnn, digits_cnn, mnist_cnn
 from keras_tempered_dp.privacy.checks import iter_layers
 from tests.layer_harness import (
-    check_training_resumes,
+    FreshJob,
+    check_fresh_job,
     fresh_predict_code,
+    is_package_free,
+    run_fresh_jobs,
     save_model,
+    training_resumes_job,
 )
 
 
@@ -64,19 +71,52 @@ def test_unknown_activation_name():
         mnist_cnn("swishy")
 
 
-@pytest.mark.parametrize("fmt", ["keras", "savedmodel"])
-def test_registered_name_model_saves_and_loads(tmp_path, fresh_python, fmt):
+FORMATS = ["keras", "savedmodel"]
+RESUMING = {
+    "mnist_cnn": lambda: mnist_cnn("tempered_sigmoid", input_shape=(16, 16, 1),
+                                   num_classes=3),
+    "wide_resnet": lambda: _small_wrn(),
+}
+
+
+def _registered_name_job(fmt, folder):
+    folder.mkdir(parents=True)
     model = mnist_cnn("tempered_sigmoid")
     x = np.random.default_rng(1).uniform(size=(2, 28, 28, 1))
     if fmt == "savedmodel":
         x = x.astype("float32")  # an exported SavedModel's input dtype
-    path = tmp_path / ("m.keras" if fmt == "keras" else "m_savedmodel")
+    path = folder / ("m.keras" if fmt == "keras" else "m_savedmodel")
     save_model(model, path, fmt)
-    np.save(tmp_path / "x.npy", x)
-    fresh_python(fresh_predict_code(path, fmt, tmp_path / "x.npy",
-                                    tmp_path / "y.npy"))
-    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"),
-                                  model.predict(x, verbose=0))
+    np.save(folder / "x.npy", x)
+    expected = model.predict(x, verbose=0)
+
+    def verify():
+        np.testing.assert_array_equal(np.load(folder / "y.npy"), expected)
+    return FreshJob(textwrap.dedent(fresh_predict_code(
+        path, fmt, folder / "x.npy", folder / "y.npy")), verify,
+        package_free=is_package_free(fmt))
+
+
+@pytest.fixture(scope="module")
+def fresh_jobs(tmp_path_factory, fresh_python):
+    """This module's fresh-process checks, run together
+    (tests/layer_harness.py, run_fresh_jobs)."""
+    folder = tmp_path_factory.mktemp("fresh_jobs")
+    jobs = {f"registered-{fmt}": _registered_name_job(
+        fmt, folder / f"registered-{fmt}") for fmt in FORMATS}
+    for name, builder in RESUMING.items():
+        rng = np.random.default_rng(zlib.crc32(name.encode()))
+        model = builder()
+        shape = tuple(model.input_shape[1:])
+        x = rng.uniform(size=(8,) + shape).astype("float32")
+        jobs[f"resumes-{name}"] = training_resumes_job(
+            model, x, rng.integers(0, 3, 8), folder / f"resumes-{name}")
+    return jobs, run_fresh_jobs(jobs, fresh_python)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_registered_name_model_saves_and_loads(fresh_jobs, fmt):
+    check_fresh_job(*fresh_jobs, f"registered-{fmt}")
 
 
 def test_registered_names_saved_qualified_by_package():
@@ -90,18 +130,9 @@ def test_registered_names_saved_qualified_by_package():
     assert activation == "keras_tempered_dp>tempered_sigmoid"
 
 
-@pytest.mark.parametrize("builder", [
-    lambda: mnist_cnn("tempered_sigmoid", input_shape=(16, 16, 1),
-                      num_classes=3),
-    lambda: _small_wrn(),
-], ids=["mnist_cnn", "wide_resnet"])
-def test_training_resumes_after_load_in_fresh_process(builder, tmp_path,
-                                                     fresh_python, rng):
-    model = builder()
-    shape = tuple(model.input_shape[1:])
-    x = rng.uniform(size=(8,) + shape).astype("float32")
-    check_training_resumes(model, x, rng.integers(0, 3, 8), tmp_path,
-                           fresh_python)
+@pytest.mark.parametrize("name", list(RESUMING))
+def test_training_resumes_after_load_in_fresh_process(fresh_jobs, name):
+    check_fresh_job(*fresh_jobs, f"resumes-{name}")
 
 
 def _small_wrn():

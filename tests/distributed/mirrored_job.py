@@ -14,16 +14,23 @@ import numpy as np
 
 CLIP, SIGMA, BATCH = 0.5, 1.1, 32
 
-# Engine settings whose noise-free update must equal one device's.
+# Engine settings whose noise-free update must equal one device's: one per
+# code path the replicas change. Settings that only change per-replica math
+# share an entry with a path that does:
+# normalization (the clip factor, local to each row) rides with
+# expected_batch_size (a constant denominator instead of the replicas'
+# total); augmentation (copies averaged per row before clipping, their
+# generator per replica) with physical batches (the accumulation loop
+# inside each replica).
 OPTIONS = {
     "per_example": {},
     "microbatches": {"num_microbatches": 8},
-    "expected_batch_size": {"expected_batch_size": 40.0},
+    "expected_batch_size+normalize": {"expected_batch_size": 40.0,
+                                      "clipping": "normalize"},
     "quantile": {"clipping": "quantile", "expected_batch_size": 32},
-    "physical_batch_size": {"physical_batch_size": 4},
-    "augmentation": {"augmentation_multiplicity": 2,
-                     "augment": lambda images, generator: images[:, ::-1]},
-    "normalize": {"clipping": "normalize"},
+    "physical_batch_size+augmentation": {
+        "physical_batch_size": 4, "augmentation_multiplicity": 2,
+        "augment": lambda images, generator: images[:, ::-1]},
 }
 
 

@@ -69,7 +69,7 @@ def test_train_command(digits_train_run, tmp_path):
 
 def test_reproduce_writes_table_and_plot(tmp_path):
     rows, folder = reproduce(dataset="digits", output_dir=str(tmp_path),
-                             epochs=2, verbose=0,
+                             epochs=1, verbose=0,
                              command="keras-tempered-dp reproduce "
                              "--dataset=digits")
     assert folder == str(tmp_path / "digits")

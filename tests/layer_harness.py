@@ -1,4 +1,4 @@
-"""The shared test of a Keras layer of the package (STYLE.md, Tests).
+"""The shared test of a Keras layer of the package.
 
 A layer is described once by a :class:`LayerCase`; ``tests/test_layers.py``
 runs every check below on every case:

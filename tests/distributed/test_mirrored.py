@@ -7,7 +7,9 @@ child process (tests/distributed/mirrored_job.py; logical devices are fixed
 when TensorFlow starts) measures:
 
 1. with noise 0, the update equals the one-device engine's on the same
-   global batch, for every engine option; counters count global steps and
+   global batch, for every engine option (five runs: options that only
+   change per-replica math ride with one that changes the replicas' path,
+   see ``mirrored_job.OPTIONS``); counters count global steps and
    examples; microbatches not divisible by R are refused;
 2. the update's noise std is sigma C / B within 2% over 100,000 draws (full
    noise on every replica would make it sqrt(R) larger);

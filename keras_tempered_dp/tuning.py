@@ -15,7 +15,7 @@ from keras_tempered_dp.models import MODELS, mnist_cnn, split_fixed_front
 from keras_tempered_dp.privacy.accounting import ACCOUNTANTS
 from keras_tempered_dp.privacy.compile import compile_dp
 # train's own checks, so that tune's flags are refused in the same words.
-from keras_tempered_dp.training.config import _check_choice, _check_number
+from keras_tempered_dp.validation import check_choice, check_number
 
 
 class TemperedSigmoidHyperModel(keras_tuner.HyperModel):
@@ -166,14 +166,14 @@ class SearchSettings:
     model: str | None = None
 
     def __post_init__(self):
-        _check_number("target_epsilon", self.target_epsilon, low=0,
+        check_number("target_epsilon", self.target_epsilon, low=0,
                       low_open=True)
         for name in ("max_trials", "epochs", "batch_size"):
-            _check_number(name, getattr(self, name), low=1, integer=True)
+            check_number(name, getattr(self, name), low=1, integer=True)
         # delta=0 is refused, not replaced by the default.
-        _check_number("delta", self.delta, low=0, low_open=True,
+        check_number("delta", self.delta, low=0, low_open=True,
                       allow_none=True)
-        fraction = _check_number("validation_fraction",
+        fraction = check_number("validation_fraction",
                                  self.validation_fraction, low=0,
                                  low_open=True)
         if fraction >= 1:
@@ -181,9 +181,9 @@ class SearchSettings:
                 f"validation_fraction={self.validation_fraction!r}: must be "
                 "< 1 (the share of the training set held out to score "
                 "trials).")
-        _check_choice("accountant", self.accountant, ACCOUNTANTS)
+        check_choice("accountant", self.accountant, ACCOUNTANTS)
         if self.model is not None:
-            _check_choice("model", self.model, tuple(MODELS))
+            check_choice("model", self.model, tuple(MODELS))
 
     def resolved_delta(self, n):
         """``delta``, or ``min(1e-5, 1/(10 n))`` when None, for ``n``

@@ -31,8 +31,6 @@ TypeError: Unknown setting 'epoch'. Did you mean epochs?
 import dataclasses
 import difflib
 import inspect
-import math
-import numbers
 import os
 
 from keras_tempered_dp.augmentation import RandomCropFlip
@@ -44,6 +42,7 @@ from keras_tempered_dp.privacy.config import (
 )
 from keras_tempered_dp.privacy.accounting import ACCOUNTANTS
 from keras_tempered_dp.privacy.schedules import SCHEDULES
+from keras_tempered_dp.validation import check_choice, check_number
 
 SAMPLINGS = ("poisson", "shuffle")
 
@@ -59,31 +58,6 @@ def _default(owner, name):
 def _field(default, help, choices=None):
     return dataclasses.field(default=default,
                              metadata={"help": help, "choices": choices})
-
-
-def _check_number(name, value, *, low=None, high=None, integer=False,
-                  low_open=False, allow_none=False):
-    """Returns ``value`` validated; the error names the field."""
-    if value is None and allow_none:
-        return None
-    kind = numbers.Integral if integer else numbers.Real
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise ValueError(f"{name}={value!r}: must be "
-                         f"{'an integer' if integer else 'a number'}.")
-    if not integer and not math.isfinite(value):
-        raise ValueError(f"{name}={value!r}: must be finite.")
-    if low is not None and (value <= low if low_open else value < low):
-        raise ValueError(f"{name}={value!r}: must be "
-                         f"{'>' if low_open else '>='} {low}.")
-    if high is not None and value > high:
-        raise ValueError(f"{name}={value!r}: must be <= {high}.")
-    return int(value) if integer else float(value)
-
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name}={value!r}: must be one of "
-                         f"{', '.join(map(str, choices))}.")
 
 
 class _Section:
@@ -117,11 +91,11 @@ class DataConfig(_Section):
         "declared number; never read off the labels).")
 
     def _checks(self):
-        return {"num_classes": lambda n, v: _check_number(
+        return {"num_classes": lambda n, v: check_number(
                     n, v, low=2, integer=True, allow_none=True),
-                "dataset": lambda n, v: _check_choice(n, v, DATASETS) or v,
-                "sampling": lambda n, v: _check_choice(n, v, SAMPLINGS) or v,
-                "seed": lambda n, v: _check_number(n, v, low=0,
+                "dataset": lambda n, v: check_choice(n, v, DATASETS) or v,
+                "sampling": lambda n, v: check_choice(n, v, SAMPLINGS) or v,
+                "seed": lambda n, v: check_number(n, v, low=0,
                                                    integer=True)}
 
 
@@ -152,7 +126,7 @@ class ModelConfig(_Section):
 
         def model(name, value):
             if value is not None:
-                _check_choice(name, value, tuple(MODELS))
+                check_choice(name, value, tuple(MODELS))
             return value
 
         def activation(name, value):
@@ -161,7 +135,7 @@ class ModelConfig(_Section):
             return value
 
         return {"model": model, "activation": activation,
-                **{k: lambda n, v: _check_number(n, v) for k in "sTo"}}
+                **{k: lambda n, v: check_number(n, v) for k in "sTo"}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,16 +149,16 @@ class OptimizerConfig(_Section):
 
     def _checks(self):
         def momentum(name, value):
-            value = _check_number(name, value, low=0)
+            value = check_number(name, value, low=0)
             if value >= 1:
                 raise ValueError(f"{name}={value!r}: must be in [0, 1).")
             return value
 
-        return {"epochs": lambda n, v: _check_number(n, v, low=1,
+        return {"epochs": lambda n, v: check_number(n, v, low=1,
                                                      integer=True),
-                "batch_size": lambda n, v: _check_number(n, v, low=1,
+                "batch_size": lambda n, v: check_number(n, v, low=1,
                                                          integer=True),
-                "learning_rate": lambda n, v: _check_number(
+                "learning_rate": lambda n, v: check_number(
                     n, v, low=0, low_open=True),
                 "momentum": momentum}
 
@@ -222,20 +196,20 @@ class PrivacyConfig(_Section):
     def _checks(self):
         positive = dict(low=0, low_open=True)
         return {
-            "l2_norm_clip": lambda n, v: _check_number(n, v, **positive),
+            "l2_norm_clip": lambda n, v: check_number(n, v, **positive),
             "noise_multiplier": self._noise,
-            "target_epsilon": lambda n, v: _check_number(
+            "target_epsilon": lambda n, v: check_number(
                 n, v, allow_none=True, **positive),
-            "delta": lambda n, v: _check_number(
+            "delta": lambda n, v: check_number(
                 n, v, allow_none=True, high=1, **positive),
-            "noise_seed": lambda n, v: _check_number(
+            "noise_seed": lambda n, v: check_number(
                 n, v, allow_none=True, low=0, integer=True),
             "noise_schedule": self._schedule,
-            "noise_decay": lambda n, v: _check_number(
+            "noise_decay": lambda n, v: check_number(
                 n, v, allow_none=True, low=0),
-            "noise_decay_period": lambda n, v: _check_number(
+            "noise_decay_period": lambda n, v: check_number(
                 n, v, low=1, integer=True),
-            "accountant": lambda n, v: _check_choice(n, v, ACCOUNTANTS) or v,
+            "accountant": lambda n, v: check_choice(n, v, ACCOUNTANTS) or v,
         }
 
     def _noise(self, name, value):
@@ -244,10 +218,10 @@ class PrivacyConfig(_Section):
                 f"noise_multiplier={value!r} and target_epsilon="
                 f"{self.target_epsilon!r}: give one or the other, not both "
                 "(target_epsilon calibrates the noise multiplier).")
-        return _check_number(name, value, allow_none=True, low=0)
+        return check_number(name, value, allow_none=True, low=0)
 
     def _schedule(self, name, value):
-        _check_choice(name, value, tuple(SCHEDULES))
+        check_choice(name, value, tuple(SCHEDULES))
         if value != "constant" and self.noise_decay is None:
             raise ValueError(
                 f"noise_schedule={value!r} needs noise_decay= (the step "
@@ -319,7 +293,7 @@ class RecipeConfig(_Section):
 
     def _checks(self):
         def decay(name, value):
-            value = _check_number(name, value, allow_none=True, low=0)
+            value = check_number(name, value, allow_none=True, low=0)
             if value is not None and value >= 1:
                 raise ValueError(f"{name}={value!r}: must be in [0, 1).")
             return value
@@ -328,7 +302,7 @@ class RecipeConfig(_Section):
             RandomCropFlip(padding=value)  # its own rule, named "padding"
             return value
 
-        return {"augmentation_multiplicity": lambda n, v: _check_number(
+        return {"augmentation_multiplicity": lambda n, v: check_number(
                     n, v, low=1, integer=True),
                 "crop_padding": padding, "ema_decay": decay}
 
@@ -365,7 +339,7 @@ class OutputConfig(_Section):
             return str(value)
 
         return {"output_dir": output_dir,
-                "verbose": lambda n, v: _check_choice(n, v, (0, 1, 2)) or v}
+                "verbose": lambda n, v: check_choice(n, v, (0, 1, 2)) or v}
 
 
 STRATEGIES = ("none", "mirrored", "multi_worker")
@@ -384,9 +358,9 @@ class DistributeConfig(_Section):
         "each (to try --strategy=mirrored without GPUs; no speed-up).")
 
     def _checks(self):
-        return {"strategy": lambda n, v: _check_choice(n, v, STRATEGIES)
+        return {"strategy": lambda n, v: check_choice(n, v, STRATEGIES)
                 or v,
-                "cpu_devices": lambda n, v: _check_number(
+                "cpu_devices": lambda n, v: check_number(
                     n, v, low=1, integer=True, allow_none=True)}
 
 

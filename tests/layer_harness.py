@@ -248,30 +248,41 @@ def check_fresh_job(jobs, failures, name):
     jobs[name].verify()
 
 
-def save_load_job(case, fmt, folder, rng):
-    """Saved as .keras or SavedModel, loaded in a fresh process: the same
-    layer class (where the file holds Keras layers) and the same
-    predictions."""
+def predict_job(model, x, fmt, folder, *, check="", exact=False):
+    """``model`` saved as ``fmt`` in ``folder``, loaded in a fresh process
+    (see :func:`fresh_predict_code`), which runs ``check`` with ``model``
+    bound and predicts ``x``: the same predictions, equal where ``exact``,
+    else to 1e-6."""
     folder.mkdir(parents=True, exist_ok=True)
-    model = _model(case)
-    x = rng.normal(size=(4,) + case.input_shape).astype("float32")
     path = folder / ("model.keras" if fmt == "keras" else "saved_model")
     save_model(model, path, fmt)
     np.save(folder / "x.npy", x)
     expected = model.predict(x, verbose=0)
     code = textwrap.dedent(fresh_predict_code(
-        path, fmt, folder / "x.npy", folder / "y.npy")) + textwrap.dedent(f"""
+        path, fmt, folder / "x.npy", folder / "y.npy")) + \
+        textwrap.dedent(check)
+
+    def verify():
+        got = np.load(folder / "y.npy")
+        if exact:
+            np.testing.assert_array_equal(got, expected)
+        else:
+            np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    return FreshJob(code, verify, package_free=is_package_free(fmt))
+
+
+def save_load_job(case, fmt, folder, rng):
+    """Saved as .keras or SavedModel, loaded in a fresh process: the same
+    layer class (where the file holds Keras layers) and the same
+    predictions."""
+    x = rng.normal(size=(4,) + case.input_shape).astype("float32")
+    return predict_job(_model(case), x, fmt, folder, check=f"""
         if model is not None:
             import keras_tempered_dp.layers as layers
             assert type(model.layers[0]).__name__ == {case.cls.__name__!r}
             if {fmt!r} == "keras":
                 assert type(model.layers[0]) is layers.{case.cls.__name__}
     """)
-
-    def verify():
-        np.testing.assert_allclose(np.load(folder / "y.npy"), expected,
-                                   rtol=1e-6, atol=1e-6)
-    return FreshJob(code, verify, package_free=is_package_free(fmt))
 
 
 def is_package_free(fmt):

@@ -10,13 +10,13 @@ import pytest
 
 from keras_tempered_dp.layers import Scattering2D, TemperedSigmoid, WSConv2D
 from tests.layer_harness import (
-    FreshJob,
     LayerCase,
     check_config,
     check_golden,
     check_numerical_gradient,
     check_fresh_job,
     check_one_step_fit,
+    predict_job,
     run_fresh_jobs,
     save_load_job,
     training_resumes_job,
@@ -179,25 +179,11 @@ FORMATS = ["keras", "savedmodel"]
 def _activation_name_job(folder, rng):
     """A model using the registered name "tempered_sigmoid" loads where
     only the package is imported."""
-    folder.mkdir(parents=True)
     model = keras.Sequential([
         keras.Input((5,)),
         keras.layers.Dense(3, activation="tempered_sigmoid")])
     x = rng.normal(size=(6, 5)).astype("float32")
-    model.save(str(folder / "model.keras"))
-    np.save(folder / "x.npy", x)
-    expected = model.predict(x, verbose=0)
-    code = f"""
-import keras, numpy as np, tensorflow as tf
-import keras_tempered_dp
-model = keras.models.load_model({str(folder / 'model.keras')!r})
-np.save({str(folder / 'y.npy')!r},
-        model.predict(np.load({str(folder / 'x.npy')!r}), verbose=0))
-"""
-
-    def verify():
-        np.testing.assert_array_equal(np.load(folder / "y.npy"), expected)
-    return FreshJob(code, verify)
+    return predict_job(model, x, "keras", folder, exact=True)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,3 @@
-import textwrap
 import zlib
 
 import keras
@@ -10,12 +9,9 @@ from keras_tempered_dp.layers import TemperedSigmoid
 from keras_tempered_dp.models import cifar10_cnn, digits_cnn, mnist_cnn
 from keras_tempered_dp.privacy.checks import iter_layers
 from tests.layer_harness import (
-    FreshJob,
     check_fresh_job,
-    fresh_predict_code,
-    is_package_free,
+    predict_job,
     run_fresh_jobs,
-    save_model,
     training_resumes_job,
 )
 
@@ -80,21 +76,11 @@ RESUMING = {
 
 
 def _registered_name_job(fmt, folder):
-    folder.mkdir(parents=True)
     model = mnist_cnn("tempered_sigmoid")
     x = np.random.default_rng(1).uniform(size=(2, 28, 28, 1))
     if fmt == "savedmodel":
         x = x.astype("float32")  # an exported SavedModel's input dtype
-    path = folder / ("m.keras" if fmt == "keras" else "m_savedmodel")
-    save_model(model, path, fmt)
-    np.save(folder / "x.npy", x)
-    expected = model.predict(x, verbose=0)
-
-    def verify():
-        np.testing.assert_array_equal(np.load(folder / "y.npy"), expected)
-    return FreshJob(textwrap.dedent(fresh_predict_code(
-        path, fmt, folder / "x.npy", folder / "y.npy")), verify,
-        package_free=is_package_free(fmt))
+    return predict_job(model, x, fmt, folder, exact=True)
 
 
 @pytest.fixture(scope="module")

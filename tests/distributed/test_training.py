@@ -59,9 +59,6 @@ def test_one_device_is_the_chief():
     assert distribute.is_chief(None)
 
 
-_console_script = console_script
-
-
 def _env(**extra):
     return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **extra)
 
@@ -81,7 +78,7 @@ JOB = ("train", "--epochs=2", "--verbose=0")
 
 
 def test_mirrored_run_matches_one_device_epsilon(tmp_path, digits_train_run):
-    two = subprocess.run([_console_script(), *JOB, "--output_dir=two",
+    two = subprocess.run([console_script(), *JOB, "--output_dir=two",
                           "--strategy=mirrored", "--cpu_devices=2"],
                          cwd=tmp_path, env=_env(), capture_output=True,
                          text=True, timeout=600)
@@ -105,7 +102,7 @@ def test_two_workers_train_the_digits_job(tmp_path, digits_train_run):
             "cluster": {"worker": [f"localhost:{p}" for p in ports]},
             "task": {"type": "worker", "index": index}})
         workers.append(subprocess.Popen(
-            [_console_script(), *JOB, "--output_dir=run",
+            [console_script(), *JOB, "--output_dir=run",
              "--strategy=multi_worker"], cwd=tmp_path,
             env=_env(TF_CONFIG=tf_config, TMPDIR=str(scratch)),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))

@@ -93,8 +93,8 @@ class DataConfig(_Section):
     def _checks(self):
         return {"num_classes": lambda n, v: check_number(
                     n, v, low=2, integer=True, allow_none=True),
-                "dataset": lambda n, v: check_choice(n, v, DATASETS) or v,
-                "sampling": lambda n, v: check_choice(n, v, SAMPLINGS) or v,
+                "dataset": lambda n, v: check_choice(n, v, DATASETS),
+                "sampling": lambda n, v: check_choice(n, v, SAMPLINGS),
                 "seed": lambda n, v: check_number(n, v, low=0,
                                                    integer=True)}
 
@@ -209,7 +209,7 @@ class PrivacyConfig(_Section):
                 n, v, allow_none=True, low=0),
             "noise_decay_period": lambda n, v: check_number(
                 n, v, low=1, integer=True),
-            "accountant": lambda n, v: check_choice(n, v, ACCOUNTANTS) or v,
+            "accountant": lambda n, v: check_choice(n, v, ACCOUNTANTS),
         }
 
     def _noise(self, name, value):
@@ -339,7 +339,7 @@ class OutputConfig(_Section):
             return str(value)
 
         return {"output_dir": output_dir,
-                "verbose": lambda n, v: check_choice(n, v, (0, 1, 2)) or v}
+                "verbose": lambda n, v: check_choice(n, v, (0, 1, 2))}
 
 
 STRATEGIES = ("none", "mirrored", "multi_worker")
@@ -358,8 +358,7 @@ class DistributeConfig(_Section):
         "each (to try --strategy=mirrored without GPUs; no speed-up).")
 
     def _checks(self):
-        return {"strategy": lambda n, v: check_choice(n, v, STRATEGIES)
-                or v,
+        return {"strategy": lambda n, v: check_choice(n, v, STRATEGIES),
                 "cpu_devices": lambda n, v: check_number(
                     n, v, low=1, integer=True, allow_none=True)}
 

@@ -167,7 +167,7 @@ def test_errors_are_one_message_without_traceback(tmp_path, capsys):
          "noise_multiplier=1.0 and target_epsilon=2.0: give one or the other"),
         (["--batch_size=0"], "batch_size=0: must be >= 1"),
         (["--epochs=0"], "epochs=0: must be >= 1"),
-        (["--delta=0"], "delta=0.0: must be > 0"),
+        (["--delta=0"], "delta=0.0: must be in (0, 1)"),
         ([f"--output_dir={tmp_path / 'afile'}"], "is a file"),
     ]
     for flags, message in cases:

@@ -26,6 +26,7 @@ from keras_tempered_dp.privacy.config import (
 )
 from keras_tempered_dp.privacy.losses import per_example_loss
 from keras_tempered_dp.privacy.state import attach
+from keras_tempered_dp.validation import check_type
 
 # TF Privacy's optimizers by name; imported only when asked for, since TF
 # Privacy exists only on the legacy stack (keras_tempered_dp.stack).
@@ -53,77 +54,68 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
     divided by the batch size; then an SGD step (with ``momentum``).
 
     Args:
-        model: a built or unbuilt Keras model without batch-mixing layers.
         l2_norm_clip, noise_multiplier, learning_rate, momentum,
-        num_microbatches, noise_seed: see :class:`DPConfig`.
-        optimizer: "fast" (default: this package's clipping engine, exact,
-            1.5 to 2.5 times ordinary training on CPU), "dp_keras_sgd" (TF
-            Privacy's ``DPKerasSGDOptimizer``) or "vectorized_dp_keras_sgd".
-        loss: None (sparse categorical cross-entropy on logits), a Keras loss
-            name, instance or function. Pass an ordinary loss: the DP step
-            makes it per-example itself.
-        metrics: forwarded to ``model.compile``.
-        batch_size, num_examples: optional; when given, the microbatch split
-            of every batch, the last partial batch included, is checked now
-            instead of failing in the middle of training.
+        num_microbatches, noise_seed, optimizer: see :class:`DPConfig`
+            (optimizer "fast", the default, is this package's engine).
+        loss: None (sparse categorical cross-entropy on logits) or an
+            ordinary Keras loss: the DP step makes it per-example itself.
+        batch_size, num_examples: when given, the microbatch split of every
+            batch, the last partial one included, is checked now.
         expected_batch_size: "fast" only: divide by this instead of the
             actual batch size (Poisson sampling, where batch sizes vary).
         engine_options: "fast" only: an
-            :class:`~keras_tempered_dp.privacy.config.EngineOptions`
-            (per-example normalization, adaptive quantile clipping,
-            augmentation multiplicity, gradient accumulation).
-        **kwargs: the engine options by their flat names ("fast" only,
-            instead of ``engine_options``): clipping, gamma,
-            augmentation_multiplicity, augment, physical_batch_size,
-            target_quantile, clip_learning_rate, count_stddev. Every other
-            keyword is forwarded to ``model.compile``.
+            :class:`~keras_tempered_dp.privacy.config.EngineOptions`, or
+            its fields by their flat names in ``**kwargs`` (clipping,
+            gamma, augmentation_multiplicity, augment, physical_batch_size,
+            target_quantile, clip_learning_rate, count_stddev). Every other
+            keyword, and ``metrics``, goes to ``model.compile``.
 
     Returns:
-        The :class:`DPConfig`, also recorded in the model's
-        :class:`~keras_tempered_dp.privacy.state.DPState` (the epsilon
-        callback reads the noise multiplier from it).
+        The :class:`DPConfig`, also kept in the model's ``DPState``.
 
     Raises:
-        ValueError: for BatchNormalization layers, microbatch sizes that do
-            not divide the batches, engine options (any value, defaults
-            included) or expected_batch_size with a TF Privacy optimizer,
-            and invalid settings; the message says what to change.
+        ValueError: for batch-mixing layers, microbatches that do not
+            divide the batches, engine-only settings with a TF Privacy
+            optimizer, and invalid settings; saying what to change.
 
     Example:
 
     >>> from keras_tempered_dp.models import mnist_cnn
-    >>> config = compile_dp(mnist_cnn(), l2_norm_clip=1.0,
-    ...                     noise_multiplier=1.1, learning_rate=0.15,
-    ...                     clipping="normalize")
-    >>> config.optimizer
+    >>> compile_dp(mnist_cnn(), l2_norm_clip=1.0, noise_multiplier=1.1,
+    ...            clipping="normalize").optimizer
     'fast'
     """
     flat = {k: kwargs.pop(k) for k in ENGINE_OPTIONS if k in kwargs}
     config = DPConfig(
-        l2_norm_clip=l2_norm_clip,
-        noise_multiplier=noise_multiplier,
-        learning_rate=learning_rate,
-        momentum=momentum,
-        num_microbatches=num_microbatches,
-        noise_seed=noise_seed,
-        **({} if optimizer is None else {"optimizer": optimizer}),
-    )
+        l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier,
+        learning_rate=learning_rate, momentum=momentum,
+        num_microbatches=num_microbatches, noise_seed=noise_seed,
+        **({} if optimizer is None else {"optimizer": optimizer}))
     check_dp_trainable(model)
     check_microbatches(config.num_microbatches, batch_size, num_examples)
+    compile_args = dict(metrics=list(metrics or []), **kwargs)
     if config.optimizer == "fast":
-        options = _engine_options(engine_options, flat)
-        if loss is None:
-            loss = keras.losses.SparseCategoricalCrossentropy(
-                from_logits=True)
-        model.compile(
-            optimizer=keras.optimizers.SGD(
-                learning_rate=config.learning_rate,
-                momentum=config.momentum),
-            loss=loss, metrics=list(metrics or []), **kwargs)
-        _install_engine(model, config, expected_batch_size, options)
-        return config
-    _refuse_engine_only(config.optimizer, expected_batch_size,
-                        engine_options, flat)
+        _compile_with_engine(model, config, loss, compile_args,
+                             expected_batch_size,
+                             _engine_options(engine_options, flat))
+    else:
+        _refuse_engine_only(config.optimizer, expected_batch_size,
+                            engine_options, flat)
+        _compile_with_tf_privacy(model, config, loss, compile_args)
+    return config
+
+
+def _compile_with_engine(model, config, loss, compile_args,
+                         expected_batch_size, options):
+    if loss is None:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=keras.optimizers.SGD(
+        learning_rate=config.learning_rate, momentum=config.momentum),
+        loss=loss, **compile_args)
+    _install_engine(model, config, expected_batch_size, options)
+
+
+def _compile_with_tf_privacy(model, config, loss, compile_args):
     _refuse_replicas(model, config.optimizer)
     dp_optimizer = _tf_privacy_optimizer(config.optimizer)(
         l2_norm_clip=config.l2_norm_clip,
@@ -133,9 +125,8 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
         momentum=config.momentum,
     )
     model.compile(optimizer=dp_optimizer, loss=per_example_loss(loss),
-                  metrics=list(metrics or []), **kwargs)
+                  **compile_args)
     attach(model, config)
-    return config
 
 
 def make_private(model, *, l2_norm_clip, noise_multiplier,
@@ -235,10 +226,8 @@ def _engine_options(engine_options, flat):
             f"Engine options given twice: engine_options= and "
             f"{', '.join(sorted(flat))}=. Put them all in engine_options, "
             "or pass them all by name.")
-    if not isinstance(engine_options, EngineOptions):
-        raise TypeError(f"engine_options={engine_options!r}: must be an "
-                        "EngineOptions.")
-    return engine_options
+    return check_type("engine_options", engine_options, EngineOptions,
+                      "an EngineOptions")
 
 
 def _refuse_engine_only(optimizer, expected_batch_size, engine_options,
@@ -275,8 +264,6 @@ def _refuse_replicas(model, optimizer):
 
 
 def _install_engine(model, config, expected_batch_size, options):
-    ClippingEngine(
-        config.l2_norm_clip, config.noise_multiplier,
-        num_microbatches=config.num_microbatches,
-        expected_batch_size=expected_batch_size,
-        seed=config.noise_seed, options=options).install(model, config)
+    ClippingEngine.from_config(
+        config, expected_batch_size=expected_batch_size,
+        options=options).install(model, config)

@@ -6,23 +6,17 @@ package's clipping engine offers. Each default is written once, here.
 """
 
 import dataclasses
-import math
-import numbers
 
 from keras_tempered_dp.augmentation import Augment, RandomCropFlip
+from keras_tempered_dp.validation import (
+    check_choice,
+    check_number,
+    check_type,
+)
 
 # Names a user can pass as `optimizer=` to compile_dp: the package's own
 # clipping engine (default) and TF Privacy's two Keras optimizers.
 OPTIMIZERS = ("fast", "dp_keras_sgd", "vectorized_dp_keras_sgd")
-
-
-def _number(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name}={value!r}: must be a real number.")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name}={value!r}: must be finite.")
-    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,53 +62,24 @@ class DPConfig:
     noise_seed: int | None = None
 
     def __post_init__(self):
-        set_ = lambda k, v: object.__setattr__(self, k, v)
-        set_("l2_norm_clip", _number("l2_norm_clip", self.l2_norm_clip))
-        if self.l2_norm_clip <= 0:
-            raise ValueError(
-                f"l2_norm_clip={self.l2_norm_clip!r}: must be > 0; it bounds "
-                "each example's gradient norm (typical values 0.1 to 1.0)."
-            )
-        set_("noise_multiplier",
-             _number("noise_multiplier", self.noise_multiplier))
-        if self.noise_multiplier < 0:
-            raise ValueError(
-                f"noise_multiplier={self.noise_multiplier!r}: must be >= 0; "
-                "it is the noise standard deviation in units of l2_norm_clip."
-            )
-        if self.learning_rate is not None:
-            set_("learning_rate",
-                 _number("learning_rate", self.learning_rate))
-        if self.learning_rate is not None and self.learning_rate <= 0:
-            raise ValueError(
-                f"learning_rate={self.learning_rate!r}: must be > 0.")
-        set_("momentum", _number("momentum", self.momentum))
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum={self.momentum!r}: must be in [0, 1).")
-        if self.num_microbatches is not None:
-            if (isinstance(self.num_microbatches, bool)
-                    or not isinstance(self.num_microbatches, numbers.Integral)
-                    or self.num_microbatches < 1):
-                raise ValueError(
-                    f"num_microbatches={self.num_microbatches!r}: must be a "
-                    "positive integer, or None for per-example clipping."
-                )
-            set_("num_microbatches", int(self.num_microbatches))
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(
-                f"optimizer={self.optimizer!r}: must be one of "
-                f"{', '.join(OPTIMIZERS)}."
-            )
-
-
-def _positive_int(name, value, *, optional=False):
-    if optional and value is None:
-        return None
-    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-            or value < 1):
-        raise ValueError(f"{name}={value!r}: must be a positive integer"
-                         + (" or None." if optional else "."))
-    return int(value)
+        for name, check in {
+            "l2_norm_clip": dict(
+                low=0, low_open=True, hint="It bounds each example's "
+                "gradient norm (typical values 0.1 to 1.0)."),
+            "noise_multiplier": dict(
+                low=0, hint="It is the noise standard deviation in units "
+                "of l2_norm_clip."),
+            "learning_rate": dict(low=0, low_open=True, allow_none=True),
+            "momentum": dict(low=0, high=1, high_open=True),
+            "num_microbatches": dict(
+                low=1, integer=True, allow_none=True,
+                hint="None clips per example."),
+            "noise_seed": dict(integer=True, allow_none=True),
+        }.items():
+            object.__setattr__(self, name,
+                               check_number(name, getattr(self, name),
+                                            **check))
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,8 +95,8 @@ class QuantileClipping:
         clip_learning_rate: the geometric step eta, > 0 (0.2 is Andrew et
             al.'s).
         count_stddev: the count's noise s_b, >= 0; None: the expected batch
-            size / 20 (:meth:`count_stddev_for`, the only place that default
-            is decided).
+            size / 20 (:meth:`default_count_stddev`, the only place that
+            default is written).
 
     Raises:
         ValueError: naming the field and the bad value.
@@ -147,23 +112,22 @@ class QuantileClipping:
     count_stddev: float | None = None
 
     def __post_init__(self):
-        set_ = lambda k, v: object.__setattr__(self, k, v)
-        set_("target_quantile",
-             _number("target_quantile", self.target_quantile))
-        if not 0 < self.target_quantile < 1:
-            raise ValueError(f"target_quantile={self.target_quantile!r}: "
-                             "must be in (0, 1); 0.5 tracks the median.")
-        set_("clip_learning_rate",
-             _number("clip_learning_rate", self.clip_learning_rate))
-        if not self.clip_learning_rate > 0:
-            raise ValueError(
-                f"clip_learning_rate={self.clip_learning_rate!r}: must be > "
-                "0 (0.2 is Andrew et al.'s).")
-        if self.count_stddev is not None:
-            set_("count_stddev", _number("count_stddev", self.count_stddev))
-            if self.count_stddev < 0:
-                raise ValueError(f"count_stddev={self.count_stddev!r}: must "
-                                 "be >= 0.")
+        for name, check in {
+            "target_quantile": dict(low=0, high=1, low_open=True,
+                                    high_open=True,
+                                    hint="0.5 tracks the median."),
+            "clip_learning_rate": dict(low=0, low_open=True,
+                                       hint="0.2 is Andrew et al.'s."),
+            "count_stddev": dict(low=0, allow_none=True),
+        }.items():
+            object.__setattr__(self, name,
+                               check_number(name, getattr(self, name),
+                                            **check))
+
+    @staticmethod
+    def default_count_stddev(batch_size):
+        """Andrew et al.'s s_b for a batch of ``batch_size``: ``B / 20``."""
+        return batch_size / 20
 
     def count_stddev_for(self, expected_batch_size):
         """s_b: ``count_stddev``, or ``expected_batch_size / 20`` if None.
@@ -179,7 +143,7 @@ class QuantileClipping:
                 "released count; Andrew et al. suggest batch_size / 20) or "
                 "expected_batch_size= (then count_stddev defaults to "
                 "expected_batch_size / 20).")
-        return expected_batch_size / 20
+        return self.default_count_stddev(expected_batch_size)
 
 
 CLIPPING_MODES = ("clip", "normalize", "quantile")
@@ -228,28 +192,25 @@ class EngineOptions:
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)
-        if self.clipping not in CLIPPING_MODES:
-            raise ValueError(
-                f"clipping={self.clipping!r}: must be 'clip' "
-                "(C / max(||g||, C)), 'normalize' (C / (||g|| + gamma)) or "
-                "'quantile' (C adapted to a private quantile estimate).")
-        set_("gamma", _number("gamma", self.gamma))
-        if not self.gamma > 0:
-            raise ValueError(f"gamma={self.gamma!r}: must be > 0 (it keeps "
-                             "C / (||g|| + gamma) finite; 0.01 is usual).")
-        set_("augmentation_multiplicity", _positive_int(
-            "augmentation_multiplicity", self.augmentation_multiplicity))
-        set_("physical_batch_size", _positive_int(
-            "physical_batch_size", self.physical_batch_size, optional=True))
+        check_choice("clipping", self.clipping, CLIPPING_MODES, hint=(
+            "'clip': C / max(||g||, C); 'normalize': C / (||g|| + gamma); "
+            "'quantile': C adapted to a private quantile estimate."))
+        set_("gamma", check_number(
+            "gamma", self.gamma, low=0, low_open=True, hint="It keeps "
+            "C / (||g|| + gamma) finite; 0.01 is usual."))
+        set_("augmentation_multiplicity", check_number(
+            "augmentation_multiplicity", self.augmentation_multiplicity,
+            low=1, integer=True))
+        set_("physical_batch_size", check_number(
+            "physical_batch_size", self.physical_batch_size, low=1,
+            integer=True, allow_none=True))
         if self.augment is not None and not callable(self.augment):
             raise ValueError(f"augment={self.augment!r}: must be a function "
                              "(images, generator) -> images, or None.")
+        check_type("quantile", self.quantile, QuantileClipping,
+                   "a QuantileClipping(...)", allow_none=True)
         if self.augment is None and self.augmentation_multiplicity > 1:
             set_("augment", RandomCropFlip())
-        if self.quantile is not None \
-                and not isinstance(self.quantile, QuantileClipping):
-            raise ValueError(f"quantile={self.quantile!r}: must be a "
-                             "QuantileClipping(...) or None.")
         if self.quantile is not None and self.clipping != "quantile":
             raise ValueError(
                 f"quantile={self.quantile!r} with clipping="

@@ -201,7 +201,7 @@ class PrivacyConfig(_Section):
             "target_epsilon": lambda n, v: check_number(
                 n, v, allow_none=True, **positive),
             "delta": lambda n, v: check_number(
-                n, v, allow_none=True, high=1, **positive),
+                n, v, allow_none=True, high=1, high_open=True, **positive),
             "noise_seed": lambda n, v: check_number(
                 n, v, allow_none=True, low=0, integer=True),
             "noise_schedule": self._schedule,
@@ -237,7 +237,8 @@ class PrivacyConfig(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class EngineConfig(_Section):
-    """The clipping engine's options (defaults: the engine's own)."""
+    """The clipping engine's options (defaults: the engine's own); with
+    the recipe's augmentation they make :attr:`RunConfig.engine_options`."""
 
     clipping: str = _field(
         _default(EngineOptions, "clipping"),
@@ -254,23 +255,8 @@ class EngineConfig(_Section):
         "Accumulate the clipped sums over chunks of this many examples "
         "(large logical batches in little memory).")
 
-    def __post_init__(self):
-        # The engine's own classes validate, so the rules live there once.
-        EngineOptions.from_flat(clipping=self.clipping, gamma=self.gamma,
-                                physical_batch_size=self.physical_batch_size)
-        QuantileClipping(target_quantile=self.target_quantile)
-
-    def engine_options(self, batch_size):
-        """The flat engine options ``compile_dp`` / ``make_private`` take."""
-        options = dict(clipping=self.clipping,
-                       physical_batch_size=self.physical_batch_size)
-        if self.clipping == "normalize":
-            options["gamma"] = self.gamma
-        if self.clipping == "quantile":
-            quantile = QuantileClipping(target_quantile=self.target_quantile)
-            options.update(target_quantile=self.target_quantile,
-                           count_stddev=quantile.count_stddev_for(batch_size))
-        return options
+    # No checks of its own: RunConfig turns this section and the recipe's
+    # into the engine's EngineOptions, which validates every value once.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,25 +278,10 @@ class RecipeConfig(_Section):
         "evaluate and save it.")
 
     def _checks(self):
-        def decay(name, value):
-            value = check_number(name, value, allow_none=True, low=0)
-            if value is not None and value >= 1:
-                raise ValueError(f"{name}={value!r}: must be in [0, 1).")
-            return value
-
-        def padding(name, value):
-            RandomCropFlip(padding=value)  # its own rule, named "padding"
-            return value
-
-        return {"augmentation_multiplicity": lambda n, v: check_number(
-                    n, v, low=1, integer=True),
-                "crop_padding": padding, "ema_decay": decay}
-
-    def augment(self):
-        """The augmentation the engine applies, or None (K == 1)."""
-        if self.augmentation_multiplicity == 1:
-            return None
-        return RandomCropFlip(padding=self.crop_padding, flip=self.flip)
+        # augmentation_multiplicity and crop_padding: validated by the
+        # engine's options (RunConfig.engine_options), where they are used.
+        return {"ema_decay": lambda n, v: check_number(
+            n, v, allow_none=True, low=0, high=1, high_open=True)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -383,8 +354,13 @@ class RunConfig:
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     distribute: DistributeConfig = dataclasses.field(
         default_factory=DistributeConfig)
+    #: The engine's options, made (and so validated) once from the engine
+    #: and recipe sections: what compile_dp takes as ``engine_options=``.
+    engine_options: EngineOptions = dataclasses.field(
+        init=False, repr=False, compare=False)
 
     def __post_init__(self):
+        object.__setattr__(self, "engine_options", self._engine_options())
         self._check_distribution()
         self._check_precompute()
         if (self.engine.clipping == "quantile"
@@ -394,6 +370,24 @@ class RunConfig:
                 f"{self.privacy.noise_schedule!r}: the count's share of the "
                 "noise is fixed for a constant noise multiplier; use one or "
                 "the other.")
+
+    def _engine_options(self):
+        engine, recipe = self.engine, self.recipe
+        # Made whatever the mode, so a bad value is refused even where it
+        # would go unused.
+        crops = RandomCropFlip(padding=recipe.crop_padding, flip=recipe.flip)
+        quantile = QuantileClipping(
+            target_quantile=engine.target_quantile,
+            # With fixed-size batches the engine has no expected batch size
+            # to default it from: the run's batch size is what it would be.
+            count_stddev=QuantileClipping.default_count_stddev(
+                self.optimizer.batch_size))
+        return EngineOptions(
+            clipping=engine.clipping, gamma=engine.gamma,
+            physical_batch_size=engine.physical_batch_size,
+            augmentation_multiplicity=recipe.augmentation_multiplicity,
+            augment=crops if recipe.augmentation_multiplicity > 1 else None,
+            quantile=quantile if engine.clipping == "quantile" else None)
 
     def _check_precompute(self):
         from keras_tempered_dp.models import FIXED_FRONT_MODELS

@@ -95,6 +95,41 @@ def train(config=None, *, data=None, callbacks=(), **settings):
 
 def _train(config, data, strategy, start, callbacks=()):
     keras.utils.set_random_seed(config.data.seed)
+    data = _load(config, data)
+    part = _plan_part(config, len(data.x), _existing_checkpoint(
+        config.output))
+    with distribute.scope(strategy):
+        built = _build_or_resume(config, part, data.x.shape[1:],
+                                 data.num_classes)
+    feature_time_s = None
+    if built.front is not None:
+        x, x_test, feature_time_s = precompute(
+            built.front, data.x, data.x_test, verbose=config.output.verbose)
+        data = dataclasses.replace(data, x=x, x_test=x_test)
+    made_folder = not os.path.exists(config.output.output_dir)
+    os.makedirs(config.output.output_dir, exist_ok=True)
+    try:
+        fitted = _fit(config, part, built, data, strategy, callbacks)
+        return _finish(config, part, built, fitted, data,
+                       start=start, feature_time_s=feature_time_s)
+    except BaseException:
+        if made_folder and not ckpt.exists(config.output.output_dir):
+            shutil.rmtree(config.output.output_dir, ignore_errors=True)
+        raise
+
+
+@dataclasses.dataclass(frozen=True)
+class _Data:
+    """The run's arrays, checked, and the model's number of classes."""
+
+    x: np.ndarray
+    y: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+
+def _load(config, data):
     (x, y), (x_test, y_test) = data or load_dataset(
         config.data.dataset, data_dir=config.data.data_dir,
         manual_dir=config.data.manual_dir, download=config.data.download)
@@ -108,26 +143,7 @@ def _train(config, data, strategy, start, callbacks=()):
             "files are not that dataset's.")
     check_data(x, y, "training", num_classes)
     check_data(x_test, y_test, "test", num_classes)
-    existing = _existing_checkpoint(config.output)
-    run = _plan_run(config, len(x), existing)
-    run.strategy = strategy
-    with distribute.scope(strategy):
-        front, network = _build_or_resume(config, run, x.shape[1:],
-                                          num_classes)
-    if front is not None:
-        x, x_test, run.feature_time_s = precompute(
-            front, x, x_test, verbose=config.output.verbose)
-    made_folder = not os.path.exists(config.output.output_dir)
-    os.makedirs(config.output.output_dir, exist_ok=True)
-    try:
-        per_epoch = _fit(config, run, network, x, y, x_test, y_test,
-                         callbacks)
-        return _finish(config, run, network, per_epoch, x_test, y_test,
-                       start, front)
-    except BaseException:
-        if made_folder and not ckpt.exists(config.output.output_dir):
-            shutil.rmtree(config.output.output_dir, ignore_errors=True)
-        raise
+    return _Data(x, y, x_test, y_test, num_classes)
 
 
 def _as_worker(config, data, strategy, start):
@@ -143,20 +159,26 @@ def _as_worker(config, data, strategy, start):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@dataclasses.dataclass
-class _Run:
-    """The resolved plan of one call to :func:`train`."""
+@dataclasses.dataclass(frozen=True)
+class _Part:
+    """The part of the run that trains now, as planned before it starts."""
 
-    plan: object            # NoisePlan of the part that runs now
+    plan: object            # NoisePlan of this part
     record: dict            # settings written into the checkpoint
     model_name: str
     epochs_done: int = 0    # finished epochs in the checkpoint
     part_start: int = 0     # epoch where these settings began
-    ledger: list = dataclasses.field(default_factory=list)
+    ledger: tuple = ()      # the checkpoint's finished epochs
     checkpoint: object = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Built:
+    """The network that trains, its fixed front (or None) and its EMA."""
+
+    front: object
+    network: object
     averaging: object = None
-    strategy: object = None  # tf.distribute strategy, or None
-    feature_time_s: float | None = None  # precomputing fixed features
 
 
 def _existing_checkpoint(output):
@@ -177,28 +199,34 @@ def _existing_checkpoint(output):
     return None
 
 
-def _plan_run(config, num_examples, checkpoint):
-    """The noise plan and record, checked against the checkpoint."""
+def _plan_part(config, num_examples, checkpoint):
+    """The part that trains now: its noise plan and record, checked
+    against the checkpoint.
+
+    A resume plans the part as the checkpoint's (its settings' part
+    continues); only when that plan's record differs in privacy settings,
+    which ``change_privacy`` allows, is the new part planned from the
+    epoch the checkpoint reached, composed with all its ledger.
+    """
     model_name = config.model.model or DEFAULT_MODEL[config.data.dataset]
-    part_start = checkpoint.part_start if checkpoint else 0
-    ledger = list(checkpoint.ledger) if checkpoint else []
-    if checkpoint is not None and \
-            checkpoint.epochs_done >= config.optimizer.epochs:
+    if checkpoint is None:
+        plan = _plan(config, num_examples, (), 0)
+        return _Part(plan, _record(config, plan, model_name), model_name)
+    if checkpoint.epochs_done >= config.optimizer.epochs:
         raise ckpt.CheckpointError(
             f"The checkpoint has {checkpoint.epochs_done} epochs done and "
             f"epochs={config.optimizer.epochs}: nothing left to train. Pass "
             "a larger --epochs to train on.")
-    run = _Run(_plan(config, num_examples, ledger[:part_start], part_start),
-               None, model_name, checkpoint=checkpoint, ledger=ledger,
-               part_start=part_start,
-               epochs_done=checkpoint.epochs_done if checkpoint else 0)
-    run.record = _record(config, run.plan, model_name)
-    if checkpoint is not None and ckpt.check_resume(
-            checkpoint, run.record, config.output.change_privacy):
-        run.part_start = checkpoint.epochs_done
-        run.plan = _plan(config, num_examples, ledger, run.part_start)
-        run.record = _record(config, run.plan, model_name)
-    return run
+    ledger = tuple(checkpoint.ledger)
+    part_start = checkpoint.part_start
+    plan = _plan(config, num_examples, ledger[:part_start], part_start)
+    record = _record(config, plan, model_name)
+    if ckpt.check_resume(checkpoint, record, config.output.change_privacy):
+        part_start = checkpoint.epochs_done
+        plan = _plan(config, num_examples, ledger, part_start)
+        record = _record(config, plan, model_name)
+    return _Part(plan, record, model_name, checkpoint.epochs_done,
+                 part_start, ledger, checkpoint)
 
 
 def _plan(config, num_examples, earlier_ledger, part_start):
@@ -248,71 +276,75 @@ def _record(config, plan, model_name):
                              if model_name in FIXED_FRONT_MODELS else None))
 
 
-def _noise_seed(config, run):
+def _noise_seed(config, part):
     """The seed of this part's noise and batches (None: the OS's)."""
     noise_seed = config.privacy.noise_seed
-    if noise_seed is not None and run.epochs_done:
+    if noise_seed is not None and part.epochs_done:
         # A resumed run must not replay the first epochs' noise (equal
         # noise on two steps cancels in their difference) or batches.
-        noise_seed = resumed_seed(noise_seed, run.epochs_done)
+        noise_seed = resumed_seed(noise_seed, part.epochs_done)
     return noise_seed
 
 
-def _engine_settings(config, run):
+def _engine_settings(config, part):
+    """What compile_dp and make_private take: the clip, this part's noise
+    and seed, and the config's EngineOptions as they are."""
     expected = (config.optimizer.batch_size
                 if config.data.sampling == "poisson" else None)
     return dict(
         l2_norm_clip=config.privacy.l2_norm_clip,
-        noise_multiplier=run.plan.noise_multiplier,
-        noise_seed=_noise_seed(config, run),
+        noise_multiplier=part.plan.noise_multiplier,
+        noise_seed=_noise_seed(config, part),
         expected_batch_size=expected,
-        augmentation_multiplicity=config.recipe.augmentation_multiplicity,
-        augment=config.recipe.augment(),
-        **config.engine.engine_options(config.optimizer.batch_size))
+        engine_options=config.engine_options)
 
 
-def _build_or_resume(config, run, input_shape, num_classes):
-    """``(front, network)``: the fixed front to precompute (or None) and
-    the network that trains, compiled for DP-SGD."""
-    settings = _engine_settings(config, run)
-    if config.recipe.ema_decay is not None:
-        run.averaging = ParameterAveraging(decay=config.recipe.ema_decay)
+def _build_or_resume(config, part, input_shape, num_classes):
+    """The network that trains, compiled for DP-SGD, its fixed front to
+    precompute (or None) and its EMA (or None)."""
+    averaging = (None if config.recipe.ema_decay is None
+                 else ParameterAveraging(decay=config.recipe.ema_decay))
     front = None
-    if run.checkpoint is None or run.record["precompute_features"]:
-        network = _new_model(config, run, input_shape, num_classes)
-        if run.record["precompute_features"]:
+    if part.checkpoint is None or part.record["precompute_features"]:
+        network = _new_model(config, part, input_shape, num_classes)
+        if part.record["precompute_features"]:
             front, network = split_fixed_front(network)
-    if run.checkpoint is not None:
-        network = ckpt.load_model(run.checkpoint)
-        if run.checkpoint.privacy_ledger is not None:
-            set_ledger(network,
-                       Ledger.from_dict(run.checkpoint.privacy_ledger))
-        make_private(network, **settings)
-        if (run.checkpoint.l2_norm_clip is not None
-                and config.engine.clipping == "quantile"):  # adapted clip
-            get_dp_state(network).engine.l2_norm_clip = \
-                run.checkpoint.l2_norm_clip
-        if run.averaging is not None:
-            run.averaging.set_state(network, ckpt.load_ema(run.checkpoint))
-        return front, network
-    compile_dp(network, learning_rate=config.optimizer.learning_rate,
-               momentum=config.optimizer.momentum, **settings)
-    return front, network
+    if part.checkpoint is None:
+        compile_dp(network, learning_rate=config.optimizer.learning_rate,
+                   momentum=config.optimizer.momentum,
+                   **_engine_settings(config, part))
+        return _Built(front, network, averaging)
+    return _Built(front, _resumed(config, part, averaging), averaging)
 
 
-def _new_model(config, run, input_shape, num_classes):
+def _resumed(config, part, averaging):
+    """The checkpoint's network, its ledger and EMA, made private again."""
+    checkpoint = part.checkpoint
+    network = ckpt.load_model(checkpoint)
+    if checkpoint.privacy_ledger is not None:
+        set_ledger(network, Ledger.from_dict(checkpoint.privacy_ledger))
+    make_private(network, **_engine_settings(config, part))
+    if (checkpoint.l2_norm_clip is not None
+            and config.engine.clipping == "quantile"):  # adapted clip
+        get_dp_state(network).engine.l2_norm_clip = checkpoint.l2_norm_clip
+    if averaging is not None:
+        averaging.set_state(network, ckpt.load_ema(checkpoint))
+    return network
+
+
+def _new_model(config, part, input_shape, num_classes):
     """The registry's model for these settings, not compiled."""
     tempered = config.model.activation == "tempered_sigmoid"
     activation = (activation_layer("tempered_sigmoid", s=config.model.s,
                                    T=config.model.T, o=config.model.o)
                   if tempered else config.model.activation)
     try:
-        network = MODELS[run.model_name](activation=activation,
+        network = MODELS[part.model_name](activation=activation,
                                          input_shape=input_shape,
                                          num_classes=num_classes)
     except ValueError as error:  # Keras: a layer's output would be empty
         raise ValueError(
-            f"model={run.model_name!r} does not fit this dataset's inputs "
+            f"model={part.model_name!r} does not fit this dataset's inputs "
             f"of shape {tuple(input_shape)} ({str(error)[:200]}). Leave "
             "--model out to use the dataset's own model "
             f"({DEFAULT_MODEL[config.data.dataset]}).") from error
@@ -332,104 +364,128 @@ def resumed_seed(seed, epochs_done):
 
 
 class _EpochCheckpoint(keras.callbacks.Callback):
-    """After each epoch: the ledger entry, then the checkpoint."""
+    """After each epoch: the ledger entry, then the checkpoint.
 
-    def __init__(self, config, run):
+    ``ledger`` grows by one entry an epoch: the checkpoint's epochs, then
+    this part's."""
+
+    def __init__(self, config, part, averaging):
         super().__init__()
-        self.config, self.run = config, run
+        self.config, self.part, self.averaging = config, part, averaging
+        self.ledger = list(part.ledger)
 
     def on_epoch_end(self, epoch, logs=None):
         engine = get_dp_state(self.model).engine
-        run = self.run
-        run.ledger.append(ckpt.ledger_entry(run.record, epoch,
-                                            engine.noise_multiplier))
+        part = self.part
+        self.ledger.append(ckpt.ledger_entry(part.record, epoch,
+                                             engine.noise_multiplier))
         clip = engine.l2_norm_clip if engine.clipping == "quantile" else None
         ckpt.save(self.config.output.output_dir, self.model,
-                  ckpt.Checkpoint(epoch + 1, run.record, run.ledger, clip,
-                                  part_start=run.part_start,
+                  ckpt.Checkpoint(epoch + 1, part.record, self.ledger, clip,
+                                  part_start=part.part_start,
                                   privacy_ledger=privacy_ledger(
                                       self.model).to_dict()),
-                  run.averaging)
+                  self.averaging)
 
 
-def _fit(config, run, network, x, y, x_test, y_test, callbacks=()):
-    folder = config.output.output_dir
-    plan, batch_size = run.plan, config.optimizer.batch_size
-    seed = _noise_seed(config, run)
-    if plan.sampling != "poisson":
-        batches = shuffled_batches(x, y, batch_size, seed=seed)
-    elif run.strategy is None:
-        batches = poisson_batches(x, y, batch_size, seed=seed)
-    else:  # each replica samples its own shard
-        batches = distributed_poisson_batches(run.strategy, x, y,
-                                              batch_size, seed=seed)
+@dataclasses.dataclass(frozen=True)
+class _Fitted:
+    """What the fit left: the per-epoch log and the ledger entries."""
+
+    per_epoch: list
+    ledger: tuple
+
+
+def _batches(config, part, data, strategy):
+    """This part's batches: Poisson (each replica sampling its own shard
+    under a strategy) or shuffled."""
+    batch_size, seed = config.optimizer.batch_size, _noise_seed(config, part)
+    if part.plan.sampling != "poisson":
+        return shuffled_batches(data.x, data.y, batch_size, seed=seed)
+    if strategy is None:
+        return poisson_batches(data.x, data.y, batch_size, seed=seed)
+    return distributed_poisson_batches(strategy, data.x, data.y,
+                                       batch_size, seed=seed)
+
+
+def _epsilon_callback(config, part, network):
+    plan = part.plan
     # A checkpoint older than the model's ledger: its steps are declared
     # from its per-epoch report (the steps the ledger would hold).
     earlier = {}
-    if run.epochs_done and not privacy_ledger(network).steps:
-        earlier = dict(initial_steps=(run.epochs_done - run.part_start)
+    if part.epochs_done and not privacy_ledger(network).steps:
+        earlier = dict(initial_steps=(part.epochs_done - part.part_start)
                        * plan.steps_per_epoch,
                        previous_segments=plan.previous)
-    epsilon = EpsilonCallback(
-        plan.num_examples, batch_size, delta=plan.delta,
+    return EpsilonCallback(
+        plan.num_examples, config.optimizer.batch_size, delta=plan.delta,
         steps_per_epoch=plan.steps_per_epoch, accountant=plan.accountant,
         **earlier)
-    extra = list(callbacks) + ([NoiseScheduler(plan.schedule)]
-                               if plan.schedule is not None else [])
-    if run.averaging is not None:
-        extra.append(run.averaging)
+
+
+def _fit(config, part, built, data, strategy, callbacks=()):
+    folder, network = config.output.output_dir, built.network
+    extra = list(callbacks) + ([NoiseScheduler(part.plan.schedule)]
+                               if part.plan.schedule is not None else [])
+    if built.averaging is not None:
+        extra.append(built.averaging)
     log = os.path.join(folder, "log.csv")
-    if run.epochs_done:
-        out.truncate_log(log, run.epochs_done)  # rows of unsaved epochs
+    if part.epochs_done:
+        out.truncate_log(log, part.epochs_done)  # rows of unsaved epochs
+    checkpoint = _EpochCheckpoint(config, part, built.averaging)
     network.fit(
-        batches, epochs=config.optimizer.epochs,
-        initial_epoch=run.epochs_done, steps_per_epoch=plan.steps_per_epoch,
+        _batches(config, part, data, strategy), epochs=config.optimizer.epochs,
+        initial_epoch=part.epochs_done,
+        steps_per_epoch=part.plan.steps_per_epoch,
         # The dataset draws its own batches (Keras 3 warns that its default
         # shuffle=True is ignored for a tf.data.Dataset).
         shuffle=False,
-        validation_data=(x_test, y_test), verbose=config.output.verbose,
+        validation_data=(data.x_test, data.y_test),
+        verbose=config.output.verbose,
         # The checkpoint (and its ledger) before the logs: an epoch whose
         # metrics and epsilon were written out is always accounted.
         callbacks=extra + [
-            StopOnNonFiniteLoss(), epsilon, _EpochCheckpoint(config, run),
-            keras.callbacks.CSVLogger(log, append=run.epochs_done > 0),
+            StopOnNonFiniteLoss(), _epsilon_callback(config, part, network),
+            checkpoint,
+            keras.callbacks.CSVLogger(log, append=part.epochs_done > 0),
             keras.callbacks.TensorBoard(os.path.join(folder,
                                                         "tensorboard")),
         ])
-    return out.read_log(log)
+    return _Fitted(out.read_log(log), tuple(checkpoint.ledger))
 
 
-def _finish(config, run, network, per_epoch, x_test, y_test, start,
-            front=None):
-    folder = config.output.output_dir
-    if run.averaging is not None:
-        run.averaging.apply()  # the averaged weights are the result
-    _, test_accuracy = network.evaluate(x_test, y_test, verbose=0)
+def _finish(config, part, built, fitted, data, *, start, feature_time_s):
+    """The EMA applied, the test accuracy, the saved model and the
+    results (written to ``results.json`` and returned)."""
+    folder, network, plan = config.output.output_dir, built.network, part.plan
+    if built.averaging is not None:
+        built.averaging.apply()  # the averaged weights are the result
+    _, test_accuracy = network.evaluate(data.x_test, data.y_test, verbose=0)
     # The saved model takes images: the front joined back to the head.
     ledger = privacy_ledger(network)
-    saved = network if front is None else join_front(front, network)
+    saved = (network if built.front is None
+             else join_front(built.front, network))
     set_ledger(saved, ledger)
     out.save_model(saved, os.path.join(folder, "model.keras"))
-    epochs = config.optimizer.epochs - run.part_start
     # What the steps recorded, not what was planned.
-    epsilon = ledger.epsilon(delta=run.plan.delta,
-                             accountant=run.plan.accountant)
+    epsilon = ledger.epsilon(delta=plan.delta, accountant=plan.accountant)
     flat = config.flat()
-    flat.update(model=run.model_name, activation=run.record["activation"],
-                noise_multiplier=run.plan.noise_multiplier,
-                delta=run.plan.delta, num_examples=run.plan.num_examples,
-                noise_schedule=run.record["noise_schedule"])
+    flat.update(model=part.model_name, activation=part.record["activation"],
+                noise_multiplier=plan.noise_multiplier, delta=plan.delta,
+                num_examples=plan.num_examples,
+                noise_schedule=part.record["noise_schedule"])
     results = {
         "config": flat,
-        "epochs": per_epoch,
+        "epochs": fitted.per_epoch,
         "epsilon": epsilon,
-        "accountant": run.plan.accountant,
+        "accountant": plan.accountant,
         "test_accuracy": float(test_accuracy),
-        "privacy": out.statement(run.plan, epochs, epsilon),
+        "privacy": out.statement(
+            plan, config.optimizer.epochs - part.part_start, epsilon),
         "wall_time_s": time.time() - start,
-        "feature_time_s": run.feature_time_s,
-        "resumed_from_epoch": run.epochs_done,
-        "ledger": run.ledger,
+        "feature_time_s": feature_time_s,
+        "resumed_from_epoch": part.epochs_done,
+        "ledger": list(fitted.ledger),
         "privacy_ledger": ledger.to_dict(),
     }
     out.write_json(os.path.join(folder, "results.json"), results)

@@ -209,7 +209,7 @@ def test_fit_with_augmentation_and_accumulation_is_the_reference_step():
     (dict(clipping="auto"), {}, "^clipping='auto': must be"),
     (dict(clipping="normalize", gamma=0.0), {}, "^gamma=0.0: must be > 0"),
     (dict(augmentation_multiplicity=0), {},
-     "^augmentation_multiplicity=0: must be a positive integer"),
+     "^augmentation_multiplicity=0: must be >= 1"),
     (dict(physical_batch_size=0), {}, "^physical_batch_size=0: must be"),
     (dict(physical_batch_size=4), dict(num_microbatches=2),
      "^num_microbatches= cannot be combined"),

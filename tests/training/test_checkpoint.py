@@ -70,9 +70,9 @@ def test_leaving_quantile_clipping_uses_the_new_clip(tmp_path):
     seen = []
     original = run_module._fit
 
-    def spy(config, run, network, *args):
-        seen.append(get_dp_state(network).engine.l2_norm_clip)
-        return original(config, run, network, *args)
+    def spy(config, part, built, *args):
+        seen.append(get_dp_state(built.network).engine.l2_norm_clip)
+        return original(config, part, built, *args)
 
     run_module._fit = spy
     try:

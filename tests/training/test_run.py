@@ -180,13 +180,13 @@ def test_seeded_resume_does_not_replay_noise(tmp_path, monkeypatch):
     """With noise_seed set, the resumed part draws new noise and batches."""
     from keras_tempered_dp.privacy.clipping import engine as engine_module
     seeds = []
-    original = engine_module.ClippingEngine.__init__
+    original = engine_module.ClippingEngine._setup
 
-    def spy(self, *args, **kwargs):
-        seeds.append(kwargs.get("seed"))
-        original(self, *args, **kwargs)
+    def spy(self, config, *args):  # every engine is configured here
+        seeds.append(config.noise_seed)
+        original(self, config, *args)
 
-    monkeypatch.setattr(engine_module.ClippingEngine, "__init__", spy)
+    monkeypatch.setattr(engine_module.ClippingEngine, "_setup", spy)
     _small_train(tmp_path, epochs=1)
     _small_train(tmp_path, epochs=2, resume=True)
     assert seeds[0] == 3 and seeds[1] not in (None, 3)

@@ -153,7 +153,7 @@ def test_truncated_checkpoint_gives_a_clear_error(tmp_path):
 @pytest.mark.parametrize("settings, match", [
     (dict(batch_size=0), "batch_size=0: must be >= 1"),
     (dict(epochs=0), "epochs=0: must be >= 1"),
-    (dict(delta=0.0), "delta=0.0: must be > 0"),
+    (dict(delta=0.0), r"delta=0.0: must be in \(0, 1\)"),
     (dict(model="resnet"), "model='resnet': must be one of"),
     (dict(noise_multiplier=1.0, target_epsilon=2.0), "one or the other"),
     (dict(noise_schedule="step"), "needs noise_decay"),

@@ -44,9 +44,6 @@ Where each part lives: :mod:`.clipped_sum` (steps 1 to 5),
 :class:`~keras_tempered_dp.privacy.config.EngineOptions`.
 """
 
-import math
-import numbers
-
 import keras
 import tensorflow as tf
 
@@ -71,17 +68,7 @@ from keras_tempered_dp.privacy.clipping.tap import find_taps
 from keras_tempered_dp.privacy.config import DPConfig, EngineOptions
 from keras_tempered_dp.privacy.losses import per_example_loss
 from keras_tempered_dp.privacy.state import attach
-
-
-def _optional_positive(name, value, integer):
-    if value is None:
-        return None
-    kind = numbers.Integral if integer else numbers.Real
-    if isinstance(value, bool) or not isinstance(value, kind) \
-            or not value > 0 or math.isinf(value):
-        raise ValueError(f"{name}={value!r}: must be a positive "
-                         f"{'integer' if integer else 'number'} or None.")
-    return int(value) if integer else float(value)
+from keras_tempered_dp.validation import check_number, check_type
 
 
 def _check_combination(options, num_microbatches, expected_batch_size):
@@ -156,25 +143,47 @@ class ClippingEngine:
     def __init__(self, l2_norm_clip, noise_multiplier, *,
                  num_microbatches=None, expected_batch_size=None, seed=None,
                  options=None):
-        if options is None:
-            options = EngineOptions()
-        if not isinstance(options, EngineOptions):
-            raise TypeError(f"options={options!r}: must be an EngineOptions "
-                            "(EngineOptions.from_flat(...) builds one from "
-                            "keyword names).")
+        self._setup(DPConfig(l2_norm_clip=l2_norm_clip,
+                             noise_multiplier=noise_multiplier,
+                             learning_rate=None,
+                             num_microbatches=num_microbatches,
+                             noise_seed=seed),
+                    expected_batch_size, options)
+
+    @classmethod
+    def from_config(cls, config, *, expected_batch_size=None, options=None):
+        """The engine of a :class:`~keras_tempered_dp.privacy.config.
+        DPConfig`, already validated where it was made (compile_dp's and
+        make_private's path): its clip, noise, microbatches and seed."""
+        check_type("config", config, DPConfig, "a DPConfig")
+        engine = cls.__new__(cls)
+        engine._setup(config, expected_batch_size, options)
+        return engine
+
+    def _setup(self, config, expected_batch_size, options):
+        options = check_type(
+            "options", EngineOptions() if options is None else options,
+            EngineOptions, "an EngineOptions",
+            hint="EngineOptions.from_flat(...) builds one from keyword "
+            "names.")
         self._options = options
-        self._num_microbatches = _optional_positive(
-            "num_microbatches", num_microbatches, integer=True)
-        self._expected_batch_size = _optional_positive(
-            "expected_batch_size", expected_batch_size, integer=False)
-        _check_combination(options, num_microbatches, expected_batch_size)
+        self._num_microbatches = config.num_microbatches
+        self._expected_batch_size = check_number(
+            "expected_batch_size", expected_batch_size, low=0,
+            low_open=True, allow_none=True)
+        _check_combination(options, self._num_microbatches,
+                           self._expected_batch_size)
         self._count_stddev = (
-            options.quantile.count_stddev_for(expected_batch_size)
+            options.quantile.count_stddev_for(self._expected_batch_size)
             if options.clipping == "quantile" else None)
-        self._seed = seed
+        if self._count_stddev is not None:
+            quantile.check_noise_split(config.noise_multiplier,
+                                       self._count_stddev)
+        self._seed = config.noise_seed
         self._strategy = tf.distribute.get_strategy()
         self._pending = []  # drained when the variables moved
-        self._make_variables(l2_norm_clip, noise_multiplier, seed=seed)
+        self._make_variables(config.l2_norm_clip, config.noise_multiplier,
+                             seed=self._seed)
         self._model = self._loss_fn = None
         self._canaries = None
 
@@ -191,12 +200,10 @@ class ClippingEngine:
         """
         only_first = tf.VariableAggregation.ONLY_FIRST_REPLICA
         with self._strategy.scope():
-            self._clip = tf.Variable(0.0, trainable=False, dtype=tf.float32,
-                                     name="l2_norm_clip",
+            self._clip = tf.Variable(l2_norm_clip, trainable=False,
+                                     dtype=tf.float32, name="l2_norm_clip",
                                      aggregation=only_first)
-            self.l2_norm_clip = l2_norm_clip
-            self._noise = noise.NoiseMultiplier(0.0)
-            self.noise_multiplier = noise_multiplier
+            self._noise = noise.NoiseMultiplier(noise_multiplier)
             if source is not None:
                 self._generator = source.split(1)[0]
             elif seed is None:
@@ -272,11 +279,8 @@ class ClippingEngine:
 
     @l2_norm_clip.setter
     def l2_norm_clip(self, value):
-        value = float(value)
-        if not value > 0 or math.isinf(value):
-            raise ValueError(f"l2_norm_clip={value!r}: must be a finite "
-                             "number > 0.")
-        self._clip.assign(value)
+        self._clip.assign(check_number("l2_norm_clip", value, low=0,
+                                       low_open=True))
 
     @property
     def noise_multiplier(self):
@@ -285,8 +289,9 @@ class ClippingEngine:
 
     @noise_multiplier.setter
     def noise_multiplier(self, value):
+        value = check_number("noise_multiplier", value, low=0)
         if self._count_stddev is not None:
-            quantile.check_noise_split(float(value), self._count_stddev)
+            quantile.check_noise_split(value, self._count_stddev)
         self._noise.assign(value)
 
     def drain_record(self):

@@ -5,8 +5,6 @@ between steps without retracing); the variable holds sigma rounded *up*, so
 the noise drawn is never below what the accountant is told.
 """
 
-import math
-
 import numpy as np
 import tensorflow as tf
 
@@ -68,12 +66,9 @@ class NoiseMultiplier:
         return self.nominal.get(float(stored), float(stored))
 
     def assign(self, value):
-        """Sets sigma; raises unless it is a finite number >= 0."""
+        """Sets sigma, a number >= 0 checked by the engine (its
+        configuration, or its ``noise_multiplier`` setter)."""
         value = float(value)
-        if not value >= 0 or math.isinf(value):
-            raise ValueError(f"noise_multiplier={value!r}: must be a finite "
-                             "number >= 0 (the noise std in units of "
-                             "l2_norm_clip).")
         stored = round_up_to_float32(value)
         self.variable.assign(stored)
         self.value = value

@@ -37,3 +37,34 @@ from keras_tempered_dp.privacy import (
 )
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "DPConfig",
+    "EpsilonCallback",
+    "Ledger",
+    "NoiseScheduler",
+    "Scattering2D",
+    "Segment",
+    "TemperedSigmoid",
+    "calibrate_noise_multiplier",
+    "cifar10_cnn",
+    "compile_dp",
+    "compose_epsilon",
+    "compute_epsilon",
+    "get_activation",
+    "list_activations",
+    "load_model",
+    "make_private",
+    "make_tempered_sigmoid",
+    "mark_sampling",
+    "mnist_cnn",
+    "privacy_ledger",
+    "privacy_statement",
+    "register_activation",
+    "save_model",
+    "scatternet_cnn",
+    "scatternet_linear",
+    "steps_per_epoch",
+    "tempered_sigmoid",
+    "__version__",
+]

@@ -21,3 +21,27 @@ from keras_tempered_dp.privacy.recording import privacy_ledger
 from keras_tempered_dp.privacy.sampling import mark_sampling
 from keras_tempered_dp.privacy.saving import load_model, save_model
 from keras_tempered_dp.privacy.state import DPState, get_dp_state
+
+__all__ = [
+    "DPConfig",
+    "DPState",
+    "Ledger",
+    "Segment",
+    "UnattributedStepsError",
+    "calibrate_noise_multiplier",
+    "check_dp_trainable",
+    "check_microbatches",
+    "check_no_batch_mixing",
+    "compile_dp",
+    "compose_epsilon",
+    "compute_epsilon",
+    "get_dp_state",
+    "load_model",
+    "make_private",
+    "mark_sampling",
+    "per_example_loss",
+    "privacy_ledger",
+    "privacy_statement",
+    "save_model",
+    "steps_per_epoch",
+]

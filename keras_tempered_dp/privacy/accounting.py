@@ -36,12 +36,13 @@ import dataclasses
 import functools
 import logging
 import math
-import numbers
 
 import dp_accounting
 import numpy as np
 from dp_accounting.rdp import rdp_privacy_accountant
 from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS
+
+from keras_tempered_dp.validation import check_choice, check_number
 
 SAMPLINGS = ("poisson", "without_replacement")
 
@@ -70,37 +71,25 @@ RDP_ORDERS = tuple(sorted(set(
 
 def check_integer(name, value, minimum=0):
     """``value`` as an int; refuses bools, floats and values < minimum."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
-            or value < minimum:
-        raise ValueError(f"{name}={value!r}: must be an integer >= "
-                         f"{minimum}.")
-    return int(value)
+    return check_number(name, value, low=minimum, integer=True)
 
 
 def check_noise_multiplier(value, name="noise_multiplier"):
     """``value`` as a float; refuses bools, negatives, nan and inf."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
-            or math.isnan(value) or value < 0:
-        raise ValueError(f"{name}={value!r}: must be a number >= 0 (the "
-                         "noise standard deviation in units of the clipping "
-                         "norm).")
-    if math.isinf(value):
-        raise ValueError(f"{name}={value!r}: use a finite value; infinite "
-                         "noise means no training signal.")
-    return float(value)
+    return check_number(name, value, low=0, hint=(
+        "It is the noise standard deviation in units of the clipping "
+        "norm; infinite noise would mean no training signal."))
 
 
 def check_delta(delta, num_examples):
     """Refuses a delta that is not in (0, 1 / num_examples)."""
-    if isinstance(delta, bool) or not isinstance(delta, numbers.Real) \
-            or not 0 < delta < 1 / num_examples:
-        raise ValueError(
-            f"delta={delta!r}: must be in (0, 1/num_examples) = (0, "
-            f"{1 / num_examples:.3g}) for num_examples={num_examples}. A "
-            "delta of 1/N or more allows a mechanism that publishes one "
-            "whole example at random and still calls itself DP. Use "
-            f"1/(10N) = {1 / (10 * num_examples):.3g} or less.")
-    return float(delta)
+    return check_number(
+        "delta", delta, low=0, high=1 / num_examples, low_open=True,
+        high_open=True, hint=(
+            f"1/num_examples for num_examples={num_examples}: a delta of "
+            "1/N or more allows a mechanism that publishes one whole "
+            "example at random and still calls itself DP. Use 1/(10N) = "
+            f"{1 / (10 * num_examples):.3g} or less."))
 
 
 def check_run(num_examples, batch_size):
@@ -115,17 +104,12 @@ def check_run(num_examples, batch_size):
 
 
 def check_sampling(sampling):
-    if sampling not in SAMPLINGS:
-        raise ValueError(
-            f"sampling={sampling!r}: must be one of {', '.join(SAMPLINGS)}.")
-    return sampling
+    return check_choice("sampling", sampling, SAMPLINGS)
 
 
 def check_accountant(accountant, sampling="poisson"):
     """Refuses an unknown accountant, and PLD without Poisson sampling."""
-    if accountant not in ACCOUNTANTS:
-        raise ValueError(f"accountant={accountant!r}: must be one of "
-                         f"{', '.join(map(repr, ACCOUNTANTS))}.")
+    check_choice("accountant", accountant, ACCOUNTANTS)
     if accountant == "pld" and sampling != "poisson":
         raise ValueError(
             f"accountant='pld' with sampling={sampling!r}: dp_accounting's "
@@ -359,8 +343,8 @@ def compose_epsilon(segments, *, delta, sampling="poisson",
                 f"{segment.sampling!r}: all segments must share one "
                 "neighbouring relation.")
     if not segments:
-        if not (isinstance(delta, numbers.Real) and 0 < delta < 1):
-            raise ValueError(f"delta={delta!r}: must be in (0, 1).")
+        check_number("delta", delta, low=0, high=1, low_open=True,
+                     high_open=True)
         return 0.0
     check_delta(delta, max(s.num_examples for s in segments))
     segments = [s for s in segments if s.steps > 0]
@@ -485,16 +469,10 @@ def smallest_noise(eps, target_epsilon, tolerance, what):
     ``what`` names the searched quantity in the error for unreachable
     targets. Shared by noise calibration here and under schedules.
     """
-    if isinstance(target_epsilon, bool) or not isinstance(
-            target_epsilon, numbers.Real) or not target_epsilon > 0 \
-            or not math.isfinite(target_epsilon):
-        raise ValueError(f"target_epsilon={target_epsilon!r}: must be a "
-                         "positive finite number.")
-    if isinstance(tolerance, bool) or not isinstance(
-            tolerance, numbers.Real) or not 0 < tolerance < 1:
-        raise ValueError(f"tolerance={tolerance!r}: must be a number in "
-                         "(0, 1), relative to the noise found (1e-3 is "
-                         "usual).")
+    check_number("target_epsilon", target_epsilon, low=0, low_open=True)
+    check_number("tolerance", tolerance, low=0, high=1, low_open=True,
+                 high_open=True, hint="It is relative to the noise found "
+                 "(1e-3 is usual).")
     low, high = 0.0, 1.0
     while eps(high) > target_epsilon:
         low, high = high, high * 2

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 
 from keras_tempered_dp.privacy.state import get_dp_state
+from keras_tempered_dp.validation import check_number
 
 
 def draw_inclusion(num_canaries, seed=None):
@@ -32,12 +33,10 @@ def draw_inclusion(num_canaries, seed=None):
     >>> draw_inclusion(6, seed=0).tolist()
     [False, True, True, True, False, False]
     """
-    if isinstance(num_canaries, bool) or not isinstance(
-            num_canaries, (int, np.integer)) or num_canaries < 2:
-        raise ValueError(f"num_canaries={num_canaries!r}: must be an "
-                         "integer >= 2 (hundreds or more give useful "
-                         "bounds).")
-    return np.random.default_rng(seed).random(int(num_canaries)) < 0.5
+    num_canaries = check_number("num_canaries", num_canaries, low=2,
+                                integer=True,
+                                hint="Hundreds or more give useful bounds.")
+    return np.random.default_rng(seed).random(num_canaries) < 0.5
 
 
 def mislabelled_canaries(x, y, num_canaries, rng):

@@ -11,7 +11,7 @@ each included with a secret fair coin, followed by
    eps below it, with the stated confidence;
 3. the Clopper-Pearson bound with a held-out threshold (the many-run
    statistic; from one run it is the usual heuristic, see
-   :mod:`.bounds`);
+   :mod:`.threshold`);
 4. loss-threshold membership inference (AUC, TPR at 1% and 0.1% FPR) on
    the canaries and on real training examples against test examples.
 
@@ -28,7 +28,6 @@ import os
 import keras
 import numpy as np
 
-from keras_tempered_dp.audit import bounds
 from keras_tempered_dp.audit.canaries import (
     GradientCanaryCallback,
     draw_inclusion,
@@ -36,10 +35,15 @@ from keras_tempered_dp.audit.canaries import (
     mislabelled_canaries,
 )
 from keras_tempered_dp.audit.gradient_canaries import GradientCanaries
+from keras_tempered_dp.audit.inputs import check_confidence
+from keras_tempered_dp.audit.membership import membership_inference_summary
+from keras_tempered_dp.audit.one_run import one_run_audit
+from keras_tempered_dp.audit.threshold import held_out_threshold_audit
 from keras_tempered_dp.data import load_dataset
 from keras_tempered_dp.training import train
 from keras_tempered_dp.training.config import RunConfig
 from keras_tempered_dp.training.results import write_json
+from keras_tempered_dp.validation import check_choice, check_number
 
 CANARIES = ("gradient", "input")
 
@@ -71,28 +75,20 @@ class AuditConfig:
     mia_examples: int = 5000
 
     def __post_init__(self):
-        if self.canaries not in CANARIES:
-            raise ValueError(f"canaries={self.canaries!r}: must be one of "
-                             f"{', '.join(CANARIES)}.")
+        check_choice("canaries", self.canaries, CANARIES)
         # 50: each random half of the held-out bound then holds included
         # and excluded canaries but with probability about 2^-24.
-        for name, low in (("num_canaries", 50), ("mia_examples", 10)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(
-                    value, (int, np.integer)) or value < low:
-                raise ValueError(f"{name}={value!r}: must be an integer >= "
-                                 f"{low}.")
-        if isinstance(self.confidence, bool) or not isinstance(
-                self.confidence, (int, float)) or \
-                not 0 < self.confidence < 1:
-            raise ValueError(f"confidence={self.confidence!r}: must be in "
-                             "(0, 1), e.g. 0.95.")
-        if self.canary_seed is not None and (
-                isinstance(self.canary_seed, bool)
-                or not isinstance(self.canary_seed, (int, np.integer))
-                or self.canary_seed < 0):
-            raise ValueError(f"canary_seed={self.canary_seed!r}: must be "
-                             "None (the OS's entropy) or an integer >= 0.")
+        check_number("num_canaries", self.num_canaries, low=50, integer=True,
+                     hint="The canaries m; hundreds or more give useful "
+                     "bounds.")
+        check_number("mia_examples", self.mia_examples, low=10,
+                     integer=True, hint="Real training and test examples "
+                     "each for the membership-inference summary.")
+        check_confidence(self.confidence)
+        check_number("canary_seed", self.canary_seed, low=0, integer=True,
+                     allow_none=True,
+                     hint="None (the default) draws the coins from the "
+                     "OS's entropy.")
 
 
 def audit(config=None, *, audit_config=None, data=None, **settings):
@@ -119,43 +115,17 @@ def audit(config=None, *, audit_config=None, data=None, **settings):
     >>> report["one_run"]["epsilon"] > 2.5, report["accounted_epsilon"]
     (True, inf)
     """
-    names = {f.name for f in dataclasses.fields(AuditConfig)}
-    if audit_config is None:
-        audit_config = AuditConfig(**{k: settings.pop(k) for k in names
-                                      if k in settings})
-    settings = dict(settings)
-    settings.setdefault("output_dir", "runs/audit")
-    config = (RunConfig.from_flat(**settings) if config is None
-              else config.replace(**settings))
-    _refuse(config)
+    config, audit_config = _configs(config, audit_config, settings)
     rng = np.random.default_rng(audit_config.canary_seed)
     included = draw_inclusion(audit_config.num_canaries, seed=rng)
     (x, y), (x_test, y_test) = data or load_dataset(
         config.data.dataset, data_dir=config.data.data_dir,
         manual_dir=config.data.manual_dir, download=config.data.download)
-    if audit_config.canaries == "input":
-        (x, y), (x_canary, y_canary) = mislabelled_canaries(
-            x, y, audit_config.num_canaries, rng)
-        # An excluded canary's place goes to a held-back real example, so
-        # N (hence q and the steps) does not depend on the secret coins.
-        (x, y), (x_filler, y_filler) = _held_back(
-            x, y, audit_config.num_canaries, rng)
-        train_x = np.concatenate([x, x_canary[included],
-                                  x_filler[~included]])
-        train_y = np.concatenate([y, y_canary[included],
-                                  y_filler[~included]])
-        results = train(config, data=((train_x, train_y), (x_test, y_test)))
-        model = _load(config)
-        scores = loss_scores(model, x_canary, y_canary)
-        sampled = None
-    else:
-        rate = config.optimizer.batch_size / len(x)
-        canaries = GradientCanaries(included, sampling_rate=min(1.0, rate),
-                                    seed=int(rng.integers(2**62)))
-        results = train(config, data=((x, y), (x_test, y_test)),
-                        callbacks=[GradientCanaryCallback(canaries)])
-        model = _load(config)
-        scores, sampled = canaries.scores(), canaries.times_sampled()
+    train_with_canaries = (_train_with_input_canaries
+                           if audit_config.canaries == "input"
+                           else _train_with_gradient_canaries)
+    (x, y), results, model, scores, sampled = train_with_canaries(
+        config, (x, y), (x_test, y_test), included, rng)
     folder = config.output.output_dir
     # The scores first: whatever happens next, the run's result is kept.
     np.savez(os.path.join(folder, "canaries.npz"), scores=scores,
@@ -166,6 +136,52 @@ def audit(config=None, *, audit_config=None, data=None, **settings):
                                     audit_config.mia_examples, rng))
     write_json(os.path.join(folder, "audit.json"), report)
     return report
+
+
+def _configs(config, audit_config, settings):
+    """The run's RunConfig and AuditConfig, from ``settings`` where not
+    given, each refused before anything runs."""
+    names = {f.name for f in dataclasses.fields(AuditConfig)}
+    if audit_config is None:
+        audit_config = AuditConfig(**{k: settings.pop(k) for k in names
+                                      if k in settings})
+    settings = dict(settings)
+    settings.setdefault("output_dir", "runs/audit")
+    config = (RunConfig.from_flat(**settings) if config is None
+              else config.replace(**settings))
+    _refuse(config)
+    return config, audit_config
+
+
+def _train_with_input_canaries(config, data, test, included, rng):
+    """Trains on ``data`` with the included mislabelled canaries; returns
+    the real training examples, the results, the model, the canaries'
+    scores (minus their loss) and None (no sampling counts)."""
+    num_canaries = included.size
+    (x, y), (x_canary, y_canary) = mislabelled_canaries(*data, num_canaries,
+                                                        rng)
+    # An excluded canary's place goes to a held-back real example, so
+    # N (hence q and the steps) does not depend on the secret coins.
+    (x, y), (x_filler, y_filler) = _held_back(x, y, num_canaries, rng)
+    train_x = np.concatenate([x, x_canary[included], x_filler[~included]])
+    train_y = np.concatenate([y, y_canary[included], y_filler[~included]])
+    results = train(config, data=((train_x, train_y), test))
+    model = _load(config)
+    scores = loss_scores(model, x_canary, y_canary)
+    return (x, y), results, model, scores, None
+
+
+def _train_with_gradient_canaries(config, data, test, included, rng):
+    """Trains on ``data`` with the engine injecting the gradient canaries;
+    returns ``data``, the results, the model, the canaries' scores and how
+    often each was sampled."""
+    rate = config.optimizer.batch_size / len(data[0])
+    canaries = GradientCanaries(included, sampling_rate=min(1.0, rate),
+                                seed=int(rng.integers(2**62)))
+    results = train(config, data=(data, test),
+                    callbacks=[GradientCanaryCallback(canaries)])
+    return (data, results, _load(config), canaries.scores(),
+            canaries.times_sampled())
 
 
 def _refuse(config):
@@ -207,16 +223,16 @@ def _real_data_mia(model, x, y, x_test, y_test, count, rng):
                              loss_scores(model, x_test[others],
                                          y_test[others])])
     truth = np.concatenate([np.ones(count, bool), np.zeros(count, bool)])
-    return dict(bounds.membership_inference_summary(scores, truth),
+    return dict(membership_inference_summary(scores, truth),
                 examples=int(count))
 
 
 def _report(audit_config, results, scores, included, rng, real_mia):
     delta = results["config"]["delta"]
     confidence = audit_config.confidence
-    one_run = bounds.one_run_audit(scores, included, delta=delta,
-                                   confidence=confidence)
-    held_out = bounds.held_out_threshold_audit(
+    one_run = one_run_audit(scores, included, delta=delta,
+                            confidence=confidence)
+    held_out = held_out_threshold_audit(
         scores, included, delta=delta, confidence=confidence,
         seed=int(rng.integers(2**62)))
     accounted = results["epsilon"]
@@ -230,7 +246,7 @@ def _report(audit_config, results, scores, included, rng, real_mia):
         "accountant": results["accountant"],
         "one_run": dataclasses.asdict(one_run),
         "held_out_threshold": dataclasses.asdict(held_out),
-        "canary_mia": bounds.membership_inference_summary(scores, included),
+        "canary_mia": membership_inference_summary(scores, included),
         "training_data_mia": real_mia,
         "test_accuracy": results["test_accuracy"],
         "training": results["config"],

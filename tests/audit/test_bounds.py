@@ -1,4 +1,4 @@
-"""Tests of keras_tempered_dp.audit.bounds: formulas, soundness, validation."""
+"""Tests of the audit's bounds: formulas, soundness, validation."""
 
 import math
 

@@ -22,7 +22,11 @@ from keras_tempered_dp.privacy.fit_data import current_fit_data, fit_frame
 from keras_tempered_dp.privacy.ledger import Unattributed
 from keras_tempered_dp.privacy.recording import FitContext, privacy_ledger
 from keras_tempered_dp.privacy.schedules import NoiseSchedule, schedule_segments
-from keras_tempered_dp.privacy.state import get_dp_state, ledger_slot
+from keras_tempered_dp.privacy.state import (
+    engine_of,
+    get_dp_state,
+    ledger_slot,
+)
 from keras_tempered_dp.privacy.step_checks import (
     check_epoch_steps,
     check_examples,
@@ -550,20 +554,18 @@ class NoiseScheduler(keras.callbacks.Callback):
         self.schedule = schedule
 
     def on_train_begin(self, logs=None):
-        state = get_dp_state(self.model)
-        if state is None or state.engine is None:
-            raise ValueError(
-                "NoiseScheduler needs the package's clipping engine "
-                "(compile_dp(..., optimizer='fast') or make_private); TF "
-                "Privacy's optimizers fix their noise when built.")
-        if state.engine.num_microbatches is not None:
+        engine = engine_of(
+            self.model, "NoiseScheduler needs the package's clipping engine "
+            "(compile_dp(..., optimizer='fast') or make_private); TF "
+            "Privacy's optimizers fix their noise when built.")
+        if engine.num_microbatches is not None:
             raise ValueError(
                 "NoiseScheduler needs per-example clipping: with "
-                f"num_microbatches={state.engine.num_microbatches} one "
+                f"num_microbatches={engine.num_microbatches} one "
                 "example can move a microbatch's mean by 2C, which the "
                 "schedule's accounting does not halve sigma for. Use "
                 "num_microbatches=None.")
-        state.noise_schedule = self.schedule
+        get_dp_state(self.model).noise_schedule = self.schedule
 
     def on_epoch_begin(self, epoch, logs=None):
         get_dp_state(self.model).engine.noise_multiplier = self.schedule(epoch)

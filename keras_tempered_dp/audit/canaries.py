@@ -18,7 +18,7 @@ the trained model: higher means "more likely trained on".
 import keras
 import numpy as np
 
-from keras_tempered_dp.privacy.state import get_dp_state
+from keras_tempered_dp.privacy.state import engine_of
 from keras_tempered_dp.validation import check_number
 
 
@@ -90,11 +90,8 @@ class GradientCanaryCallback(keras.callbacks.Callback):
         self.canaries = canaries
 
     def on_train_begin(self, logs=None):
-        state = get_dp_state(self.model)
-        if state is None or state.engine is None:
-            raise ValueError(
-                "Gradient canaries are injected by the package's clipping "
-                "engine; this model has none (compile it with compile_dp or "
-                "make_private). Use input-space canaries to audit any "
-                "model.")
-        state.engine.canaries = self.canaries
+        engine_of(self.model,
+                  "Gradient canaries are injected by the package's clipping "
+                  "engine; this model has none (compile it with compile_dp "
+                  "or make_private). Use input-space canaries to audit any "
+                  "model.").canaries = self.canaries

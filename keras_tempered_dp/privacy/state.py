@@ -81,6 +81,15 @@ def get_dp_state(model):
     return getattr(model, _ATTRIBUTE, None) if model is not None else None
 
 
+def engine_of(model, refusal):
+    """The model's clipping engine; ``ValueError(refusal)`` when it has
+    none (not compiled for DP-SGD, or with a TF Privacy optimizer)."""
+    state = get_dp_state(model)
+    if state is None or state.engine is None:
+        raise ValueError(refusal)
+    return state.engine
+
+
 @dataclasses.dataclass
 class LedgerSlot:
     """The model's ledger and the data of the ``fit`` now running.

@@ -64,27 +64,12 @@ def _rss_kib(field):
     return -1
 
 
-def measure(model_name, batch_size, method, steps):
-    """Runs in the child process; returns a dict of measurements."""
+def _compiled(build, shape, method):
+    """The model compiled for ``method`` (see the module docstring)."""
     import keras
-    import numpy as np
-    import tensorflow as tf
 
-    from keras_tempered_dp import models, stack
     from keras_tempered_dp.privacy import compile_dp
 
-    if method in ("dp_keras", "vectorized", "dp_sequential") \
-            and not stack.tf_privacy_available():
-        return {"error": "skipped: TF Privacy runs on the legacy stack only"}
-
-    keras.utils.set_random_seed(0)
-    build = models.MODELS[model_name]
-    shape = (28, 28, 1) if model_name == "mnist_cnn" else (32, 32, 3)
-    gpu = bool(tf.config.list_physical_devices("GPU"))
-    x = tf.constant(np.random.default_rng(0).uniform(
-        size=(batch_size,) + shape).astype("float32"))
-    y = tf.constant(np.arange(batch_size) % 10)
-    dp = dict(l2_norm_clip=1.0, noise_multiplier=1.1, learning_rate=0.1)
     if method == "dp_sequential":
         from tensorflow_privacy import DPSequential
         from tensorflow_privacy.privacy.fast_gradient_clipping import (
@@ -98,16 +83,40 @@ def measure(model_name, batch_size, method, steps):
         model.compile(optimizer=keras.optimizers.SGD(0.1),
                       loss=keras.losses.SparseCategoricalCrossentropy(
                           from_logits=True, reduction="none"))
-    else:
-        model = build("tanh")
-        if method == "ordinary":
-            model.compile(optimizer=keras.optimizers.SGD(0.1),
-                          loss=keras.losses.SparseCategoricalCrossentropy(
-                              from_logits=True))
-        else:
-            optimizer = {"engine": "fast", "dp_keras": "dp_keras_sgd",
-                         "vectorized": "vectorized_dp_keras_sgd"}[method]
-            compile_dp(model, optimizer=optimizer, metrics=(), **dp)
+        return model
+    model = build("tanh")
+    if method == "ordinary":
+        model.compile(optimizer=keras.optimizers.SGD(0.1),
+                      loss=keras.losses.SparseCategoricalCrossentropy(
+                          from_logits=True))
+        return model
+    optimizer = {"engine": "fast", "dp_keras": "dp_keras_sgd",
+                 "vectorized": "vectorized_dp_keras_sgd"}[method]
+    compile_dp(model, optimizer=optimizer, metrics=(), l2_norm_clip=1.0,
+               noise_multiplier=1.1, learning_rate=0.1)
+    return model
+
+
+def measure(model_name, batch_size, method, steps):
+    """Runs in the child process; returns a dict of measurements."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_tempered_dp import models, stack
+
+    if method in ("dp_keras", "vectorized", "dp_sequential") \
+            and not stack.tf_privacy_available():
+        return {"error": "skipped: TF Privacy runs on the legacy stack only"}
+
+    keras.utils.set_random_seed(0)
+    build = models.MODELS[model_name]
+    shape = (28, 28, 1) if model_name == "mnist_cnn" else (32, 32, 3)
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    x = tf.constant(np.random.default_rng(0).uniform(
+        size=(batch_size,) + shape).astype("float32"))
+    y = tf.constant(np.arange(batch_size) % 10)
+    model = _compiled(build, shape, method)
     baseline = _rss_kib("VmRSS")
     if gpu:
         tf.config.experimental.reset_memory_stats("GPU:0")

@@ -162,7 +162,12 @@ def main():
             "--child", model, devices, strategy, method, args.warmup,
             args.steps])
 
-    results = interleaved(args.repeats, keys, run)
+    print_table(interleaved(args.repeats, keys, run), pythons)
+
+
+def print_table(results, pythons):
+    """The table: examples/s, spread, step time, DP over ordinary and the
+    speed-up over one device, each a median over the row's processes."""
     print(f"# command: {command_line()}")
     print(f"# machine: {machine()}")
     for stack, python in pythons.items():
@@ -190,7 +195,6 @@ def main():
               f"{devices} | {method} | {rate:.0f} | "
               f"{spread(runs, 'examples_per_s')} | "
               f"{median(runs, 'step_ms'):.1f} | {ratio} | {versus} |")
-
 
 if __name__ == "__main__":
     main()

@@ -150,7 +150,7 @@ def _compile_dp(model, config, plan, x, y):
                l2_norm_clip=config.privacy.l2_norm_clip,
                noise_multiplier=plan.noise_multiplier,
                expected_batch_size=batch_size if poisson else None,
-               **config.engine.engine_options(batch_size))
+               engine_options=config.engine_options)
     batches = (poisson_batches if poisson else shuffled_batches)(
         x, y, batch_size)
     epsilon = EpsilonCallback(plan.num_examples, batch_size,

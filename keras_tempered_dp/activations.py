@@ -20,13 +20,12 @@ where ``keras.ops`` does not exist, the few TensorFlow functions of the
 same names and meaning.
 """
 
-import math
-import numbers
 import types
 
 import keras
 
 from keras_tempered_dp import stack
+from keras_tempered_dp.validation import check_number
 
 # Written into every saved model (as "keras_tempered_dp>name"): never rename.
 PACKAGE = "keras_tempered_dp"
@@ -61,22 +60,11 @@ __all__ = [
 ]
 
 
-def _check_parameter(name, value, positive):
-    """Returns ``value`` as a float or raises a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(
-            f"{name}={value!r}: must be a real number (a Python or NumPy "
-            "scalar), not a tensor or another type."
-        )
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name}={value!r}: must be finite.")
-    if positive and value <= 0:
-        raise ValueError(
-            f"{name}={value!r}: must be > 0 (s is the output scale, T the "
-            "inverse temperature; the paper's default is s=2, T=2, o=1)."
-        )
-    return value
+# Ends every refusal of s, T or o: what they mean and their usual values.
+_PARAMETER_HINT = (
+    "s is the output scale, T the inverse temperature (both > 0), o the "
+    "offset; each a Python or NumPy scalar, not a tensor. The paper's "
+    "default is s=2, T=2, o=1.")
 
 
 def check_tempered_sigmoid_parameters(s, T, o):
@@ -87,9 +75,9 @@ def check_tempered_sigmoid_parameters(s, T, o):
             the message names the argument.
     """
     return (
-        _check_parameter("s", s, positive=True),
-        _check_parameter("T", T, positive=True),
-        _check_parameter("o", o, positive=False),
+        check_number("s", s, low=0, low_open=True, hint=_PARAMETER_HINT),
+        check_number("T", T, low=0, low_open=True, hint=_PARAMETER_HINT),
+        check_number("o", o, hint=_PARAMETER_HINT),
     )
 
 
@@ -231,6 +219,15 @@ def register_activation(name, fn, force=False):
     >>> get_activation("ts_soft") is fn
     True
     """
+    _check_registration(name, fn, force)
+    fn = _as_named_function(name, fn)
+    _REGISTRY[name] = fn
+    _register_with_keras(name, fn)
+    return fn
+
+
+def _check_registration(name, fn, force):
+    """Raises the ValueError :func:`register_activation` documents."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"name={name!r}: must be a non-empty string.")
     if not callable(fn):
@@ -247,19 +244,24 @@ def register_activation(name, fn, force=False):
             "(and change what saved models mean). Choose another name, or "
             "pass force=True if replacing it is what you want."
         )
-    if not (hasattr(fn, "__code__") and getattr(fn, "__name__", None) == name):
-        inner = fn
 
-        def fn(x):
-            return inner(x)
 
-        fn.__doc__ = getattr(inner, "__doc__", None)
-        if hasattr(inner, "tempered_sigmoid_parameters"):
-            fn.tempered_sigmoid_parameters = inner.tempered_sigmoid_parameters
-        fn.__name__ = name
-        fn.__qualname__ = name
-    _REGISTRY[name] = fn
-    _register_with_keras(name, fn)
+def _as_named_function(name, fn):
+    """``fn`` if it is a plain function called ``name``; else a plain
+    function of that name calling it, so that Keras serializes it by
+    ``name``."""
+    if hasattr(fn, "__code__") and getattr(fn, "__name__", None) == name:
+        return fn
+    inner = fn
+
+    def fn(x):
+        return inner(x)
+
+    fn.__doc__ = getattr(inner, "__doc__", None)
+    if hasattr(inner, "tempered_sigmoid_parameters"):
+        fn.tempered_sigmoid_parameters = inner.tempered_sigmoid_parameters
+    fn.__name__ = name
+    fn.__qualname__ = name
     return fn
 
 

@@ -12,6 +12,8 @@ from typing import Protocol
 import keras
 import tensorflow as tf
 
+from keras_tempered_dp.validation import check_choice, check_number
+
 
 class Augment(Protocol):
     """What ``augment=`` accepts: a function of a batch of images and a
@@ -48,12 +50,12 @@ class RandomCropFlip:
     """
 
     def __init__(self, padding=4, flip=True, mode="REFLECT"):
-        if isinstance(padding, bool) or not isinstance(padding, int) \
-                or padding < 0:
-            raise ValueError(f"padding={padding!r}: must be an integer >= 0.")
-        if mode not in ("REFLECT", "CONSTANT", "SYMMETRIC"):
-            raise ValueError(f"mode={mode!r}: must be 'REFLECT', 'CONSTANT' "
-                             "or 'SYMMETRIC'.")
+        padding = check_number(
+            "padding", padding, low=0, integer=True,
+            hint="It is the number of pixels added to each side before "
+                 "the crop.")
+        check_choice("mode", mode, ("REFLECT", "CONSTANT", "SYMMETRIC"),
+                     hint="It is how the padding is filled (tf.pad's mode).")
         self.padding, self.flip, self.mode = padding, bool(flip), mode
 
     def __call__(self, images, generator):

@@ -19,6 +19,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_tempered_dp.validation import check_number
+
 
 class ParameterAveraging(keras.callbacks.Callback):
     """Keeps an EMA of the model's trainable weights during ``fit``.
@@ -49,10 +51,9 @@ class ParameterAveraging(keras.callbacks.Callback):
         super().__init__()
         # Keras may then pass logs as tensors: no per-step sync for numpy.
         self._supports_tf_logs = True
-        if isinstance(decay, bool) or not 0 <= float(decay) < 1:
-            raise ValueError(f"decay={decay!r}: must be in [0, 1) "
-                             "(0.9999 in De et al.).")
-        self.decay = float(decay)
+        self.decay = check_number("decay", decay, low=0, high=1,
+                                  high_open=True,
+                                  hint="De et al. use 0.9999.")
         self.warmup = bool(warmup)
         self.evaluate_with_average = bool(evaluate_with_average)
         self.apply_at_end = bool(apply_at_end)

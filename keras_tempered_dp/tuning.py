@@ -173,14 +173,10 @@ class SearchSettings:
         # delta=0 is refused, not replaced by the default.
         check_number("delta", self.delta, low=0, low_open=True,
                       allow_none=True)
-        fraction = check_number("validation_fraction",
-                                 self.validation_fraction, low=0,
-                                 low_open=True)
-        if fraction >= 1:
-            raise ValueError(
-                f"validation_fraction={self.validation_fraction!r}: must be "
-                "< 1 (the share of the training set held out to score "
-                "trials).")
+        check_number("validation_fraction", self.validation_fraction,
+                     low=0, high=1, low_open=True, high_open=True,
+                     hint="It is the share of the training set held out "
+                          "to score trials.")
         check_choice("accountant", self.accountant, ACCOUNTANTS)
         if self.model is not None:
             check_choice("model", self.model, tuple(MODELS))
@@ -232,8 +228,6 @@ def search(*, dataset="digits", target_epsilon=3.0, max_trials=10, epochs=5,
             (:class:`SearchSettings`); all but ``delta >= 1/N`` before
             the data is loaded.
     """
-    import numpy as np
-
     settings = SearchSettings(
         target_epsilon=target_epsilon, max_trials=max_trials, epochs=epochs,
         batch_size=batch_size, delta=delta,
@@ -241,24 +235,46 @@ def search(*, dataset="digits", target_epsilon=3.0, max_trials=10, epochs=5,
         model=model)
     require_tensorboard()
     from keras_tempered_dp.data import load_dataset
-    from keras_tempered_dp.models import DEFAULT_MODEL, MODELS
+    from keras_tempered_dp.models import DEFAULT_MODEL
     from keras_tempered_dp.privacy.accounting import (
         calibrate_noise_multiplier,
     )
 
     (x, y), _ = load_dataset(dataset, data_dir=data_dir,
                              manual_dir=manual_dir, download=download)
-    order = np.random.default_rng(seed).permutation(len(x))
-    n_val = int(len(x) * validation_fraction)
-    val, tr = order[:n_val], order[n_val:]
-    n = len(tr) - len(tr) % batch_size
-    tr = tr[:n]
-    delta = settings.resolved_delta(n)
-    noise = calibrate_noise_multiplier(target_epsilon, n, batch_size,
+    tr, val = _split_for_trials(len(x), batch_size, validation_fraction,
+                                seed)
+    delta = settings.resolved_delta(len(tr))
+    noise = calibrate_noise_multiplier(target_epsilon, len(tr), batch_size,
                                        epochs=epochs, delta=delta,
                                        accountant=accountant)
-    model_fn = MODELS[model or DEFAULT_MODEL[dataset]]
-    num_classes = int(y.max()) + 1
+    x, hypermodel = _trial_hypermodel(
+        MODELS[model or DEFAULT_MODEL[dataset]], x, int(y.max()) + 1, noise)
+    tuner = keras_tuner.RandomSearch(
+        hypermodel, objective="val_accuracy", max_trials=max_trials,
+        seed=seed, directory=output_dir, project_name=dataset,
+        overwrite=True)
+    tuner.search(x[tr], y[tr], validation_data=(x[val], y[val]),
+                 batch_size=batch_size, epochs=epochs, verbose=verbose)
+    return tuner.get_best_hyperparameters()[0].values, noise
+
+
+def _split_for_trials(n_examples, batch_size, validation_fraction, seed):
+    """``(train, validation)`` indices: a seeded permutation's first
+    ``validation_fraction`` scores the trials; the rest, cut to whole
+    batches, trains them."""
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(n_examples)
+    n_val = int(n_examples * validation_fraction)
+    val, tr = order[:n_val], order[n_val:]
+    n = len(tr) - len(tr) % batch_size
+    return tr[:n], val
+
+
+def _trial_hypermodel(model_fn, x, num_classes, noise):
+    """``(x, hypermodel)``: for a model with a fixed front (ScatterNet),
+    ``x`` becomes its features and the trials train the head alone."""
     front, _ = split_fixed_front(model_fn(input_shape=x.shape[1:],
                                           num_classes=num_classes))
     if front is not None:  # the features once, as train() computes them
@@ -269,10 +285,4 @@ def search(*, dataset="digits", target_epsilon=3.0, max_trials=10, epochs=5,
         if front is None else front.input_shape[1:],
         num_classes=num_classes, momentum=0.9,
         precomputed_features=front is not None)
-    tuner = keras_tuner.RandomSearch(
-        hypermodel, objective="val_accuracy", max_trials=max_trials,
-        seed=seed, directory=output_dir, project_name=dataset,
-        overwrite=True)
-    tuner.search(x[tr], y[tr], validation_data=(x[val], y[val]),
-                 batch_size=batch_size, epochs=epochs, verbose=verbose)
-    return tuner.get_best_hyperparameters()[0].values, noise
+    return x, hypermodel

@@ -110,8 +110,10 @@ def no_trial_may_run(monkeypatch):
     (dict(delta=0.0), "delta=0.0: must be > 0"),
     (dict(delta=-1e-5), "delta=-1e-05: must be > 0"),
     (dict(target_epsilon=0.0), "target_epsilon=0.0: must be > 0"),
-    (dict(validation_fraction=0.0), "validation_fraction=0.0: must be > 0"),
-    (dict(validation_fraction=1.0), "validation_fraction=1.0: must be < 1"),
+    (dict(validation_fraction=0.0),
+     "validation_fraction=0.0: must be in (0, 1)"),
+    (dict(validation_fraction=1.0),
+     "validation_fraction=1.0: must be in (0, 1)"),
     (dict(accountant="moments"), "accountant='moments': must be one of"),
     (dict(model="resnet"), "model='resnet': must be one of"),
 ])

@@ -35,6 +35,7 @@ import tensorflow as tf
 from keras_tempered_dp import stack
 from keras_tempered_dp.activations import PACKAGE
 from keras_tempered_dp.layers.scattering_filters import filter_bank
+from keras_tempered_dp.validation import check_number
 
 
 def padded_size(size, J):
@@ -101,12 +102,11 @@ class Scattering2D(keras.layers.Layer):
         # would round them before the float32 transform.
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
-        for name, value in (("J", J), ("L", L)):
-            if isinstance(value, bool) or not isinstance(
-                    value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name}={value!r}: must be an integer "
-                                 ">= 1.")
-        self.J, self.L = int(J), int(L)
+        self.J = check_number("J", J, low=1, integer=True,
+                              hint="It is the number of scales; the "
+                                   "output is 2^J times coarser.")
+        self.L = check_number("L", L, low=1, integer=True,
+                              hint="It is the number of orientations.")
         self.trainable = False
         if stack.backend() != "tensorflow":
             raise RuntimeError(

@@ -25,6 +25,7 @@ import keras
 
 from keras_tempered_dp.layers import Scattering2D
 from keras_tempered_dp.models.activation import activation_layer
+from keras_tempered_dp.validation import check_number
 
 layers = keras.layers
 
@@ -40,12 +41,12 @@ def scattering_front(input_shape, J=2, L=8, groups=DEFAULT_GROUPS):
     scattering = Scattering2D(J=J, L=L, name="scattering")
     channels = scattering.compute_output_shape((None,) + tuple(
         input_shape))[-1]
-    if isinstance(groups, bool) or not isinstance(groups, int) or \
-            groups < 1 or channels % groups:
-        raise ValueError(
-            f"groups={groups!r}: must be a positive integer dividing the "
-            f"{channels} scattering channels (J={J}, L={L}, "
-            f"{input_shape[-1]} image channel(s)).")
+    divides = (f"the {channels} scattering channels (J={J}, L={L}, "
+               f"{input_shape[-1]} image channel(s))")
+    groups = check_number("groups", groups, low=1, integer=True,
+                          hint=f"It must divide {divides}.")
+    if channels % groups:
+        raise ValueError(f"groups={groups!r}: must divide {divides}.")
     return [scattering,
             layers.GroupNormalization(groups, epsilon=1e-5, center=False,
                                       scale=False, name="feature_norm")]

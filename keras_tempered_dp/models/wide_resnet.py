@@ -18,6 +18,7 @@ import keras
 
 from keras_tempered_dp.layers.ws_conv import WSConv2D
 from keras_tempered_dp.models.activation import activation_layer
+from keras_tempered_dp.validation import check_number
 
 layers = keras.layers
 
@@ -39,8 +40,9 @@ def wide_resnet(depth=16, width=4, activation="relu",
     if depth < 10 or (depth - 4) % 6:
         raise ValueError(f"depth={depth!r}: must be 6n + 4 with n >= 1 "
                          "(10, 16, 22, 28, 40, ...).")
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise ValueError(f"width={width!r}: must be a positive integer.")
+    width = check_number(
+        "width", width, low=1, integer=True,
+        hint="It multiplies every block's channels (WRN-16-4: width=4).")
     blocks = (depth - 4) // 6
     counter = {"act": 0, "gn": 0}
 

@@ -70,13 +70,10 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
             target_quantile, clip_learning_rate, count_stddev). Every other
             keyword, and ``metrics``, goes to ``model.compile``.
 
-    Returns:
-        The :class:`DPConfig`, also kept in the model's ``DPState``.
-
-    Raises:
-        ValueError: for batch-mixing layers, microbatches that do not
-            divide the batches, engine-only settings with a TF Privacy
-            optimizer, and invalid settings; saying what to change.
+    Returns the :class:`DPConfig` (also kept in the model's ``DPState``);
+    raises ValueError, saying what to change, for batch-mixing layers,
+    microbatches that do not divide the batches, engine-only settings with
+    a TF Privacy optimizer, and invalid settings.
 
     Example:
 

@@ -22,6 +22,7 @@ import tensorflow as tf
 # The package's one step-count rule lives with the accounting that counts
 # the steps; re-exported here for the samplers' users.
 from keras_tempered_dp.privacy.accounting import steps_per_epoch  # noqa: F401
+from keras_tempered_dp.validation import check_number
 
 # The attribute a sampler's dataset carries; read only by sampling_mark.
 _MARK = "_keras_tempered_dp_sampling"
@@ -148,7 +149,16 @@ def distributed_poisson_batches(strategy, x, y, batch_size, *, seed=None):
     if replicas > len(x):
         raise ValueError(f"{len(x)} examples for {replicas} replicas: every "
                          "replica needs a shard of at least one example.")
-    q = batch_size / len(x)
+    per_worker = _replica_shards(x, y, batch_size / len(x), replicas, seed)
+    return mark_sampling(
+        strategy.distribute_datasets_from_function(per_worker), "poisson",
+        len(x), batch_size)
+
+
+def _replica_shards(x, y, q, replicas, seed):
+    """The ``dataset_fn`` of ``distribute_datasets_from_function``: for an
+    input pipeline, the Poisson draws (rate ``q``) of its replicas' shards,
+    replica ``r`` drawing from ``x[r::replicas]``, one batch per element."""
 
     def shard(r):
         return _poisson_dataset(x[r::replicas], y[r::replicas], q,
@@ -170,9 +180,7 @@ def distributed_poisson_batches(strategy, x, y, batch_size, *, seed=None):
         return tf.data.Dataset.zip(shards).flat_map(
             one_per_replica).prefetch(2)
 
-    return mark_sampling(
-        strategy.distribute_datasets_from_function(per_worker), "poisson",
-        len(x), batch_size)
+    return per_worker
 
 
 def _examples(x, y):
@@ -183,10 +191,9 @@ def _examples(x, y):
 
 
 def _check_batch_size(batch_size, n):
-    if isinstance(batch_size, bool) or not isinstance(
-            batch_size, (int, np.integer)) or not 1 <= batch_size <= n:
-        raise ValueError(f"batch_size={batch_size!r}: must be an integer in "
-                         f"[1, {n}].")
+    check_number("batch_size", batch_size, low=1, high=n, integer=True,
+                 hint="It is the expected batch size, at most the "
+                      "number of examples; q = batch_size / len(x).")
 
 
 def _fresh_each_iteration(seed, *key):

@@ -39,14 +39,7 @@ from keras_tempered_dp.privacy.accounting import (
     compute_epsilon,
     smallest_noise,
 )
-
-
-def _positive(name, value):
-    value = float(value)
-    if not value > 0 or not math.isfinite(value):
-        raise ValueError(f"{name}={value!r}: must be a positive finite "
-                         "number.")
-    return value
+from keras_tempered_dp.validation import check_number
 
 
 class NoiseSchedule:
@@ -59,7 +52,9 @@ class NoiseSchedule:
     """
 
     def __init__(self, sigma0: float):
-        self.sigma0 = _positive("sigma0", sigma0)
+        self.sigma0 = check_number(
+            "sigma0", sigma0, low=0, low_open=True,
+            hint="It is the noise multiplier of epoch 0.")
 
     def __call__(self, epoch: int) -> float:
         raise NotImplementedError
@@ -97,13 +92,12 @@ class StepDecay(NoiseSchedule):
 
     def __init__(self, sigma0, factor=0.9, period=1):
         super().__init__(sigma0)
-        self.factor = float(factor)
-        if not 0 < self.factor <= 1:
-            raise ValueError(f"factor={factor!r}: must be in (0, 1].")
-        if isinstance(period, bool) or not isinstance(period, int) \
-                or period < 1:
-            raise ValueError(f"period={period!r}: must be an integer >= 1.")
-        self.period = period
+        self.factor = check_number(
+            "factor", factor, low=0, high=1, low_open=True,
+            hint="Every period epochs, sigma is multiplied by it.")
+        self.period = check_number(
+            "period", period, low=1, integer=True,
+            hint="It is the number of epochs between decays.")
 
     def __call__(self, epoch):
         return self.sigma0 * self.factor ** (epoch // self.period)
@@ -118,9 +112,8 @@ class ExponentialDecay(NoiseSchedule):
 
     def __init__(self, sigma0, rate=0.05):
         super().__init__(sigma0)
-        self.rate = float(rate)
-        if not self.rate >= 0 or not math.isfinite(self.rate):
-            raise ValueError(f"rate={rate!r}: must be a finite number >= 0.")
+        self.rate = check_number("rate", rate, low=0,
+                                 hint="0 keeps sigma constant.")
 
     def __call__(self, epoch):
         return self.sigma0 * math.exp(-self.rate * epoch)

@@ -89,45 +89,65 @@ def check_fit_data(data, *, num_examples, batch_size, sampling,
     Raises:
         ValueError: naming the argument to change.
     """
-    mark = data.mark
-    poisson_data = mark is not None and mark.sampling == "poisson"
+    poisson_data = data.mark is not None and data.mark.sampling == "poisson"
     if poisson_data:
-        if divides_by_drawn_size:
-            raise ValueError(
-                "fit's data is Poisson-sampled (batches of random size, "
-                f"expected {mark.batch_size}), but this model's step divides "
-                "the noised sum by the size of the batch it drew: that size "
-                "depends on which examples were drawn, so the update is no "
-                "longer the Gaussian mechanism the accountant analyses. "
-                "Compile with the package's engine and expected_batch_size="
-                f"{mark.batch_size} (compile_dp(..., expected_batch_size="
-                f"{mark.batch_size})); TF Privacy's optimizers cannot do "
-                "this, so on the legacy stack use optimizer='fast'.")
-        if expected_batch_size != mark.batch_size:
-            raise ValueError(
-                f"The engine divides by expected_batch_size="
-                f"{expected_batch_size} but fit's Poisson batches expect "
-                f"{mark.batch_size}; compile with expected_batch_size="
-                f"{mark.batch_size}.")
-    if expected_batch_size is not None and not poisson_data:
-        if data.kind in ("arrays", "marked"):
-            raise ValueError(
-                f"The engine is set for Poisson batches (expected_batch_size"
-                f"={expected_batch_size}) but fit's data is "
-                f"{'arrays' if data.kind == 'arrays' else 'shuffled batches'}"
-                ", cut into fixed-size batches: the accounting's Poisson "
-                "claim would be false. Pass poisson_batches(x, y, "
-                f"{expected_batch_size}) to fit, mark your own Poisson "
-                "sampler with mark_sampling(dataset, 'poisson', N, B), or "
-                "compile without expected_batch_size.")
-        if data.kind == "dataset":
-            raise ValueError(
-                f"The engine is set for Poisson batches (expected_batch_size"
-                f"={expected_batch_size}) but fit's dataset is not marked "
-                "as Poisson-sampled, so nothing vouches for the claim. Use "
-                "poisson_batches(...), or mark your own sampler with "
-                "keras_tempered_dp.privacy.sampling.mark_sampling(dataset, "
-                "'poisson', N, B).")
+        _check_poisson_step(data.mark, expected_batch_size,
+                            divides_by_drawn_size)
+    elif expected_batch_size is not None:
+        _check_poisson_claim(data, expected_batch_size)
+    _check_accounted_sampling(data, num_examples=num_examples,
+                              batch_size=batch_size, sampling=sampling)
+
+
+def _check_poisson_step(mark, expected_batch_size, divides_by_drawn_size):
+    """Poisson-sampled data: the step divides by the expected batch size
+    the sampler draws, never by the size it drew."""
+    if divides_by_drawn_size:
+        raise ValueError(
+            "fit's data is Poisson-sampled (batches of random size, "
+            f"expected {mark.batch_size}), but this model's step divides "
+            "the noised sum by the size of the batch it drew: that size "
+            "depends on which examples were drawn, so the update is no "
+            "longer the Gaussian mechanism the accountant analyses. "
+            "Compile with the package's engine and expected_batch_size="
+            f"{mark.batch_size} (compile_dp(..., expected_batch_size="
+            f"{mark.batch_size})); TF Privacy's optimizers cannot do "
+            "this, so on the legacy stack use optimizer='fast'.")
+    if expected_batch_size != mark.batch_size:
+        raise ValueError(
+            f"The engine divides by expected_batch_size="
+            f"{expected_batch_size} but fit's Poisson batches expect "
+            f"{mark.batch_size}; compile with expected_batch_size="
+            f"{mark.batch_size}.")
+
+
+def _check_poisson_claim(data, expected_batch_size):
+    """An engine set for Poisson batches, given data not marked Poisson:
+    nothing backs the accounting's Poisson claim."""
+    if data.kind in ("arrays", "marked"):
+        raise ValueError(
+            f"The engine is set for Poisson batches (expected_batch_size"
+            f"={expected_batch_size}) but fit's data is "
+            f"{'arrays' if data.kind == 'arrays' else 'shuffled batches'}"
+            ", cut into fixed-size batches: the accounting's Poisson "
+            "claim would be false. Pass poisson_batches(x, y, "
+            f"{expected_batch_size}) to fit, mark your own Poisson "
+            "sampler with mark_sampling(dataset, 'poisson', N, B), or "
+            "compile without expected_batch_size.")
+    if data.kind == "dataset":
+        raise ValueError(
+            f"The engine is set for Poisson batches (expected_batch_size"
+            f"={expected_batch_size}) but fit's dataset is not marked "
+            "as Poisson-sampled, so nothing vouches for the claim. Use "
+            "poisson_batches(...), or mark your own sampler with "
+            "keras_tempered_dp.privacy.sampling.mark_sampling(dataset, "
+            "'poisson', N, B).")
+
+
+def _check_accounted_sampling(data, *, num_examples, batch_size, sampling):
+    """The callback's N, B and sampling are those of fit's data: a larger
+    N or a smaller B than fit's understates epsilon."""
+    mark = data.mark
     if mark is not None:
         if mark.num_examples != num_examples or \
                 mark.batch_size != batch_size:

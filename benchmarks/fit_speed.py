@@ -49,6 +49,7 @@ It measures and prints; it asserts nothing.
 """
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -145,10 +146,8 @@ def _compile_dp(model, config, plan, x, y):
 
     batch_size = config.optimizer.batch_size
     poisson = config.data.sampling == "poisson"
-    compile_dp(model, learning_rate=config.optimizer.learning_rate,
-               momentum=config.optimizer.momentum,
-               l2_norm_clip=config.privacy.l2_norm_clip,
-               noise_multiplier=plan.noise_multiplier,
+    compile_dp(model, config=dataclasses.replace(
+                   config.dp, noise_multiplier=plan.noise_multiplier),
                expected_batch_size=batch_size if poisson else None,
                engine_options=config.engine_options)
     batches = (poisson_batches if poisson else shuffled_batches)(
@@ -169,8 +168,8 @@ def _compile_ordinary(model, config, x, y):
     batch_size = config.optimizer.batch_size
     model.compile(
         optimizer=keras.optimizers.SGD(
-            learning_rate=config.optimizer.learning_rate,
-            momentum=config.optimizer.momentum),
+            learning_rate=config.dp.learning_rate,
+            momentum=config.dp.momentum),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"])
     return (shuffled_batches(x, y, batch_size),

@@ -41,11 +41,11 @@ def _tf_privacy_optimizer(name):
     return getattr(module, _TFP_OPTIMIZERS[name])
 
 
-def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
-               momentum=0.0, num_microbatches=None, optimizer=None,
-               loss=None, metrics=("accuracy",), batch_size=None,
-               num_examples=None, expected_batch_size=None, noise_seed=None,
-               engine_options=None, **kwargs):
+def compile_dp(model, *, l2_norm_clip=None, noise_multiplier=None,
+               learning_rate=None, momentum=None, num_microbatches=None,
+               optimizer=None, loss=None, metrics=("accuracy",),
+               batch_size=None, num_examples=None, expected_batch_size=None,
+               noise_seed=None, config=None, engine_options=None, **kwargs):
     """Compiles ``model`` for DP-SGD training with ``model.fit``.
 
     Each example's gradient (all layers together) is clipped to
@@ -56,7 +56,8 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
     Args:
         l2_norm_clip, noise_multiplier, learning_rate, momentum,
         num_microbatches, noise_seed, optimizer: see :class:`DPConfig`
-            (optimizer "fast", the default, is this package's engine).
+            ("fast", the default, is this package's engine); the first two
+            required, or all in one DPConfig as ``config=`` (not both).
         loss: None (sparse categorical cross-entropy on logits) or an
             ordinary Keras loss: the DP step makes it per-example itself.
         batch_size, num_examples: when given, the microbatch split of every
@@ -83,11 +84,10 @@ def compile_dp(model, *, l2_norm_clip, noise_multiplier, learning_rate=0.15,
     'fast'
     """
     flat = {k: kwargs.pop(k) for k in ENGINE_OPTIONS if k in kwargs}
-    config = DPConfig(
+    config = _dp_config("compile_dp", config, dict(
         l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier,
-        learning_rate=learning_rate, momentum=momentum,
-        num_microbatches=num_microbatches, noise_seed=noise_seed,
-        **({} if optimizer is None else {"optimizer": optimizer}))
+        learning_rate=learning_rate, momentum=momentum, optimizer=optimizer,
+        num_microbatches=num_microbatches, noise_seed=noise_seed))
     check_dp_trainable(model)
     check_microbatches(config.num_microbatches, batch_size, num_examples)
     compile_args = dict(metrics=list(metrics or []), **kwargs)
@@ -126,9 +126,10 @@ def _compile_with_tf_privacy(model, config, loss, compile_args):
     attach(model, config)
 
 
-def make_private(model, *, l2_norm_clip, noise_multiplier,
+def make_private(model, *, l2_norm_clip=None, noise_multiplier=None,
                  num_microbatches=None, expected_batch_size=None,
-                 noise_seed=None, engine_options=None, **options):
+                 noise_seed=None, config=None, engine_options=None,
+                 **options):
     """Makes an already compiled model train with DP-SGD, keeping its optimizer.
 
     Use it for optimizers other than SGD (DP holds for any optimizer: it
@@ -138,7 +139,9 @@ def make_private(model, *, l2_norm_clip, noise_multiplier,
     (``engine_options=``) or by their flat names (``**options``: clipping,
     gamma, augmentation_multiplicity, augment, physical_batch_size,
     target_quantile, clip_learning_rate, count_stddev), as in
-    :func:`compile_dp`.
+    :func:`compile_dp`; the DP-SGD settings by keyword (l2_norm_clip and
+    noise_multiplier required) or as one :class:`DPConfig` (``config=``,
+    with ``learning_rate=None``: the compiled optimizer keeps its own).
 
     Raises:
         TypeError: for a keyword that is not an engine option, listing them.
@@ -158,10 +161,17 @@ def make_private(model, *, l2_norm_clip, noise_multiplier,
     >>> make_private(model, l2_norm_clip=1.0, noise_multiplier=1.1).optimizer
     'fast'
     """
-    config = DPConfig(l2_norm_clip=l2_norm_clip,
-                      noise_multiplier=noise_multiplier, learning_rate=None,
-                      num_microbatches=num_microbatches, optimizer="fast",
-                      noise_seed=noise_seed)
+    config = _dp_config("make_private", config, dict(
+        l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier,
+        num_microbatches=num_microbatches, noise_seed=noise_seed),
+        learning_rate=None)
+    if config.learning_rate is not None or config.optimizer != "fast":
+        raise ValueError(
+            f"make_private(config=DPConfig(learning_rate="
+            f"{config.learning_rate!r}, optimizer={config.optimizer!r})): "
+            "make_private keeps the model's compiled optimizer and adds "
+            "this package's engine; pass a DPConfig with "
+            "learning_rate=None and optimizer='fast', or use compile_dp.")
     check_dp_trainable(model)
     if not installation.is_compiled(model):
         raise ValueError("make_private needs a compiled model: call "
@@ -176,6 +186,26 @@ def make_private(model, *, l2_norm_clip, noise_multiplier,
     _install_engine(model, config, expected_batch_size,
                     _engine_options(engine_options, options))
     return config
+
+
+def _dp_config(caller, config, given, **fixed):
+    """The DPConfig: ``config`` as it is, or one made from the keywords
+    given (None: DPConfig's default), validated once, by DPConfig."""
+    given = {k: v for k, v in given.items() if v is not None}
+    if config is not None:
+        if given:
+            raise ValueError(
+                f"{caller}: DP settings given twice: config= and "
+                f"{', '.join(sorted(given))}=. Put them all in the "
+                "DPConfig, or pass them all by name.")
+        return check_type("config", config, DPConfig, "a DPConfig")
+    missing = [k for k in ("l2_norm_clip", "noise_multiplier")
+               if k not in given]
+    if missing:
+        raise TypeError(
+            f"{caller}() needs {' and '.join(missing)}= (or config=, a "
+            "DPConfig).")
+    return DPConfig(**given, **fixed)
 
 
 def _check_learning_rate(optimizer):

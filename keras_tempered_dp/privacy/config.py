@@ -40,8 +40,8 @@ class DPConfig:
         optimizer: which implementation runs the step: "fast" (this
             package's clipping engine), "dp_keras_sgd" or
             "vectorized_dp_keras_sgd" (TF Privacy).
-        noise_seed: seeds the engine's noise generator; None (default) seeds
-            it from the operating system. TF Privacy's optimizers ignore it.
+        noise_seed: seeds the engine's noise generator, an integer >= 0;
+            None (default) seeds it from the operating system. TF Privacy's optimizers ignore it.
 
     Raises:
         ValueError: naming the field and the bad value.
@@ -74,7 +74,8 @@ class DPConfig:
             "num_microbatches": dict(
                 low=1, integer=True, allow_none=True,
                 hint="None clips per example."),
-            "noise_seed": dict(integer=True, allow_none=True),
+            # >= 0: a run's seed also seeds its Poisson sampling (numpy).
+            "noise_seed": dict(low=0, integer=True, allow_none=True),
         }.items():
             object.__setattr__(self, name,
                                check_number(name, getattr(self, name),

@@ -24,6 +24,11 @@ import tensorflow as tf
 from keras_tempered_dp.privacy.accounting import steps_per_epoch  # noqa: F401
 from keras_tempered_dp.validation import check_number
 
+__all__ = [
+    "SamplingMark", "distributed_poisson_batches", "mark_sampling",
+    "poisson_batches", "sampling_mark", "shuffled_batches", "steps_per_epoch",
+]
+
 # The attribute a sampler's dataset carries; read only by sampling_mark.
 _MARK = "_keras_tempered_dp_sampling"
 

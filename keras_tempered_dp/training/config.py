@@ -37,6 +37,7 @@ from keras_tempered_dp.augmentation import RandomCropFlip
 from keras_tempered_dp.data import DATASETS
 from keras_tempered_dp.privacy.config import (
     CLIPPING_MODES,
+    DPConfig,
     EngineOptions,
     QuantileClipping,
 )
@@ -147,20 +148,14 @@ class OptimizerConfig(_Section):
     learning_rate: float = _field(0.05, "SGD learning rate.")
     momentum: float = _field(0.9, "SGD momentum in [0, 1).")
 
-    def _checks(self):
-        def momentum(name, value):
-            value = check_number(name, value, low=0)
-            if value >= 1:
-                raise ValueError(f"{name}={value!r}: must be in [0, 1).")
-            return value
+    # learning_rate and momentum are validated once, by the run's DPConfig
+    # (RunConfig.dp), where they are used.
 
+    def _checks(self):
         return {"epochs": lambda n, v: check_number(n, v, low=1,
                                                      integer=True),
                 "batch_size": lambda n, v: check_number(n, v, low=1,
-                                                         integer=True),
-                "learning_rate": lambda n, v: check_number(
-                    n, v, low=0, low_open=True),
-                "momentum": momentum}
+                                                         integer=True)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,17 +188,17 @@ class PrivacyConfig(_Section):
 
     DEFAULT_NOISE_MULTIPLIER = 1.0
 
+    # l2_norm_clip, noise_multiplier's range and noise_seed are validated
+    # once, by the run's DPConfig (RunConfig.dp).
+
     def _checks(self):
         positive = dict(low=0, low_open=True)
         return {
-            "l2_norm_clip": lambda n, v: check_number(n, v, **positive),
             "noise_multiplier": self._noise,
             "target_epsilon": lambda n, v: check_number(
                 n, v, allow_none=True, **positive),
             "delta": lambda n, v: check_number(
                 n, v, allow_none=True, high=1, high_open=True, **positive),
-            "noise_seed": lambda n, v: check_number(
-                n, v, allow_none=True, low=0, integer=True),
             "noise_schedule": self._schedule,
             "noise_decay": lambda n, v: check_number(
                 n, v, allow_none=True, low=0),
@@ -218,7 +213,7 @@ class PrivacyConfig(_Section):
                 f"noise_multiplier={value!r} and target_epsilon="
                 f"{self.target_epsilon!r}: give one or the other, not both "
                 "(target_epsilon calibrates the noise multiplier).")
-        return check_number(name, value, allow_none=True, low=0)
+        return value
 
     def _schedule(self, name, value):
         check_choice(name, value, tuple(SCHEDULES))
@@ -358,8 +353,15 @@ class RunConfig:
     #: and recipe sections: what compile_dp takes as ``engine_options=``.
     engine_options: EngineOptions = dataclasses.field(
         init=False, repr=False, compare=False)
+    #: DP-SGD's settings, made (and so validated) once from the optimizer
+    #: and privacy sections: what compile_dp takes as ``config=``. Its
+    #: noise_multiplier is the one given (or the default); with
+    #: target_epsilon it is 0.0 until the run's plan calibrates it, and the
+    #: run always passes the plan's (``dataclasses.replace``).
+    dp: DPConfig = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
+        object.__setattr__(self, "dp", self._dp())
         object.__setattr__(self, "engine_options", self._engine_options())
         self._check_distribution()
         self._check_precompute()
@@ -370,6 +372,15 @@ class RunConfig:
                 f"{self.privacy.noise_schedule!r}: the count's share of the "
                 "noise is fixed for a constant noise multiplier; use one or "
                 "the other.")
+
+    def _dp(self):
+        privacy, optimizer = self.privacy, self.optimizer
+        noise = privacy.resolved_noise_multiplier()
+        return DPConfig(
+            l2_norm_clip=privacy.l2_norm_clip,
+            noise_multiplier=0.0 if noise is None else noise,
+            learning_rate=optimizer.learning_rate,
+            momentum=optimizer.momentum, noise_seed=privacy.noise_seed)
 
     def _engine_options(self):
         engine, recipe = self.engine, self.recipe

@@ -262,14 +262,14 @@ def _record(config, plan, model_name):
         o=config.model.o if tempered else None,
         num_examples=plan.num_examples, batch_size=plan.batch_size,
         sampling=plan.sampling, steps_per_epoch=plan.steps_per_epoch,
-        l2_norm_clip=config.privacy.l2_norm_clip,
+        l2_norm_clip=config.dp.l2_norm_clip,
         clipping=config.engine.clipping,
         noise_multiplier=plan.noise_multiplier,
         noise_schedule=repr(plan.schedule) if plan.schedule else "constant",
         delta=plan.delta, accountant=plan.accountant,
         ema_decay=config.recipe.ema_decay,
-        learning_rate=config.optimizer.learning_rate,
-        momentum=config.optimizer.momentum,
+        learning_rate=config.dp.learning_rate,
+        momentum=config.dp.momentum,
         # With True the checkpoint holds the head only. None for models
         # without a fixed front, as in checkpoints older than the key.
         precompute_features=(config.model.precompute_features
@@ -278,7 +278,7 @@ def _record(config, plan, model_name):
 
 def _noise_seed(config, part):
     """The seed of this part's noise and batches (None: the OS's)."""
-    noise_seed = config.privacy.noise_seed
+    noise_seed = config.dp.noise_seed
     if noise_seed is not None and part.epochs_done:
         # A resumed run must not replay the first epochs' noise (equal
         # noise on two steps cancels in their difference) or batches.
@@ -286,15 +286,16 @@ def _noise_seed(config, part):
     return noise_seed
 
 
-def _engine_settings(config, part):
-    """What compile_dp and make_private take: the clip, this part's noise
-    and seed, and the config's EngineOptions as they are."""
+def _engine_settings(config, part, **dp):
+    """What compile_dp and make_private take: the config's DPConfig with
+    this part's noise and seed (and ``dp``'s changes), and its
+    EngineOptions, both as they are."""
     expected = (config.optimizer.batch_size
                 if config.data.sampling == "poisson" else None)
     return dict(
-        l2_norm_clip=config.privacy.l2_norm_clip,
-        noise_multiplier=part.plan.noise_multiplier,
-        noise_seed=_noise_seed(config, part),
+        config=dataclasses.replace(
+            config.dp, noise_multiplier=part.plan.noise_multiplier,
+            noise_seed=_noise_seed(config, part), **dp),
         expected_batch_size=expected,
         engine_options=config.engine_options)
 
@@ -310,9 +311,7 @@ def _build_or_resume(config, part, input_shape, num_classes):
         if part.record["precompute_features"]:
             front, network = split_fixed_front(network)
     if part.checkpoint is None:
-        compile_dp(network, learning_rate=config.optimizer.learning_rate,
-                   momentum=config.optimizer.momentum,
-                   **_engine_settings(config, part))
+        compile_dp(network, **_engine_settings(config, part))
         return _Built(front, network, averaging)
     return _Built(front, _resumed(config, part, averaging), averaging)
 
@@ -323,7 +322,9 @@ def _resumed(config, part, averaging):
     network = ckpt.load_model(checkpoint)
     if checkpoint.privacy_ledger is not None:
         set_ledger(network, Ledger.from_dict(checkpoint.privacy_ledger))
-    make_private(network, **_engine_settings(config, part))
+    # The checkpoint's optimizer, with its own learning rate, carries on.
+    make_private(network, **_engine_settings(config, part,
+                                             learning_rate=None))
     if (checkpoint.l2_norm_clip is not None
             and config.engine.clipping == "quantile"):  # adapted clip
         get_dp_state(network).engine.l2_norm_clip = checkpoint.l2_norm_clip

@@ -46,18 +46,35 @@ def main(out, mode):
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     else:
         strategy = tf.distribute.get_strategy()
-    import keras
-    from keras_tempered_dp.callbacks import EpsilonCallback
-    from keras_tempered_dp.models import digits_cnn
-    from keras_tempered_dp.privacy import compile_dp
-    from keras_tempered_dp.privacy.sampling import (
-        distributed_poisson_batches, steps_per_epoch)
-    from keras_tempered_dp.privacy.state import get_dp_state
+    job = _Job(strategy)
+    job.fixed()
+    job.noisy()
+    model = job.poisson()
+    job.global_draws(model)
+    np.savez(out, **job.result)
 
-    result = {"replicas": strategy.num_replicas_in_sync}
 
-    def make(**kw):
-        with strategy.scope():
+class _Job:
+    """The phases of the module docstring, each adding to ``result``."""
+
+    def __init__(self, strategy):
+        self.strategy = strategy
+        self.result = {"replicas": strategy.num_replicas_in_sync}
+        self.rng = np.random.default_rng(1)
+        self.x = self.rng.normal(
+            size=(GLOBAL_BATCH * FIXED_STEPS, 8, 8, 1)).astype("float32")
+        self.y = self.rng.integers(0, 10, len(self.x))
+        self.px = self.rng.normal(size=(POISSON_N, 8, 8, 1)).astype(
+            "float32")
+        self.py = self.rng.integers(0, 10, POISSON_N)
+
+    def make(self, **kw):
+        import keras
+
+        from keras_tempered_dp.models import digits_cnn
+        from keras_tempered_dp.privacy import compile_dp
+        from keras_tempered_dp.privacy.state import get_dp_state
+        with self.strategy.scope():
             keras.utils.set_random_seed(1)
             model = digits_cnn("tanh")
             compile_dp(model, l2_norm_clip=0.5, learning_rate=0.5, **kw)
@@ -65,19 +82,16 @@ def main(out, mode):
             model.set_weights(_initial_weights(model))
         return model, get_dp_state(model).engine
 
-    def save(prefix, model, engine):
+    def save(self, prefix, model, engine):
         for i, w in enumerate(model.get_weights()):
-            result[f"{prefix}_w{i}"] = w
-        result[f"{prefix}_steps"] = int(engine.steps_taken)
-        result[f"{prefix}_examples"] = int(engine.examples_seen)
+            self.result[f"{prefix}_w{i}"] = w
+        self.result[f"{prefix}_steps"] = int(engine.steps_taken)
+        self.result[f"{prefix}_examples"] = int(engine.examples_seen)
 
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(GLOBAL_BATCH * FIXED_STEPS, 8, 8, 1)).astype(
-        "float32")
-    y = rng.integers(0, 10, len(x))
-
-    def fixed_batches():
-        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
+    def fixed_batches(self):
+        import tensorflow as tf
+        data = tf.data.Dataset.from_tensor_slices(
+            (self.x, self.y)).batch(GLOBAL_BATCH)
         # Keras hands the dataset to strategy.experimental_distribute_dataset,
         # which under MWMS first rebatches every global batch of 32 into 2
         # per-worker batches of 16 (consecutive elements), then auto-shards.
@@ -93,58 +107,65 @@ def main(out, mode):
             tf.data.experimental.AutoShardPolicy.DATA)
         return data.with_options(options)
 
-    # 1. Noise 0: the distributed update is the one-device update.
-    model, engine = make(noise_multiplier=0.0)
-    model.fit(fixed_batches(), epochs=1, verbose=0)
-    save("fixed", model, engine)
+    def fixed(self):
+        """1. Noise 0: the distributed update is the one-device update."""
+        model, engine = self.make(noise_multiplier=0.0)
+        model.fit(self.fixed_batches(), epochs=1, verbose=0)
+        self.save("fixed", model, engine)
 
-    # 2. Same explicit noise_seed everywhere: different shares per replica,
-    #    one model.
-    model, engine = make(noise_multiplier=1.0, noise_seed=7)
-    zeros_x = tf.zeros((4, 8, 8, 1))
-    zeros_y = tf.zeros((4,), tf.int64)
-    share = tf.function(
-        lambda: strategy.run(
-            lambda: engine.compute_gradients(zeros_x, zeros_y)[0]))()
-    local = strategy.experimental_local_results(share)
-    result["share"] = np.stack([
-        np.concatenate([tf.reshape(g, [-1]).numpy() for g in grads])
-        for grads in local])
-    model.fit(fixed_batches().take(2), epochs=1, verbose=0)
-    save("noisy", model, engine)
+    def noisy(self):
+        """2. Same explicit noise_seed everywhere: different shares per
+        replica, one model."""
+        import tensorflow as tf
+        model, engine = self.make(noise_multiplier=1.0, noise_seed=7)
+        zeros_x = tf.zeros((4, 8, 8, 1))
+        zeros_y = tf.zeros((4,), tf.int64)
+        share = tf.function(
+            lambda: self.strategy.run(
+                lambda: engine.compute_gradients(zeros_x, zeros_y)[0]))()
+        local = self.strategy.experimental_local_results(share)
+        self.result["share"] = np.stack([
+            np.concatenate([tf.reshape(g, [-1]).numpy() for g in grads])
+            for grads in local])
+        model.fit(self.fixed_batches().take(2), epochs=1, verbose=0)
+        self.save("noisy", model, engine)
 
-    # 3. Poisson batches per replica shard, epsilon per epoch.
-    px = rng.normal(size=(POISSON_N, 8, 8, 1)).astype("float32")
-    py = rng.integers(0, 10, POISSON_N)
-    model, engine = make(noise_multiplier=1.1,
-                         expected_batch_size=POISSON_B)
-    steps = steps_per_epoch(POISSON_N, POISSON_B, "poisson")
-    data = distributed_poisson_batches(strategy, px, py, POISSON_B, seed=3)
-    callback = EpsilonCallback(POISSON_N, POISSON_B, delta=1e-5,
-                               steps_per_epoch=steps)
-    history = model.fit(data, steps_per_epoch=steps, epochs=2, verbose=0,
-                        callbacks=[callback])
-    result["poisson_epsilon"] = np.array(history.history["epsilon"])
-    result["poisson_steps_per_epoch"] = steps
-    result["poisson_reference_epsilon"] = np.array(
-        [EpsilonCallback(POISSON_N, POISSON_B, noise_multiplier=1.1,
-                         delta=1e-5, steps_per_epoch=steps)
-         .epsilon_after(steps=steps * e) for e in (1, 2)])
-    save("poisson", model, engine)
+    def poisson(self):
+        """3. Poisson batches per replica shard, epsilon per epoch."""
+        from keras_tempered_dp.callbacks import EpsilonCallback
+        from keras_tempered_dp.privacy.sampling import (
+            distributed_poisson_batches, steps_per_epoch)
+        model, engine = self.make(noise_multiplier=1.1,
+                                  expected_batch_size=POISSON_B)
+        steps = steps_per_epoch(POISSON_N, POISSON_B, "poisson")
+        data = distributed_poisson_batches(self.strategy, self.px, self.py,
+                                           POISSON_B, seed=3)
+        callback = EpsilonCallback(POISSON_N, POISSON_B, delta=1e-5,
+                                   steps_per_epoch=steps)
+        history = model.fit(data, steps_per_epoch=steps, epochs=2,
+                            verbose=0, callbacks=[callback])
+        self.result["poisson_epsilon"] = np.array(history.history["epsilon"])
+        self.result["poisson_steps_per_epoch"] = steps
+        self.result["poisson_reference_epsilon"] = np.array(
+            [EpsilonCallback(POISSON_N, POISSON_B, noise_multiplier=1.1,
+                             delta=1e-5, steps_per_epoch=steps)
+             .epsilon_after(steps=steps * e) for e in (1, 2)])
+        self.save("poisson", model, engine)
+        return model
 
-    # 4. Whole-dataset draws (one per worker) are refused across workers.
-    from keras_tempered_dp.privacy.sampling import (
-        poisson_batches, shuffled_batches)
-    for name, sampler in (("poisson", poisson_batches),
-                          ("shuffled", shuffled_batches)):
-        try:
-            model.fit(sampler(px, py, POISSON_B, seed=3), steps_per_epoch=1,
-                      epochs=1, verbose=0)
-            result[f"global_draw_{name}"] = "trained"
-        except ValueError as error:
-            result[f"global_draw_{name}"] = str(error)
-
-    np.savez(out, **result)
+    def global_draws(self, model):
+        """4. Whole-dataset draws (one per worker) are refused across
+        workers."""
+        from keras_tempered_dp.privacy.sampling import (
+            poisson_batches, shuffled_batches)
+        for name, sampler in (("poisson", poisson_batches),
+                              ("shuffled", shuffled_batches)):
+            try:
+                model.fit(sampler(self.px, self.py, POISSON_B, seed=3),
+                          steps_per_epoch=1, epochs=1, verbose=0)
+                self.result[f"global_draw_{name}"] = "trained"
+            except ValueError as error:
+                self.result[f"global_draw_{name}"] = str(error)
 
 
 if __name__ == "__main__":

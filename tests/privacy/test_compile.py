@@ -7,7 +7,7 @@ from keras_tempered_dp.callbacks import EpsilonCallback
 from keras_tempered_dp.layers import TemperedSigmoid
 from keras_tempered_dp.models import mnist_cnn
 from keras_tempered_dp.privacy.compile import compile_dp, make_private
-from keras_tempered_dp.privacy.config import EngineOptions
+from keras_tempered_dp.privacy.config import DPConfig, EngineOptions
 from keras_tempered_dp.privacy.losses import per_example_loss
 from keras_tempered_dp.privacy.state import get_dp_state
 from tests.privacy.reference import clipped_mean, per_group_gradients
@@ -97,6 +97,39 @@ def test_engine_options_object_or_names_not_both():
     with pytest.raises(ValueError, match="given twice.*gamma="):
         compile_dp(mnist_cnn(), l2_norm_clip=1.0, noise_multiplier=1.0,
                    engine_options=options, gamma=0.1)
+
+
+def test_dp_config_object_or_keywords_not_both():
+    """The DPConfig travels as it is; keywords are the other way in, and
+    the two are never mixed (no setting validated twice)."""
+    dp = DPConfig(l2_norm_clip=0.5, noise_multiplier=1.3, learning_rate=0.1,
+                  momentum=0.9, noise_seed=3)
+    model = mnist_cnn()
+    assert compile_dp(model, config=dp) is dp
+    engine = get_dp_state(model).engine
+    assert (engine.l2_norm_clip, engine.noise_multiplier) == (0.5, 1.3)
+    assert float(model.optimizer.momentum) == pytest.approx(0.9)
+    with pytest.raises(ValueError, match="given twice.*noise_multiplier="):
+        compile_dp(mnist_cnn(), config=dp, noise_multiplier=1.0)
+    with pytest.raises(TypeError, match="needs noise_multiplier="):
+        compile_dp(mnist_cnn(), l2_norm_clip=1.0)
+    with pytest.raises(TypeError, match="config.*DPConfig"):
+        compile_dp(mnist_cnn(), config={"l2_norm_clip": 1.0})
+    compiled = mnist_cnn()
+    compiled.compile(optimizer="adam", loss="mse")
+    # make_private keeps the compiled optimizer: a DPConfig that names a
+    # learning rate or TF Privacy's optimizer would be silently ignored.
+    with pytest.raises(ValueError, match="learning_rate=None"):
+        make_private(compiled, config=dp)
+    kept = DPConfig(l2_norm_clip=0.5, noise_multiplier=1.3,
+                    learning_rate=None)
+    assert make_private(compiled, config=kept) is kept
+
+
+def test_negative_noise_seed_refused():
+    with pytest.raises(ValueError, match="noise_seed"):
+        compile_dp(mnist_cnn(), l2_norm_clip=1.0, noise_multiplier=1.0,
+                   noise_seed=-1)
 
 
 def test_make_private_takes_flat_options_and_refuses_unknown_names():

@@ -30,7 +30,25 @@ def test_default_noise_only_without_a_target():
     assert target.privacy.resolved_noise_multiplier() is None
 
 
+def test_dp_settings_made_once_as_one_dp_config():
+    """RunConfig.dp is what compile_dp takes as config=: the sections'
+    clip, learning rate, momentum and seed, the given noise multiplier."""
+    config = RunConfig.from_flat(l2_norm_clip=0.5, noise_multiplier=2.0,
+                                 learning_rate=0.1, momentum=0.5,
+                                 noise_seed=7)
+    dp = config.dp
+    assert (dp.l2_norm_clip, dp.noise_multiplier, dp.learning_rate,
+            dp.momentum, dp.noise_seed, dp.optimizer) == (
+                0.5, 2.0, 0.1, 0.5, 7, "fast")
+    assert RunConfig().dp.noise_multiplier == 1.0  # the default
+    # With a target the plan calibrates the noise; the run passes it.
+    assert RunConfig.from_flat(target_epsilon=2.0).dp.noise_multiplier == 0
+
+
 @pytest.mark.parametrize("settings, match", [
+    (dict(noise_multiplier=-1.0), "noise_multiplier=-1.0"),
+    (dict(noise_seed=-1), "noise_seed=-1"),
+    (dict(learning_rate=0.0), "learning_rate=0.0: must be > 0"),
     (dict(momentum=1.0), r"momentum=1.0: must be in \[0, 1\)"),
     (dict(s=0.0), "s=0.0: must be > 0"),
     (dict(activation="swishy"), "not a known activation"),

@@ -5,7 +5,6 @@ registered here, and only here, one per Keras layer class.
 """
 
 import keras
-import tensorflow as tf
 
 from keras_tempered_dp.layers.ws_conv import WSConv2D
 from keras_tempered_dp.privacy.clipping.engine import ClippingEngine

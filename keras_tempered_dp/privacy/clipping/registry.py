@@ -22,6 +22,13 @@ from keras_tempered_dp.privacy.clipping.norm_contract import (  # noqa: F401
 )
 from keras_tempered_dp.privacy.clipping.norms.generic import generic_sq_norms
 
+# regroup, NormFn, NormResult and ClippedSumFn are re-exported: what a user
+# writing a norm function needs, in one import.
+__all__ = [
+    "ClippedSumFn", "NormFn", "NormResult", "lookup_norm_fn", "norm_fn_for",
+    "register_norm_fn", "registered_classes", "regroup",
+]
+
 _NORM_FNS = {}
 
 

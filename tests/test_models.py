@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from keras_tempered_dp.layers import TemperedSigmoid
 from keras_tempered_dp.models import cifar10_cnn, digits_cnn, mnist_cnn
-from keras_tempered_dp.privacy.checks import iter_layers
+from keras_tempered_dp.privacy.traversal import walk_layers
 from tests.layer_harness import (
     check_fresh_job,
     predict_job,
@@ -33,7 +33,7 @@ def test_mnist_architecture_shapes():
 
 @pytest.mark.parametrize("builder", [mnist_cnn, cifar10_cnn, digits_cnn])
 def test_no_normalization_or_dropout(builder):
-    for layer in iter_layers(builder()):
+    for _, layer in walk_layers(builder()):
         assert "Normalization" not in type(layer).__name__
         assert "Dropout" not in type(layer).__name__
 

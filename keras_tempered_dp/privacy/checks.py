@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 
 from keras_tempered_dp import stack
+from keras_tempered_dp.privacy.traversal import walk_layers
 
 # Layers whose training-mode output for one example depends on the others.
 # Keras 3 has one BatchNormalization (synchronized=True included). Keras
@@ -27,45 +28,6 @@ for _module, _name in (
         _BATCH_MIXING += (getattr(importlib.import_module(_module), _name),)
     except (ImportError, AttributeError):  # depends on the Keras build
         pass
-
-
-def iter_layers(model):
-    """Yields every layer of ``model``, descending into nested models."""
-    for layer in model.layers if hasattr(model, "layers") else ():
-        yield layer
-        if hasattr(layer, "layers"):
-            yield from iter_layers(layer)
-
-
-def walk_layers(layer, prefix=""):
-    """Yields ``(path, sublayer)`` for every layer nested anywhere in
-    ``layer``: in nested models and in custom layers that hold sublayers as
-    attributes (or in lists and dicts of attributes), each once.
-
-    Example:
-
-    >>> model = keras.Sequential([keras.Input((2,)),
-    ...                              keras.layers.Dense(1, name="d")],
-    ...                             name="m")
-    >>> [path for path, _ in walk_layers(model)]
-    ['d']
-    """
-    seen = set()
-
-    def walk(parent, prefix):
-        # _flatten_layers is how Keras itself finds a layer's sublayers
-        # (weights, training flags): tracked attributes, not only .layers.
-        for child in parent._flatten_layers(include_self=False,
-                                            recursive=False):
-            if id(child) in seen or isinstance(child,
-                                               keras.layers.InputLayer):
-                continue
-            seen.add(id(child))
-            path = f"{prefix}{child.name}"
-            yield path, child
-            yield from walk(child, path + "/")
-
-    yield from walk(layer, prefix)
 
 
 def check_no_batch_mixing(model):

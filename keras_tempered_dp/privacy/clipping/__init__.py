@@ -14,6 +14,9 @@ from keras_tempered_dp.privacy.clipping.norm_contract import (
 )
 from keras_tempered_dp.privacy.clipping.norms.conv import conv2d_sq_norms
 from keras_tempered_dp.privacy.clipping.norms.dense import dense_sq_norms
+from keras_tempered_dp.privacy.clipping.norms.einsum_dense import (
+    einsum_dense_sq_norms,
+)
 from keras_tempered_dp.privacy.clipping.norms.embedding import (
     embedding_sq_norms,
 )
@@ -39,6 +42,7 @@ __all__ = [
 
 _BUILT_IN = {
     keras.layers.Dense: dense_sq_norms,
+    keras.layers.EinsumDense: einsum_dense_sq_norms,
     keras.layers.Conv2D: conv2d_sq_norms,
     keras.layers.Embedding: embedding_sq_norms,
     keras.layers.LayerNormalization: layer_norm_sq_norms,

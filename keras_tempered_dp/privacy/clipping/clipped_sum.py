@@ -1,9 +1,11 @@
 """The sum over a batch's groups of each group's clipped gradient.
 
-One forward pass with every trainable layer tapped (:mod:`.tap`), one
-backward pass to the taps' outputs, per-group squared norms layer by layer
-(:mod:`.registry`), clip factors, then each layer's share of the clipped
-sum from its inputs and re-weighted output gradients.
+One forward pass with every clip unit tapped (:mod:`.tap`), one backward
+pass to the outputs of each unit's calls, per-group squared norms unit by
+unit (:mod:`.registry`; a unit called k times by exact recomputation of its
+k calls together, :func:`.norms.generic.calls_sq_norms`), clip factors,
+then each unit's share of the clipped sum from its inputs and re-weighted
+output gradients.
 
 A group whose loss, layer inputs, outputs or output gradients hold a NaN
 or an infinity anywhere, or whose gradient norm is not finite, contributes
@@ -31,6 +33,8 @@ from keras_tempered_dp.privacy.clipping.recompute import (
     check_same_outputs,
     deviation,
 )
+from keras_tempered_dp.privacy.clipping.norm_contract import NormResult
+from keras_tempered_dp.privacy.clipping.norms.generic import calls_sq_norms
 from keras_tempered_dp.privacy.clipping.registry import norm_fn_for
 
 
@@ -75,18 +79,44 @@ def clip_factors(norms, clip, clipping, gamma):
 
 
 def _forward(model, taps, x):
+    """The model's outputs, and each call of each tap: ``(call_taps,
+    records)``, one entry per call (a unit called k times has k)."""
     with contextlib.ExitStack() as stack:
         for tap in taps:
             stack.enter_context(tap.installed())
         y_pred = model(x, training=True)
-    return y_pred, [tap.only_record() for tap in taps]
+    calls = [(tap, record) for tap in taps for record in tap.records]
+    return y_pred, [tap for tap, _ in calls], [r for _, r in calls]
 
 
-def _layer_norms(taps, records, grad_outputs, num_groups):
+def _calls_of(tap, call_taps, *per_call):
+    """``tap``'s entries of each per-call list."""
+    return [[items[i] for i, t in enumerate(call_taps) if t is tap]
+            for items in per_call]
+
+
+def _unit_norms(tap, records, grad_outputs, num_groups):
+    """One unit's :class:`NormResult`: its norm function for one call; the
+    exact recomputation of all its calls together for several (cross terms
+    included); nothing for a unit this pass did not call."""
+    if not records:
+        weights = tap.layer.trainable_weights
+        return NormResult(0.0, lambda factors: [tf.zeros_like(w)
+                                                for w in weights])
+    if len(records) == 1:
+        return norm_fn_for(tap.layer)(tap.layer, records[0].inputs,
+                                      grad_outputs[0], num_groups,
+                                      Recompute(tap, records[0]))
+    return calls_sq_norms(tap.layer, [
+        (record.inputs, dz, Recompute(tap, record))
+        for record, dz in zip(records, grad_outputs)], num_groups)
+
+
+def _layer_norms(taps, call_taps, records, grad_outputs, num_groups):
     total, clipped_sums = 0.0, []
-    for tap, record, dz in zip(taps, records, grad_outputs):
-        result = norm_fn_for(tap.layer)(tap.layer, record.inputs, dz,
-                                        num_groups, Recompute(tap, record))
+    for tap in taps:
+        result = _unit_norms(tap, *_calls_of(tap, call_taps, records,
+                                             grad_outputs), num_groups)
         total += tf.cast(result.sq_norms, tf.float32)
         clipped_sums.append(result.clipped_sum)
     return LayerNorms(total, clipped_sums)
@@ -159,32 +189,39 @@ def _broadcast_to_rank(weights, rank):
     return tf.reshape(weights, [-1] + [1] * (rank - 1))
 
 
-def _recomputed_sum(tap, record, dz, example_weights):
-    """A layer's clipped sum by recomputing it with re-weighted ``dz``,
-    checked to reproduce the recorded outputs (:mod:`.recompute`)."""
-    scaled = dz * tf.cast(_broadcast_to_rank(example_weights, dz.shape.rank),
-                          dz.dtype)
+def _recomputed_sum(tap, records, grad_outputs, example_weights):
+    """A unit's clipped sum by recomputing each of its calls with
+    re-weighted ``dz``, checked to reproduce the recorded outputs
+    (:mod:`.recompute`)."""
+    zs, scaled = [], []
     with tf.GradientTape() as tape:
-        z = Recompute(tap, record)(tf.stop_gradient(record.inputs))
-    checked = check_same_outputs(tap.layer, deviation(z, record.outputs),
+        for record, dz in zip(records, grad_outputs):
+            zs.append(Recompute(tap, record)(tf.nest.map_structure(
+                tf.stop_gradient, record.inputs)))
+            scaled.append(dz * tf.cast(
+                _broadcast_to_rank(example_weights, dz.shape.rank),
+                dz.dtype))
+    checks = [check_same_outputs(tap.layer, deviation(z, record.outputs),
                                  record.outputs)
-    grads = tape.gradient(z, tap.layer.trainable_weights,
+              for z, record in zip(zs, records)]
+    grads = tape.gradient(zs, tap.layer.trainable_weights,
                           output_gradients=scaled,
                           unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    with tf.control_dependencies([checked]):
+    with tf.control_dependencies(checks):
         return [tf.identity(tf.convert_to_tensor(g)) for g in grads]
 
 
-def _variable_sums(taps, records, grad_outputs, layer_norms, factors,
-                   example_weights):
+def _variable_sums(taps, call_taps, records, grad_outputs, layer_norms,
+                   factors, example_weights):
     """``{id(variable): sum_m factors[m] * grad_m}``."""
     sums = {}
-    for tap, record, dz, layer_sum in zip(taps, records, grad_outputs,
-                                          layer_norms.clipped_sums):
+    for tap, layer_sum in zip(taps, layer_norms.clipped_sums):
         if layer_sum is not None:
             layer_grads = layer_sum(factors)
         else:
-            layer_grads = _recomputed_sum(tap, record, dz, example_weights)
+            layer_grads = _recomputed_sum(
+                tap, *_calls_of(tap, call_taps, records, grad_outputs),
+                example_weights)
         for w, g in zip(tap.layer.trainable_weights, layer_grads):
             sums[id(w)] = tf.convert_to_tensor(g)  # IndexedSlices too
     return sums
@@ -194,7 +231,7 @@ def clipped_sum(model, taps, loss_fn, batch, num_groups, clip, options):
     """The :class:`ClippedSum` of ``batch`` (already augmented), whose rows
     are grouped by ``num_groups`` (:data:`.groups.Groups`)."""
     with tf.GradientTape() as tape:
-        y_pred, records = _forward(model, taps, batch.x)
+        y_pred, call_taps, records = _forward(model, taps, batch.x)
         losses = loss_fn(batch.y, y_pred, batch.sample_weight)
         total = tf.reduce_sum(losses)
     grad_outputs = tape.gradient(total, [r.outputs for r in records])
@@ -211,11 +248,12 @@ def clipped_sum(model, taps, loss_fn, batch, num_groups, clip, options):
     rows = tf.shape(losses)[0]
     per_group = grouping.rows_per_group(rows, num_groups)
     bad = _nonfinite_groups(losses, records, grad_outputs, rows, num_groups)
-    records, grad_outputs = _sanitized(taps, records, grad_outputs,
+    records, grad_outputs = _sanitized(call_taps, records, grad_outputs,
                                        tf.repeat(bad, per_group))
     # None = per example: keeps static shapes, which choose the cheaper norm
     # method per layer even when the batch size varies.
-    layer_norms = _layer_norms(taps, records, grad_outputs, num_groups)
+    layer_norms = _layer_norms(taps, call_taps, records, grad_outputs,
+                               num_groups)
     norms = tf.sqrt(layer_norms.sq_norms)
     # A squared norm can still overflow (a finite but huge gradient).
     kept = tf.logical_and(tf.logical_not(bad), tf.math.is_finite(norms))
@@ -224,8 +262,8 @@ def clipped_sum(model, taps, loss_fn, batch, num_groups, clip, options):
                        0.0)
     example_weights = (tf.repeat(factors, per_group)
                        / tf.cast(per_group, tf.float32))
-    sums = _variable_sums(taps, records, grad_outputs, layer_norms, factors,
-                          example_weights)
+    sums = _variable_sums(taps, call_taps, records, grad_outputs,
+                          layer_norms, factors, example_weights)
     weighted = grouping.groups_with_weight(sample_weight, rows, num_groups)
     # A group left out counts as above the clip (its norm is not <= C):
     # each group still moves the count by at most 1/2.

@@ -131,8 +131,8 @@ def checked_microbatches(losses, records, grad_outputs, num_microbatches):
     with tf.control_dependencies([tf.debugging.assert_equal(
             tf.shape(losses)[0] % num_microbatches, 0, message=message)]):
         grad_outputs = [tf.identity(g) for g in grad_outputs]
-        records = [record._replace(inputs=tf.identity(record.inputs))
-                   for record in records]
+        records = [record._replace(inputs=tf.nest.map_structure(
+            tf.identity, record.inputs)) for record in records]
     return records, grad_outputs
 
 

@@ -20,18 +20,50 @@ _RELATIVE_TOLERANCE = 1e-4
 
 
 class Recompute:
-    """``call(x)``: the layer without its activation, with the forward
-    pass's other arguments; ``recorded``: the ``[B, ...]`` pre-activation
-    outputs that pass recorded, to check recomputations against."""
+    """``call(x)``: the unit without its activation, with the forward
+    pass's other arguments; ``recorded``: the ``[B, ...]`` outputs that pass
+    recorded, to check recomputations against.
+
+    Other arguments that carry the batch axis (a mask, a second input of
+    attention) must follow ``x`` when a group's rows are recomputed on
+    their own: :meth:`batched_args` lists them, and ``call(x_g, batched)``
+    takes the group's rows of each in their place.
+    """
 
     def __init__(self, tap, record):
         self._tap = tap
         self._record = record
         self.recorded = record.outputs
+        self._leaves = tf.nest.flatten((record.args, record.kwargs))
+        rows = _leading_dim(record.inputs)
+        self._batched = [i for i, leaf in enumerate(self._leaves)
+                         if _carries_batch(leaf, rows)]
 
-    def __call__(self, x):
-        return self._tap.linear_call(x, *self._record.args,
-                                     **self._record.kwargs)
+    def batched_args(self):
+        """The other arguments' tensors that have the batch axis first."""
+        return [self._leaves[i] for i in self._batched]
+
+    def __call__(self, x, batched=None):
+        leaves = list(self._leaves)
+        for i, tensor in zip(self._batched, batched or ()):
+            leaves[i] = tensor
+        args, kwargs = tf.nest.pack_sequence_as(
+            (self._record.args, self._record.kwargs), leaves)
+        return self._tap.linear_call(x, *args, **kwargs)
+
+
+def _leading_dim(inputs):
+    """The static leading dimension of ``inputs``' first tensor."""
+    tensors = [t for t in tf.nest.flatten(inputs) if tf.is_tensor(t)]
+    return tensors[0].shape[0] if tensors else None
+
+
+def _carries_batch(leaf, rows):
+    """Whether ``leaf`` is a tensor whose leading axis is the batch's: its
+    static leading dimension is the inputs' (both unknown included)."""
+    return (tf.is_tensor(leaf) and not isinstance(leaf, tf.Variable)
+            and leaf.shape.rank is not None and leaf.shape.rank >= 1
+            and leaf.shape[0] == rows)
 
 
 def deviation(recomputed, recorded):

@@ -1,11 +1,15 @@
-"""Taps: record each trainable layer's input and pre-activation output.
+"""Taps: record each clip unit's inputs and outputs, at every call.
 
-During the engine's forward pass every layer that owns trainable weights
-has its ``call`` replaced by one that computes the layer without its
-activation (``z``), records ``(inputs, z)`` and applies the activation to
-``z``. The gradient of the summed loss with respect to each ``z`` then holds
-every example's gradient signal for that layer; the layer's norm function
-turns it into per-example gradient norms.
+During the engine's forward pass every clip unit (:mod:`..traversal`) has
+its ``call`` replaced by one that computes the unit, records ``(inputs,
+z)`` and returns its output. A unit that keeps its activation as an
+attribute (Dense, Conv2D, EinsumDense) is computed without it: ``z`` is the
+pre-activation and the activation is applied to it after recording. The
+gradient of the summed loss with respect to each recorded ``z`` then holds
+every example's gradient signal for that call; the unit's norm function
+turns it into per-example gradient norms. A unit called k times in one pass
+(shared weights, tied embeddings) has k records, and its per-example
+gradient is the sum over its calls (:mod:`.clipped_sum`).
 """
 
 import collections
@@ -15,27 +19,20 @@ from typing import Any, NamedTuple
 import keras
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.checks import iter_layers
 from keras_tempered_dp.privacy.clipping.variables import variable_name
+from keras_tempered_dp.privacy.traversal import clip_units
 
 _LINEAR = keras.activations.linear
 
 
 class TapRecord(NamedTuple):
-    """One recorded call of a tapped layer."""
+    """One recorded call of a tapped unit; ``args`` and ``kwargs`` are
+    the call's other arguments (masks, ``training``), for recomputation."""
 
     inputs: tf.Tensor
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     outputs: tf.Tensor  # before the activation: z
-
-
-def _leaf_layers_with_weights(model):
-    for layer in iter_layers(model):
-        sublayers = list(layer._flatten_layers(include_self=False,
-                                               recursive=False))
-        if layer.trainable_weights and not sublayers:
-            yield layer
 
 
 class Tap:
@@ -46,10 +43,19 @@ class Tap:
         self.records = []
         self._call = None
 
+    @property
+    def strips_activation(self):
+        """Whether the unit keeps its activation as its own attribute
+        (Dense, Conv2D, EinsumDense): then ``z`` is recorded before it. An
+        ``activation`` that is a property (LSTM's is its cell's) is part of
+        the unit's computation."""
+        return "activation" in vars(self.layer)
+
     def linear_call(self, inputs, *args, **kwargs):
-        """The layer's own call with its activation switched off."""
+        """The unit's own call, with its activation switched off where
+        :attr:`strips_activation`."""
         call = self._call or self.layer.call
-        activation = getattr(self.layer, "activation", None)
+        activation = self.layer.activation if self.strips_activation else None
         if activation is None or activation is _LINEAR:
             return call(inputs, *args, **kwargs)
         self.layer.activation = _LINEAR
@@ -61,22 +67,16 @@ class Tap:
     @tf.autograph.experimental.do_not_convert
     def recording_call(self, inputs, *args, **kwargs):
         z = self.linear_call(inputs, *args, **kwargs)
-        self.records.append(TapRecord(inputs, args, kwargs, z))
-        activation = getattr(self.layer, "activation", None)
-        return z if activation is None else activation(z)
-
-    def only_record(self):
-        """The one record of the last pass; raises if the layer was called
-        another number of times."""
-        if len(self.records) != 1:
+        if not tf.is_tensor(z):
             raise ValueError(
-                f"Layer {self.layer.name!r} was called {len(self.records)} "
-                "times in one forward pass. The clipping engine needs each "
-                "layer with trainable weights to be called exactly once "
-                "(shared weights make one example's gradient a sum over "
-                "calls). Use compile_dp(..., optimizer='dp_keras_sgd') for "
-                "such models.")
-        return self.records[0]
+                f"Layer {self.layer.name!r} ({type(self.layer).__name__}) "
+                "returns several tensors (e.g. return_state=True). The "
+                "clipping engine records one output tensor per call of a "
+                "layer it clips: use the layer with one output (for a "
+                "recurrent layer, return_state=False).")
+        self.records.append(TapRecord(inputs, args, kwargs, z))
+        activation = self.layer.activation if self.strips_activation else None
+        return z if activation is None else activation(z)
 
     @contextlib.contextmanager
     def installed(self):
@@ -90,42 +90,44 @@ class Tap:
             self._call = None
 
 
-def _refuse_shared_variables(model):
-    """Raises if two layers list the same trainable variable (tied weights).
+def _refuse_shared_variables(units):
+    """Raises if two clip units list the same trainable variable (tied
+    weights across layers).
 
-    The engine computes each layer's per-example gradient from that layer's
-    own inputs and outputs; a variable used by two layers would get one
-    layer's gradient only, and its norm would miss the cross term.
+    The engine computes each unit's per-example gradient from that unit's
+    own inputs and outputs; a variable used by two units would get one
+    unit's gradient only, and its norm would miss the cross term. One layer
+    called twice (keras_hub's ReversibleEmbedding, a shared Dense) is fine.
     """
     users = collections.defaultdict(list)
-    for layer in iter_layers(model):
-        if hasattr(layer, "layers"):  # a nested model: its layers count
-            continue
-        for w in layer.trainable_weights:
-            users[id(w)].append((w, layer.name))
+    for unit in units:
+        for w in unit.trainable_weights:
+            users[id(w)].append((w, unit.name))
     for uses in users.values():
         if len(uses) > 1:
             names = ", ".join(repr(name) for _, name in uses)
             raise ValueError(
                 "The trainable variable "
-                f"{variable_name(uses[0][0])!r} is shared by the layers "
-                f"{names} (tied weights). The clipping engine "
-                "computes per-example gradients layer by layer and cannot "
-                "add up one variable's gradients across layers, so its "
-                "update would be wrong. Untie the weights, or use "
-                "compile_dp(..., optimizer='dp_keras_sgd').")
+                f"{variable_name(uses[0][0])!r} is used by the layers "
+                f"{names} (tied weights across layers). The clipping engine "
+                "computes each layer's per-example gradient from its own "
+                "calls and cannot add one variable's gradients across "
+                "layers, so its update would be wrong. Make one layer own "
+                "every use of the weight and call it wherever it is needed "
+                "(as keras_hub.layers.ReversibleEmbedding does for tied "
+                "input and output embeddings), or untie the weights.")
 
 
 def find_taps(model):
-    """Taps for every layer holding trainable weights.
+    """Taps for every clip unit of ``model`` (:func:`..traversal.clip_units`).
 
     Raises:
-        ValueError: if some trainable variable belongs to no leaf layer (a
-            custom layer that owns weights and sublayers at once), or to
-            two layers (tied weights), naming it.
+        ValueError: if some trainable variable belongs to no unit the
+            traversal reaches, or to two units (tied weights), naming it.
     """
-    _refuse_shared_variables(model)
-    taps = [Tap(layer) for layer in _leaf_layers_with_weights(model)]
+    units = list(clip_units(model))
+    _refuse_shared_variables(units)
+    taps = [Tap(unit) for unit in units]
     covered = {id(w) for tap in taps for w in tap.layer.trainable_weights}
     missing = [variable_name(w) for w in model.trainable_weights
                if id(w) not in covered]
@@ -133,7 +135,8 @@ def find_taps(model):
         raise ValueError(
             "The clipping engine cannot see which layer uses these trainable "
             f"variables: {missing}. It computes per-example gradients layer "
-            "by layer and needs every trainable weight to belong to a layer "
-            "without sublayers. Move such weights into a layer of their own, "
-            "or use compile_dp(..., optimizer='dp_keras_sgd').")
+            "by layer and needs every trainable weight to be held by a "
+            "layer of the model (or by a layer nested in one). Create such "
+            "weights with add_weight in a layer that uses them, not on the "
+            "model itself.")
     return taps

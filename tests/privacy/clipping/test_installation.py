@@ -1,4 +1,7 @@
-"""What installing the engine refuses (clipping/installation.py, tap.py)."""
+"""What installing the engine refuses (clipping/installation.py, tap.py).
+
+Shared layers and layers owning weights and sublayers at once train:
+tests/privacy/clipping/test_any_model.py."""
 
 import keras
 import numpy as np
@@ -16,34 +19,10 @@ from tests.privacy.clipping.support import (
 )
 
 
-def test_shared_layer_refused_by_name():
-    shared = L.Dense(3, name="shared_dense")
-    inputs = keras.Input((3,))
-    model = keras.Model(inputs, shared(shared(inputs)))
-    engine = _install(model)
-    with pytest.raises(ValueError, match="'shared_dense' was called 2 times"):
-        engine.compute_gradients(tf.ones((2, 3)), tf.constant([0, 1]))
-
-
 def test_regularizers_refused_at_install():
     model = _head(L.Dense(3, kernel_regularizer="l2"), input_shape=(3,))
     with pytest.raises(ValueError, match="kernel_regularizer.*weight decay"):
         _install(model)
-
-
-def test_weights_outside_leaf_layers_refused():
-    class Owning(L.Layer):
-        def build(self, shape):
-            self.inner = L.Dense(3)
-            self.scale = self.add_weight(name="own_scale", shape=())
-
-        def call(self, x):
-            return self.inner(x) * self.scale
-
-    model = _head(Owning(), input_shape=(3,))
-    model.compile(optimizer="sgd", loss="mse")
-    with pytest.raises(ValueError, match="own_scale"):
-        ClippingEngine(1.0, 1.0).install(model)
 
 
 class _TiedTranspose(L.Layer):
@@ -70,7 +49,7 @@ def test_tied_weights_refused_naming_the_variable_and_layers():
     model.compile(optimizer="sgd", loss="mse")
     # The variable's full name: "encoder/kernel:0" on Keras 2, its path
     # "encoder/kernel" on Keras 3 (whose name is the bare "kernel").
-    with pytest.raises(ValueError, match=r"'encoder/kernel(:0)?' is shared "
+    with pytest.raises(ValueError, match=r"'encoder/kernel(:0)?' is used "
                        r"by the layers 'encoder', 'decoder'"):
         ClippingEngine(1.0, 0.0).install(model)
     with pytest.raises(ValueError, match="tied weights"):

@@ -35,31 +35,76 @@ def generic_sq_norms(layer, inputs, grad_outputs, num_groups, call):
         the same recomputation with per-example weights on
         ``grad_outputs``.
     """
+    return calls_sq_norms(layer, [(inputs, grad_outputs, call)], num_groups)
+
+
+def calls_sq_norms(layer, calls, num_groups):
+    """Squared norms of per-group gradients of a unit called k times.
+
+    ``calls``: ``(inputs, grad_outputs, call)`` for each call of the
+    forward pass. One group's gradient is the sum over the calls,
+    ``g_m = sum_c d/dW <z_c(x_m^c; W), dz_m^c>``, formed in one tape per
+    group, so ``||g_m||^2`` holds every cross term between calls. Other
+    arguments with the batch axis (``call.batched_args()``: masks, the
+    keys of attention) are regrouped with the inputs.
+    """
     weights = layer.trainable_weights
     watched = tf_variables(weights)
     if num_groups is None:
-        num_groups = tf.shape(grad_outputs)[0]
-    x = regroup(inputs, num_groups)
-    dz = (regroup(grad_outputs, num_groups)
-          / examples_per_group(grad_outputs, num_groups))
+        num_groups = tf.shape(calls[0][1])[0]
+    elems = [_group_rows(inputs, dz, call, num_groups)
+             for inputs, dz, call in calls]
 
-    recorded = getattr(call, "recorded", None)
-    z_recorded = (regroup(recorded, num_groups) if recorded is not None
-                  else tf.zeros_like(dz))
-
-    def one_group(args):
-        x_g, dz_g, z_g = args
+    def one_group(elems):
         with tf.GradientTape() as tape:
             tape.watch(watched)
-            z = call(x_g)
-        grads = tape.gradient(z, weights, output_gradients=dz_g,
+            zs = [_call(call, x_g, batched_g)
+                  for (_, _, call), (x_g, batched_g, _, _)
+                  in zip(calls, elems)]
+        grads = tape.gradient(zs, weights,
+                              output_gradients=[e[2] for e in elems],
                               unconnected_gradients="zero")
-        return (tf.add_n([tf.reduce_sum(tf.square(g)) for g in grads]),
-                deviation(z, z_g))
+        return (tf.add_n([tf.reduce_sum(tf.square(tf.convert_to_tensor(g)))
+                          for g in grads]),
+                tf.reduce_max(tf.stack([deviation(z, e[3])
+                                        for z, e in zip(zs, elems)])))
 
-    sq_norms, deviations = tf.vectorized_map(one_group, (x, dz, z_recorded))
-    if recorded is None:
+    sq_norms, deviations = _per_group(one_group, elems)
+    recorded = [getattr(call, "recorded", None) for _, _, call in calls]
+    if any(r is None for r in recorded):
         return NormResult(sq_norms)
-    checked = check_same_outputs(layer, tf.reduce_max(deviations), recorded)
+    checked = check_same_outputs(layer, tf.reduce_max(deviations),
+                                 tf.concat([tf.reshape(r, [-1])
+                                            for r in recorded], 0))
     with tf.control_dependencies([checked]):
         return NormResult(tf.identity(sq_norms))
+
+
+def _group_rows(inputs, dz, call, num_groups):
+    """One call's ``(x, batched args, dz / group size, recorded z)``,
+    each ``[G, B / G, ...]``."""
+    def rows(tensor):
+        return regroup(tensor, num_groups)
+
+    x = tf.nest.map_structure(
+        lambda t: rows(t) if tf.is_tensor(t) else t, inputs)
+    batched = [rows(t) for t in getattr(call, "batched_args", list)()]
+    dz_g = rows(dz) / examples_per_group(dz, num_groups)
+    recorded = getattr(call, "recorded", None)
+    z_g = rows(recorded) if recorded is not None else tf.zeros_like(dz_g)
+    return x, batched, dz_g, z_g
+
+
+def _per_group(one_group, elems):
+    """``one_group`` over the groups: vectorized where TensorFlow can, else
+    one group after another (``tf.map_fn``, exact and slower). TF 2.15's
+    vectorizer cannot convert the TensorList loops of its LSTM and GRU."""
+    try:
+        return tf.vectorized_map(one_group, elems)
+    except (TypeError, ValueError, NotImplementedError):
+        return tf.map_fn(one_group, elems, fn_output_signature=(
+            tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.float32)))
+
+
+def _call(call, x, batched):
+    return call(x, batched) if batched else call(x)

@@ -286,3 +286,46 @@ def test_compiling_another_loss_after_compile_dp_trains_that_loss():
                                atol=1e-5)
     np.testing.assert_allclose(model.get_weights()[1], start[1] - 0.1 * gb,
                                atol=1e-5)
+
+
+class _ShiftThenScale(keras.layers.Layer):
+    """A unit with a second batched argument: ``(x + shift) * w``."""
+
+    def build(self, shape):
+        self.w = self.add_weight(name="w", shape=(shape[-1],),
+                                 initializer="ones")
+
+    def call(self, x, shift):
+        return (x + shift) * self.w
+
+
+def test_a_non_finite_second_argument_is_left_out_not_spread():
+    """The NaN is in a unit's other argument (as a mask or attention's key
+    would be): the example is left out, and the recomputations of the
+    generic route see its rows zeroed too, so ``0 * NaN`` never reaches
+    the sum (before, the whole update was NaN)."""
+    x_in, s_in = keras.Input((4,)), keras.Input((4,))
+    h = _ShiftThenScale()(x_in, s_in)
+    model = keras.Model([x_in, s_in], keras.layers.Dense(3)(h))
+    model.compile(optimizer="sgd", loss=_sce())
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 4)).astype("float32")
+    shift = rng.normal(size=(5, 4)).astype("float32")
+    shift[2, 1] = np.nan
+    y = (np.arange(5) % 3).astype("int32")
+    clip, keep = 0.5, [0, 1, 3, 4]
+    want = [np.zeros(v.shape, "float64") for v in model.trainable_variables]
+    for i in keep:  # the reference: one tape per kept example
+        with tf.GradientTape() as tape:
+            loss = _sce()(y[i:i + 1], model([x[i:i + 1], shift[i:i + 1]]))
+        grads = [np.asarray(g, "float64") for g in
+                 tape.gradient(loss, model.trainable_variables)]
+        factor = min(1.0, clip / np.sqrt(sum(np.sum(g ** 2) for g in grads)))
+        want = [t + factor * g for t, g in zip(want, grads)]
+    total = clipped_sum(model, find_taps(model), per_example_loss(model.loss),
+                        Batch([tf.constant(x), tf.constant(shift)],
+                              tf.constant(y)),
+                        None, tf.constant(clip), EngineOptions())
+    _assert_close(total.sums, want, max(float(np.abs(w).max())
+                                        for w in want))
+    assert float(total.nonfinite) == 1.0

@@ -30,8 +30,10 @@ from keras_tempered_dp.privacy.clipping import groups as grouping
 from keras_tempered_dp.privacy.clipping.quantile import count_below
 from keras_tempered_dp.privacy.clipping.recompute import (
     Recompute,
+    batched_positions,
     check_same_outputs,
     deviation,
+    map_batched_args,
 )
 from keras_tempered_dp.privacy.clipping.norm_contract import NormResult
 from keras_tempered_dp.privacy.clipping.norms.generic import calls_sq_norms
@@ -134,11 +136,15 @@ def _finite_rows(tensor, rows):
 
 def _nonfinite_groups(losses, records, grad_outputs, rows, num_groups):
     """``[G]`` bool: the groups with a non-finite value in a row's loss,
-    a tapped layer's inputs or outputs, or its output gradients."""
+    a tapped unit's inputs, other batched arguments or outputs, or its
+    output gradients."""
     tensors = [losses, *grad_outputs]
     for record in records:
         tensors += [t for t in tf.nest.flatten(record.inputs)
                     if t is not None] + [record.outputs]
+        # a mask, attention's key and value: rows of the batch too
+        leaves = tf.nest.flatten((record.args, record.kwargs))
+        tensors += [leaves[i] for i in batched_positions(record)]
     masks = [m for m in (_finite_rows(t, rows) for t in tensors)
              if m is not None]
     finite = tf.reduce_all(tf.stack(masks), axis=0)
@@ -167,10 +173,12 @@ def _sanitized(taps, records, grad_outputs, bad_rows):
     grad_outputs = [_zero_rows(bad_rows, g) for g in grad_outputs]
     cleaned = []
     for tap, record in zip(taps, records):
-        record = record._replace(inputs=tf.nest.map_structure(
-            lambda t: t if t is None
-            else _zero_rows(bad_rows, tf.convert_to_tensor(t)),
-            record.inputs))
+        record = map_batched_args(
+            lambda t: _zero_rows(bad_rows, tf.convert_to_tensor(t)),
+            record._replace(inputs=tf.nest.map_structure(
+                lambda t: t if t is None
+                else _zero_rows(bad_rows, tf.convert_to_tensor(t)),
+                record.inputs)))
 
         def recomputed(tap=tap, record=record):
             z = Recompute(tap, record)(record.inputs)

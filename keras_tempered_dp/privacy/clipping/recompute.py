@@ -35,9 +35,7 @@ class Recompute:
         self._record = record
         self.recorded = record.outputs
         self._leaves = tf.nest.flatten((record.args, record.kwargs))
-        rows = _leading_dim(record.inputs)
-        self._batched = [i for i, leaf in enumerate(self._leaves)
-                         if _carries_batch(leaf, rows)]
+        self._batched = batched_positions(record)
 
     def batched_args(self):
         """The other arguments' tensors that have the batch axis first."""
@@ -50,6 +48,26 @@ class Recompute:
         args, kwargs = tf.nest.pack_sequence_as(
             (self._record.args, self._record.kwargs), leaves)
         return self._tap.linear_call(x, *args, **kwargs)
+
+
+def batched_positions(record):
+    """Where, among the flattened ``(args, kwargs)`` of ``record``, the
+    tensors that carry the batch axis are."""
+    rows = _leading_dim(record.inputs)
+    return [i for i, leaf in enumerate(tf.nest.flatten((record.args,
+                                                         record.kwargs)))
+            if _carries_batch(leaf, rows)]
+
+
+def map_batched_args(fn, record):
+    """``record`` with ``fn`` applied to each other argument that carries
+    the batch axis."""
+    structure = (record.args, record.kwargs)
+    leaves = tf.nest.flatten(structure)
+    for i in batched_positions(record):
+        leaves[i] = fn(leaves[i])
+    args, kwargs = tf.nest.pack_sequence_as(structure, leaves)
+    return record._replace(args=tuple(args), kwargs=kwargs)
 
 
 def _leading_dim(inputs):

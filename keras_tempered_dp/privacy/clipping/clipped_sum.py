@@ -30,7 +30,7 @@ from keras_tempered_dp.privacy.clipping import groups as grouping
 from keras_tempered_dp.privacy.clipping.quantile import count_below
 from keras_tempered_dp.privacy.clipping.recompute import (
     Recompute,
-    batched_positions,
+    batched_args,
     check_same_outputs,
     deviation,
     map_batched_args,
@@ -143,8 +143,7 @@ def _nonfinite_groups(losses, records, grad_outputs, rows, num_groups):
         tensors += [t for t in tf.nest.flatten(record.inputs)
                     if t is not None] + [record.outputs]
         # a mask, attention's key and value: rows of the batch too
-        leaves = tf.nest.flatten((record.args, record.kwargs))
-        tensors += [leaves[i] for i in batched_positions(record)]
+        tensors += batched_args(record)
     masks = [m for m in (_finite_rows(t, rows) for t in tensors)
              if m is not None]
     finite = tf.reduce_all(tf.stack(masks), axis=0)

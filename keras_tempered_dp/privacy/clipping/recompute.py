@@ -34,20 +34,17 @@ class Recompute:
         self._tap = tap
         self._record = record
         self.recorded = record.outputs
-        self._leaves = tf.nest.flatten((record.args, record.kwargs))
-        self._batched = batched_positions(record)
 
     def batched_args(self):
         """The other arguments' tensors that have the batch axis first."""
-        return [self._leaves[i] for i in self._batched]
+        return batched_args(self._record)
 
     def __call__(self, x, batched=None):
-        leaves = list(self._leaves)
-        for i, tensor in zip(self._batched, batched or ()):
-            leaves[i] = tensor
-        args, kwargs = tf.nest.pack_sequence_as(
-            (self._record.args, self._record.kwargs), leaves)
-        return self._tap.linear_call(x, *args, **kwargs)
+        record = self._record
+        if batched:
+            replacements = iter(batched)  # in batched_args' order
+            record = map_batched_args(lambda _: next(replacements), record)
+        return self._tap.linear_call(x, *record.args, **record.kwargs)
 
 
 def batched_positions(record):
@@ -57,6 +54,13 @@ def batched_positions(record):
     return [i for i, leaf in enumerate(tf.nest.flatten((record.args,
                                                          record.kwargs)))
             if _carries_batch(leaf, rows)]
+
+
+def batched_args(record):
+    """The tensors among ``record``'s other arguments that carry the batch
+    axis, in order."""
+    leaves = tf.nest.flatten((record.args, record.kwargs))
+    return [leaves[i] for i in batched_positions(record)]
 
 
 def map_batched_args(fn, record):

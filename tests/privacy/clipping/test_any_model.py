@@ -60,6 +60,10 @@ def gru_sequence(x):
     return L.Flatten()(L.GRU(3, return_sequences=True)(x))
 
 
+def simple_rnn(x):
+    return L.SimpleRNN(3, activation="tanh")(x)
+
+
 def bidirectional(x):
     return L.Bidirectional(L.SimpleRNN(3))(x)
 
@@ -91,7 +95,7 @@ def composite(x):
 
 
 BODIES = [attention, cross_attention, einsum_projection, lstm, gru_sequence,
-          bidirectional, time_distributed, shared_dense, composite]
+          simple_rnn, bidirectional, time_distributed, shared_dense, composite]
 
 
 @pytest.mark.parametrize("num_groups", [None, 3])

@@ -36,7 +36,7 @@ def test_readme_install_and_test_commands_are_what_ci_runs():
     """Both stacks' test lines in the README are what .ci/run does."""
     text = README.read_text()
     ci = (README.parent / ".ci" / "run").read_text()
-    for extras, stack in (("test,jax", "current"),
+    for extras, stack in (("test,jax,hub", "current"),
                           ("tf-privacy,test", "legacy")):
         assert f'pip install -e ".[{extras}]" && python -m pytest' in text
         assert re.search(rf"run_stack {stack} 3\.1[123] {extras} ", ci)

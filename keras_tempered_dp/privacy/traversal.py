@@ -18,7 +18,7 @@ gradients. For each layer, top down:
 4. otherwise (``MultiHeadAttention``, a KerasHub ``TransformerEncoder``, a
    nested model) the traversal descends into its sublayers.
 
-A layer without trainable weights anywhere below it is no unit. Every
+A layer without weights the model trains anywhere below it is no unit. Every
 trainable variable of the model must belong to exactly one unit: the
 engine's per-example gradient of a unit covers its weights only.
 """
@@ -101,9 +101,15 @@ def clip_units(model):
     # import this module.
     from keras_tempered_dp.privacy.clipping.registry import lookup_norm_fn
     seen = set()
+    # What the model trains: Keras 3 trains a trainable variable under a
+    # layer set trainable=False (KerasHub's enable_lora freezes every layer,
+    # then unfreezes the adapted ones, leaving their parents frozen), whose
+    # own trainable_weights are then empty.
+    trained = {id(w) for w in model.trainable_weights}
 
     def units(layer):
-        if id(layer) in seen or not layer.trainable_weights:
+        if id(layer) in seen or not any(id(w) in trained
+                                        for w in layer.weights):
             return
         seen.add(id(layer))
         children = sublayers(layer)

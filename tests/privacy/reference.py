@@ -16,13 +16,18 @@ def per_group_gradients(model, loss_fn, x, y, num_groups=None):
     size = batch // num_groups
     grads = []
     for m in range(num_groups):
-        xs, ys = x[m * size:(m + 1) * size], y[m * size:(m + 1) * size]
+        rows = slice(m * size, (m + 1) * size)
+        # a model's inputs may be a dict or list of arrays (KerasHub's)
+        xs, ys = tf.nest.map_structure(lambda a: a[rows], x), y[rows]
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(loss_fn(ys, model(xs, training=True)))
-        g = tape.gradient(loss, model.trainable_variables,
-                          unconnected_gradients="zero")
-        grads.append([np.asarray(tf.convert_to_tensor(v), "float64")
-                      for v in g])
+        g = tape.gradient(loss, model.trainable_variables)
+        # an unused weight (a backbone's pooler under a sequence head) has
+        # gradient 0; unconnected_gradients="zero" fails on Keras 3's
+        # variables, whose dtype is a string.
+        grads.append([np.zeros(v.shape, "float64") if d is None else
+                      np.asarray(tf.convert_to_tensor(d), "float64")
+                      for v, d in zip(model.trainable_variables, g)])
     return grads
 
 

@@ -49,5 +49,8 @@ _BUILT_IN = {
     keras.layers.GroupNormalization: group_norm_sq_norms,
     WSConv2D: ws_conv2d_sq_norms,
 }
+# Their functions return the norms of the trainable weights alone (LoRA).
+_FROZEN_WEIGHTS_OK = (keras.layers.Dense, keras.layers.EinsumDense)
 for _layer_class, _fn in _BUILT_IN.items():
-    register_norm_fn(_layer_class, _fn)
+    register_norm_fn(_layer_class, _fn,
+                     frozen_weights=_layer_class in _FROZEN_WEIGHTS_OK)

@@ -12,7 +12,8 @@ from keras_tempered_dp.privacy.clipping.groups import Batch
 
 
 def _chunk(tensor, i, size):
-    return None if tensor is None else tensor[i * size:(i + 1) * size]
+    return None if tensor is None else tf.nest.map_structure(
+        lambda t: t[i * size:(i + 1) * size], tensor)
 
 
 def accumulated(chunk_sum, batch, size, model):
@@ -24,7 +25,7 @@ def accumulated(chunk_sum, batch, size, model):
         size: the physical batch size.
         model: the model, for its variables.
     """
-    chunks = (tf.shape(batch.x)[0] + size - 1) // size
+    chunks = (batch.rows() + size - 1) // size
 
     def body(i, sums, below, counted, nonfinite, preds):
         part = chunk_sum(Batch(*(_chunk(t, i, size) for t in batch)))

@@ -36,8 +36,12 @@ from keras_tempered_dp.privacy.clipping.recompute import (
     map_batched_args,
 )
 from keras_tempered_dp.privacy.clipping.norm_contract import NormResult
-from keras_tempered_dp.privacy.clipping.norms.generic import calls_sq_norms
+from keras_tempered_dp.privacy.clipping.norms.generic import (
+    calls_sq_norms,
+    generic_sq_norms,
+)
 from keras_tempered_dp.privacy.clipping.registry import norm_fn_for
+from keras_tempered_dp.privacy.clipping.routes import announce_generic
 
 
 class ClippedSum(NamedTuple):
@@ -106,9 +110,12 @@ def _unit_norms(tap, records, grad_outputs, num_groups):
         return NormResult(0.0, lambda factors: [tf.zeros_like(w)
                                                 for w in weights])
     if len(records) == 1:
-        return norm_fn_for(tap.layer)(tap.layer, records[0].inputs,
-                                      grad_outputs[0], num_groups,
-                                      Recompute(tap, records[0]))
+        fn = norm_fn_for(tap.layer)
+        if fn is generic_sq_norms:
+            announce_generic(tap.layer, 1)
+        return fn(tap.layer, records[0].inputs, grad_outputs[0], num_groups,
+                  Recompute(tap, records[0]))
+    announce_generic(tap.layer, len(records))
     return calls_sq_norms(tap.layer, [
         (record.inputs, dz, Recompute(tap, record))
         for record, dz in zip(records, grad_outputs)], num_groups)
@@ -241,7 +248,11 @@ def clipped_sum(model, taps, loss_fn, batch, num_groups, clip, options):
         y_pred, call_taps, records = _forward(model, taps, batch.x)
         losses = loss_fn(batch.y, y_pred, batch.sample_weight)
         total = tf.reduce_sum(losses)
-    grad_outputs = tape.gradient(total, [r.outputs for r in records])
+    # A unit whose output does not reach the loss (a backbone's pooler
+    # under a sequence head) has output gradient 0.
+    grad_outputs = tape.gradient(
+        total, [r.outputs for r in records],
+        unconnected_gradients=tf.UnconnectedGradients.ZERO)
     sample_weight = batch.sample_weight
     if isinstance(num_groups, int):
         records, grad_outputs = grouping.checked_microbatches(

@@ -398,7 +398,7 @@ class ClippingEngine:
         if self._num_microbatches:
             return tf.constant(float(self._num_microbatches))
         # One group per (original, unaugmented) example.
-        return replicas.total(tf.cast(tf.shape(batch.x)[0], tf.float32))
+        return replicas.total(tf.cast(batch.rows(), tf.float32))
 
     def _noised_gradients(self, batch):
         """The noised, averaged gradient, the outputs of the rows seen and
@@ -470,7 +470,7 @@ class ClippingEngine:
         batch = Batch(x, y, sample_weight)
         grads, y_pred, sigma, _ = self._noised_gradients(batch)
         counted = groups_with_weight(batch.sample_weight,
-                                     tf.shape(batch.x)[0], None)
+                                     batch.rows(), None)
         with tf.control_dependencies(grads):
             recorded = self._record.update(sigma, tf.cast(replicas.total(
                 tf.reduce_sum(tf.cast(counted, tf.float32))), tf.int64))
@@ -487,7 +487,7 @@ class ClippingEngine:
         model.optimizer.apply_gradients(zip(grads,
                                             model.trainable_variables))
         counted = groups_with_weight(batch.sample_weight,
-                                     tf.shape(batch.x)[0], None)
+                                     batch.rows(), None)
         # Counted only once the step's checks passed (the gradients depend
         # on them): a refused step spends no privacy.
         with tf.control_dependencies(grads):

@@ -89,16 +89,20 @@ def examples_per_group(tensor, num_groups):
 class Batch(NamedTuple):
     """The rows of one step (or one chunk of it), as the loss sees them."""
 
-    x: tf.Tensor
+    x: tf.Tensor  # or a dict / list of tensors (KerasHub's inputs)
     y: tf.Tensor
     sample_weight: tf.Tensor | None = None
+
+    def rows(self):
+        """The number of rows (examples, or their augmented copies)."""
+        return tf.shape(tf.nest.flatten(self.x)[0])[0]
 
 
 def repeat_rows(tensor, k):
     """Each row repeated ``k`` times, copies side by side (None stays)."""
     if tensor is None or k == 1:
         return tensor
-    return tf.repeat(tensor, k, axis=0)
+    return tf.nest.map_structure(lambda t: tf.repeat(t, k, axis=0), tensor)
 
 
 def augmented_copies(batch, k, augment, generator):

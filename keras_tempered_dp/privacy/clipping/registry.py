@@ -7,7 +7,9 @@ The engine asks :func:`norm_fn_for`, which sends a layer to the exact
 generic route (:mod:`.norms.generic`) when its class has no entry or when
 only some of its weights are trainable (a frozen kernel with a trainable
 bias): registered functions may assume every weight of the layer is
-trainable.
+trainable, unless registered with ``frozen_weights=True`` (then they return
+the norms of ``layer.trainable_weights`` alone: Dense and EinsumDense, whose
+LoRA adapters train while the kernel is frozen).
 
 The package's own functions are registered in one place,
 ``keras_tempered_dp/privacy/clipping/__init__.py``.
@@ -30,13 +32,19 @@ __all__ = [
 ]
 
 _NORM_FNS = {}
+_FROZEN_OK = set()  # classes whose function handles frozen weights
 
 
-def register_norm_fn(layer_class, fn: NormFn | None = None):
+def register_norm_fn(layer_class, fn: NormFn | None = None, *,
+                     frozen_weights=False):
     """Registers ``fn`` as the norm function of ``layer_class``.
 
     Use it as a decorator (``fn`` omitted) or as a call. A later
     registration for the same class replaces the earlier one.
+    ``frozen_weights=True`` declares that ``fn`` handles a layer of which
+    only some weights are trainable, returning the norms and clipped sums
+    of ``layer.trainable_weights`` alone; otherwise such a layer takes the
+    exact generic route.
 
     Example: a layer ``y = x * w`` with one scalar weight; one example's
     gradient is ``sum_j x_j * dz_j``.
@@ -57,6 +65,8 @@ def register_norm_fn(layer_class, fn: NormFn | None = None):
     """
     def decorate(fn):
         _NORM_FNS[layer_class] = fn
+        (_FROZEN_OK.add if frozen_weights else _FROZEN_OK.discard)(
+            layer_class)
         return fn
     return decorate if fn is None else decorate(fn)
 
@@ -73,9 +83,13 @@ def registered_classes():
 
 def norm_fn_for(layer) -> NormFn:
     """The function the engine uses for ``layer``: the registered one if
-    every weight of the layer is trainable, else the exact generic route."""
+    every weight of the layer is trainable or the function was registered
+    with ``frozen_weights=True``, else the exact generic route."""
     fn = lookup_norm_fn(layer)
+    if fn is None:
+        return generic_sq_norms
     trainable = {id(w) for w in layer.trainable_weights}
-    if fn is None or trainable != {id(w) for w in layer.weights}:
+    if (trainable != {id(w) for w in layer.weights}
+            and type(layer) not in _FROZEN_OK):
         return generic_sq_norms
     return fn

@@ -44,7 +44,8 @@ def _assert_matches_reference(model, x, y, num_groups=None, floor=0.0):
     bias, both sides are round-off)."""
     clip = _median_clip(model, x, y, num_groups)
     engine = _install(model, clip=clip, num_microbatches=num_groups)
-    grads, _ = engine.compute_gradients(tf.constant(x), tf.constant(y))
+    grads, _ = engine.compute_gradients(
+        tf.nest.map_structure(tf.constant, x), tf.constant(y))
     expected, scales = clipped_mean(model, per_example_loss(model.loss), x,
                                     y, clip, num_groups)
     assert len(grads) == len(expected)

@@ -13,7 +13,11 @@ import pytest
 import tensorflow as tf
 
 from keras_tempered_dp.privacy.traversal import clip_units
-from tests.privacy.clipping.support import L, _assert_matches_reference
+from tests.privacy.clipping.support import (
+    L,
+    _assert_matches_reference,
+    _install,
+)
 
 T, D = 5, 6  # sequence length, features
 
@@ -124,3 +128,61 @@ def test_units_of_each_model():
     assert units(composite) == ["_Gated", "Dense"]
     # a shared layer is one unit
     assert units(shared_dense) == ["Dense", "Dense"]
+
+
+def _lora_model(layer, flat):
+    inputs = keras.Input((T, D))
+    h = layer(L.Flatten()(inputs) if flat else inputs)
+    model = keras.Model(inputs, L.Dense(3)(L.Flatten()(h)))
+    layer.enable_lora(2)
+    rng = np.random.default_rng(1)
+    # lora_kernel_b starts at 0, which would make A's gradient 0
+    layer.lora_kernel_a.assign(rng.normal(size=layer.lora_kernel_a.shape))
+    layer.lora_kernel_b.assign(rng.normal(size=layer.lora_kernel_b.shape))
+    return model
+
+
+@pytest.mark.skipif(not hasattr(L.Dense, "enable_lora"),
+                    reason="LoRA layers are Keras 3's")
+@pytest.mark.parametrize("num_groups", [None, 3])
+@pytest.mark.parametrize("make, flat", [
+    # a sequence: materialized outer products
+    (lambda: L.Dense(4, activation="tanh"), False),
+    # one position: the ghost norm of the adapters' outer products
+    (lambda: L.Dense(5, use_bias=False), True),
+    (lambda: L.EinsumDense("abc,cde->abde", (T, 2, 3), bias_axes="de"),
+     False),
+], ids=["dense_sequence", "dense_flat_no_bias", "einsum"])
+def test_lora_layers_match_per_example_reference(make, flat, num_groups):
+    keras.utils.set_random_seed(0)
+    layer = make()
+    model = _lora_model(layer, flat)
+    assert not layer._kernel.trainable
+    _assert_matches_reference(model, _sequences(), _labels(), num_groups)
+
+
+def test_frozen_bias_dense_matches_per_example_reference():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((T, D))
+    layer = L.Dense(4, activation="tanh")
+    model = keras.Model(inputs, L.Dense(3)(L.Flatten()(layer(inputs))))
+    layer.bias.trainable = False
+    _assert_matches_reference(model, _sequences(), _labels())
+
+
+def test_generic_route_is_logged_once_per_layer(caplog):
+    keras.utils.set_random_seed(0)
+    shared = L.Dense(D, activation="tanh", name="shared")
+    model = _classifier(lambda x: L.Flatten()(
+        shared(shared(x)) + L.LSTM(D, return_sequences=True,
+                                   name="rnn")(x)))
+    engine = _install(model)
+    x, y = tf.constant(_sequences()), tf.constant(_labels())
+    with caplog.at_level("INFO", logger="keras_tempered_dp"):
+        engine.compute_gradients(x, y)
+        engine.compute_gradients(x, y)
+    lines = [r.getMessage() for r in caplog.records
+             if "generic route" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert "'shared' (Dense)" in lines[0] and "called 2 times" in lines[0]
+    assert "'rnn' (LSTM)" in lines[1] and "no norm function" in lines[1]

@@ -1,7 +1,7 @@
 """EinsumDense: per-example gradients from the layer's own equation.
 
 ``z = einsum("X,K->O", x, W) + b`` (attention's projections, KerasHub's
-feed-forward and LoRA-free projections). With the batch letter ``n`` (the
+feed-forward projections, LoRA-enabled or not). With the batch letter ``n`` (the
 first of ``X``), example m's kernel gradient is the same contraction with
 the roles turned round, kept per example:
 
@@ -21,6 +21,11 @@ import string
 
 import tensorflow as tf
 
+from keras_tempered_dp.privacy.clipping.norms.lora import (
+    adapter_grads,
+    lora_factors,
+    stored_kernel,
+)
 from keras_tempered_dp.privacy.clipping.norms.materialized import (
     materialized_sq_norms,
 )
@@ -73,13 +78,20 @@ def per_example_bias_grads(bias_shape, grad_outputs):
 
 
 def einsum_dense_sq_norms(layer, inputs, grad_outputs, num_groups, call):
-    """EinsumDense, any equation; every weight trainable (LoRA-enabled
-    layers, whose base kernel is frozen, take the generic route)."""
-    grads = {id(layer.kernel): per_example_kernel_grads(
-        layer.equation, inputs, grad_outputs)}
+    """EinsumDense, any equation; any of its weights may be frozen (LoRA:
+    the kernel, whose adapters' gradients come from the merged kernel's,
+    :mod:`.lora`)."""
+    kernel_grads = per_example_kernel_grads(layer.equation, inputs,
+                                            grad_outputs)
+    grads = {id(stored_kernel(layer)): kernel_grads}
     if layer.bias is not None:
         grads[id(layer.bias)] = per_example_bias_grads(
             tuple(layer.bias.shape), grad_outputs)
+    lora = lora_factors(layer)
+    if lora is not None:
+        lora_a, lora_b, scale = lora
+        grads[id(lora_a)], grads[id(lora_b)] = adapter_grads(
+            kernel_grads, lora_a, lora_b, scale)
     return materialized_sq_norms([grads[id(w)]
                                   for w in layer.trainable_weights],
                                  num_groups)

@@ -367,6 +367,7 @@ def list_activations():
 _REGISTRY["relu"] = keras.activations.relu
 _REGISTRY["tanh"] = keras.activations.tanh
 _REGISTRY["sigmoid"] = keras.activations.sigmoid
+_REGISTRY["gelu"] = keras.activations.gelu  # ViT's MLP activation
 register_activation(
     "tempered_sigmoid", make_tempered_sigmoid(2.0, 2.0, 1.0, "tempered_sigmoid")
 )

@@ -91,10 +91,11 @@ def test_bad_parameters_name_the_argument(kwargs, name):
 
 def test_builtins_registered():
     names = list_activations()
-    for name in ["relu", "tanh", "sigmoid", "tempered_sigmoid",
+    for name in ["relu", "tanh", "sigmoid", "gelu", "tempered_sigmoid",
                  "tempered_sigmoid_logistic"]:
         assert name in names
     assert get_activation("relu") is keras.activations.relu
+    assert get_activation("gelu") is keras.activations.gelu
     assert get_activation("tempered_sigmoid").tempered_sigmoid_parameters \
         == (2.0, 2.0, 1.0)
 
@@ -148,7 +149,7 @@ def test_register_rejects_non_callables():
         register_activation("not_callable_act", 3)
 
 
-@pytest.mark.parametrize("name", ["softplus", "elu", "gelu", "swish"])
+@pytest.mark.parametrize("name", ["softplus", "elu", "selu", "swish"])
 def test_keras_builtin_names_need_force(name):
     before = keras.activations.get(name)
     with pytest.raises(ValueError, match=rf"name='{name}'.*Keras.*force=True"):

@@ -8,7 +8,12 @@ import keras
 import numpy as np
 import pytest
 
-from keras_tempered_dp.layers import Scattering2D, TemperedSigmoid, WSConv2D
+from keras_tempered_dp.layers import (
+    AddPositionEmbedding,
+    Scattering2D,
+    TemperedSigmoid,
+    WSConv2D,
+)
 from tests.layer_harness import (
     LayerCase,
     check_config,
@@ -145,7 +150,43 @@ SCATTERING = LayerCase(
 )
 
 
-CASES = [TEMPERED_SIGMOID, WS_CONV, SCATTERING]
+# -- AddPositionEmbedding -----------------------------------------------------
+
+_POS_INPUT = np.linspace(-1, 1, 2 * 3 * 4).reshape(2, 3, 4)
+_POS_TABLE = np.arange(12.0).reshape(3, 4) / 10
+
+
+def _set_position_table(layer):
+    layer.set_weights([_POS_TABLE])
+
+
+def _position_identities(rng):
+    x = rng.normal(size=(4, 3, 5))
+    layer = AddPositionEmbedding(dtype="float64")
+    # Every example gets the same table added: differences are unchanged,
+    # and a zero input returns the table.
+    y = layer(x).numpy()
+    np.testing.assert_allclose(y - y[:1], x - x[:1], atol=1e-15)
+    np.testing.assert_allclose(layer(np.zeros_like(x))[2], layer.embeddings,
+                               atol=0)
+    with pytest.raises(ValueError, match="sequence, features"):
+        AddPositionEmbedding()(np.zeros((2, 5), "float32"))
+
+
+POSITION = LayerCase(
+    name="AddPositionEmbedding",
+    cls=AddPositionEmbedding,
+    kwargs=dict(initializer="zeros"),
+    input_shape=(3, 4),
+    golden_input=_POS_INPUT,
+    golden=lambda dtype: _POS_INPUT + _POS_TABLE,
+    tolerances={"float32": 1e-6, "float64": 1e-15},
+    set_weights=_set_position_table,
+    identities=[_position_identities],
+)
+
+
+CASES = [TEMPERED_SIGMOID, WS_CONV, SCATTERING, POSITION]
 _ids = [case.name for case in CASES]
 
 

@@ -1,5 +1,6 @@
-"""The networks: the tempered-sigmoid paper's CNNs, De et al.'s WRN-16-4 and
-Tramer and Boneh's ScatterNet models.
+"""The networks: the tempered-sigmoid paper's CNNs, De et al.'s WRN-16-4,
+Tramer and Boneh's ScatterNet models, a small ViT, a token transformer
+encoder and a sequential-image LSTM.
 
 Every builder takes ``activation=`` (see :func:`activation_layer`),
 ``input_shape=`` and ``num_classes=``; :data:`MODELS` maps the names the
@@ -9,18 +10,21 @@ model.
 
 from keras_tempered_dp.models.activation import activation_layer
 from keras_tempered_dp.models.paper import cifar10_cnn, digits_cnn, mnist_cnn
+from keras_tempered_dp.models.recurrent import sequence_lstm
 from keras_tempered_dp.models.scatternet import (
     join_front,
     scatternet_cnn,
     scatternet_linear,
     split_fixed_front,
 )
+from keras_tempered_dp.models.transformer import transformer_encoder, vit
 from keras_tempered_dp.models.wide_resnet import wide_resnet, wrn16_4
 
 MODELS = {"mnist_cnn": mnist_cnn, "cifar10_cnn": cifar10_cnn,
           "digits_cnn": digits_cnn, "wrn16_4": wrn16_4,
           "scatternet_linear": scatternet_linear,
-          "scatternet_cnn": scatternet_cnn}
+          "scatternet_cnn": scatternet_cnn, "vit": vit,
+          "sequence_lstm": sequence_lstm}
 
 # Models whose first layers are fixed features (split_fixed_front finds
 # them); train() computes those once over the data.
@@ -45,7 +49,10 @@ __all__ = [
           "mnist_cnn",
           "scatternet_cnn",
           "scatternet_linear",
+          "sequence_lstm",
           "split_fixed_front",
+          "transformer_encoder",
+          "vit",
           "wide_resnet",
           "wrn16_4",
 ]

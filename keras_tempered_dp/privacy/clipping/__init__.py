@@ -6,6 +6,7 @@ registered here, and only here, one per Keras layer class.
 
 import keras
 
+from keras_tempered_dp.layers.position_embedding import AddPositionEmbedding
 from keras_tempered_dp.layers.ws_conv import WSConv2D
 from keras_tempered_dp.privacy.clipping.engine import ClippingEngine
 from keras_tempered_dp.privacy.clipping.norm_contract import (
@@ -23,6 +24,9 @@ from keras_tempered_dp.privacy.clipping.norms.embedding import (
 from keras_tempered_dp.privacy.clipping.norms.normalization import (
     group_norm_sq_norms,
     layer_norm_sq_norms,
+)
+from keras_tempered_dp.privacy.clipping.norms.position import (
+    position_embedding_sq_norms,
 )
 from keras_tempered_dp.privacy.clipping.norms.standardized_conv import (
     ws_conv2d_sq_norms,
@@ -48,6 +52,7 @@ _BUILT_IN = {
     keras.layers.LayerNormalization: layer_norm_sq_norms,
     keras.layers.GroupNormalization: group_norm_sq_norms,
     WSConv2D: ws_conv2d_sq_norms,
+    AddPositionEmbedding: position_embedding_sq_norms,
 }
 # Their functions return the norms of the trainable weights alone (LoRA).
 _FROZEN_WEIGHTS_OK = (keras.layers.Dense, keras.layers.EinsumDense)

@@ -1,0 +1,18 @@
+"""Exact per-example gradients of :class:`AddPositionEmbedding`.
+
+``z = x + E``: example b's gradient with respect to ``E`` is ``dz_b``
+(``[S, D]``), formed outright (``B x S x D``, the size of the layer's
+output gradient, which the engine holds anyway).
+"""
+
+import tensorflow as tf
+
+from keras_tempered_dp.privacy.clipping.norms.materialized import (
+    materialized_sq_norms,
+)
+
+
+def position_embedding_sq_norms(layer, inputs, grad_outputs, num_groups,
+                                call):
+    return materialized_sq_norms([tf.cast(grad_outputs, tf.float32)],
+                                 num_groups)

@@ -2,6 +2,9 @@
 
     python benchmarks/clipping_speed.py            # the full table (~25 min)
     python benchmarks/clipping_speed.py --quick    # MNIST CNN at batch 256
+    # a transformer encoder, an LSTM and the ViT (issue 25's rows):
+    python benchmarks/clipping_speed.py --configs=encoder:64,lstm:256,vit:256 \
+        --methods=ordinary,engine --repeats=3
     # two stacks side by side, 3 interleaved repeats, medians:
     python benchmarks/clipping_speed.py --methods=ordinary,engine --repeats=3 \
         --stacks=current=.venv/bin/python,legacy=.venv-legacy/bin/python
@@ -52,7 +55,12 @@ from _common import (
 from _common import stacks as parse_stacks
 
 CONFIGS = [("mnist_cnn", 256), ("mnist_cnn", 1024), ("cifar10_cnn", 256),
-           ("wrn16_4", 64)]
+           ("wrn16_4", 64), ("encoder", 64), ("lstm", 256), ("vit", 256)]
+# Beyond the package's image models (issue 25's rows): a transformer
+# encoder (4 blocks, width 128, 4 heads, sequence 64, vocabulary 1000), an
+# LSTM classifier (width 128, sequence 64 of 32 features) and the
+# Fashion-MNIST ViT (docs/results/vit/).
+SEQUENCE_MODELS = ("encoder", "lstm", "vit")
 METHODS = ["ordinary", "engine", "dp_keras", "vectorized", "dp_sequential"]
 
 
@@ -97,25 +105,51 @@ def _compiled(build, shape, method):
     return model
 
 
+def _workload(model_name, batch_size):
+    """``(build(activation), one example's shape, x, y)``."""
+    import functools
+
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_tempered_dp import models
+
+    rng = np.random.default_rng(0)
+    build, shape = {
+        "encoder": (functools.partial(models.transformer_encoder,
+                                      sequence_length=64, width=128,
+                                      depth=4, heads=4), (64,)),
+        "lstm": (functools.partial(models.sequence_lstm,
+                                   input_shape=(64, 32, 1), width=128),
+                 (64, 32, 1)),
+        "vit": (models.vit, (28, 28, 1)),
+        "mnist_cnn": (models.mnist_cnn, (28, 28, 1)),
+    }.get(model_name, (models.MODELS.get(model_name), (32, 32, 3)))
+    if model_name == "encoder":
+        x = rng.integers(0, 1000, (batch_size,) + shape).astype("int32")
+    else:
+        x = rng.uniform(size=(batch_size,) + shape).astype("float32")
+    y = np.arange(batch_size) % (2 if model_name == "encoder" else 10)
+    return build, shape, tf.constant(x), tf.constant(y)
+
+
 def measure(model_name, batch_size, method, steps):
     """Runs in the child process; returns a dict of measurements."""
     import keras
     import numpy as np
     import tensorflow as tf
 
-    from keras_tempered_dp import models, stack
+    from keras_tempered_dp import stack
 
     if method in ("dp_keras", "vectorized", "dp_sequential") \
             and not stack.tf_privacy_available():
         return {"error": "skipped: TF Privacy runs on the legacy stack only"}
+    if method == "dp_sequential" and model_name in SEQUENCE_MODELS:
+        return {"error": "skipped: DPSequential takes Sequential models"}
 
     keras.utils.set_random_seed(0)
-    build = models.MODELS[model_name]
-    shape = (28, 28, 1) if model_name == "mnist_cnn" else (32, 32, 3)
+    build, shape, x, y = _workload(model_name, batch_size)
     gpu = bool(tf.config.list_physical_devices("GPU"))
-    x = tf.constant(np.random.default_rng(0).uniform(
-        size=(batch_size,) + shape).astype("float32"))
-    y = tf.constant(np.arange(batch_size) % 10)
     model = _compiled(build, shape, method)
     baseline = _rss_kib("VmRSS")
     if gpu:

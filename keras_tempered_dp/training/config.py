@@ -105,11 +105,12 @@ class ModelConfig(_Section):
     """The network and its activation."""
 
     model: str | None = _field(
-        None, "mnist_cnn, cifar10_cnn, digits_cnn, wrn16_4, scatternet_linear "
-        "or scatternet_cnn; default: the paper's model for the dataset.")
+        None, "mnist_cnn, cifar10_cnn, digits_cnn, wrn16_4, "
+        "scatternet_linear, scatternet_cnn, vit or sequence_lstm; default: "
+        "the paper's model for the dataset.")
     activation: str = _field(
         "tempered_sigmoid", "tempered_sigmoid (with --s --T --o), tanh, "
-        "relu, or any registered name.")
+        "relu, gelu, or any registered name.")
     s: float = _field(2.0, "Tempered sigmoid scale s > 0.")
     T: float = _field(2.0, "Tempered sigmoid inverse temperature T > 0.")
     o: float = _field(1.0, "Tempered sigmoid offset o.")

@@ -28,6 +28,9 @@ from keras_tempered_dp.privacy.clipping.norms.normalization import (
 from keras_tempered_dp.privacy.clipping.norms.position import (
     position_embedding_sq_norms,
 )
+from keras_tempered_dp.privacy.clipping.norms.recurrent import (
+    recurrent_sq_norms,
+)
 from keras_tempered_dp.privacy.clipping.norms.standardized_conv import (
     ws_conv2d_sq_norms,
 )
@@ -53,6 +56,9 @@ _BUILT_IN = {
     keras.layers.GroupNormalization: group_norm_sq_norms,
     WSConv2D: ws_conv2d_sq_norms,
     AddPositionEmbedding: position_embedding_sq_norms,
+    keras.layers.LSTM: recurrent_sq_norms,
+    keras.layers.GRU: recurrent_sq_norms,
+    keras.layers.SimpleRNN: recurrent_sq_norms,
 }
 # Their functions return the norms of the trainable weights alone (LoRA).
 _FROZEN_WEIGHTS_OK = (keras.layers.Dense, keras.layers.EinsumDense)

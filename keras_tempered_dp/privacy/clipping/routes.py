@@ -16,14 +16,16 @@ _logger = logging.getLogger("keras_tempered_dp")
 _announced = weakref.WeakSet()
 
 
-def announce_generic(layer, calls):
+def announce_generic(layer, calls, why=None):
     """Logs, the first time for ``layer``, that it takes the generic route
-    and why (``calls``: how many times one forward pass calls it)."""
+    and why (``calls``: how many times one forward pass calls it; ``why``:
+    the reason, where a norm function sends the layer on)."""
     if layer in _announced:
         return
     _announced.add(layer)
-    why = (f"called {calls} times in one forward pass" if calls > 1
-           else "no norm function registered for its class and weights")
+    if why is None:
+        why = (f"called {calls} times in one forward pass" if calls > 1
+               else "no norm function registered for its class and weights")
     _logger.info(
         "DP engine: layer %r (%s) takes the exact generic route (%s): a "
         "per-example recomputation of the layer, slower than a norm "

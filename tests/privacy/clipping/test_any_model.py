@@ -68,6 +68,29 @@ def simple_rnn(x):
     return L.SimpleRNN(3, activation="tanh")(x)
 
 
+def lstm_sequence_relu_no_bias(x):
+    return L.Flatten()(L.LSTM(3, activation="relu", use_bias=False,
+                              return_sequences=True)(x))
+
+
+def gru_last(x):
+    return L.GRU(4, activation="tempered_sigmoid")(x)
+
+
+def rnn_stack(x):
+    # two recurrent units, the second reading the first's sequence
+    return L.LSTM(3)(L.GRU(4, return_sequences=True)(x))
+
+
+def lstm_backwards(x):
+    # outside the time-step formulas: the exact generic route
+    return L.LSTM(3, go_backwards=True)(x)
+
+
+def gru_reset_before(x):
+    return L.GRU(3, reset_after=False)(x)
+
+
 def bidirectional(x):
     return L.Bidirectional(L.SimpleRNN(3))(x)
 
@@ -99,7 +122,9 @@ def composite(x):
 
 
 BODIES = [attention, cross_attention, einsum_projection, lstm, gru_sequence,
-          simple_rnn, bidirectional, time_distributed, shared_dense, composite]
+          simple_rnn, lstm_sequence_relu_no_bias, gru_last, rnn_stack,
+          lstm_backwards, gru_reset_before, bidirectional, time_distributed,
+          shared_dense, composite]
 
 
 @pytest.mark.parametrize("num_groups", [None, 3])
@@ -177,8 +202,8 @@ def test_generic_route_is_logged_once_per_layer(caplog):
     keras.utils.set_random_seed(0)
     shared = L.Dense(D, activation="tanh", name="shared")
     model = _classifier(lambda x: L.Flatten()(
-        shared(shared(x)) + L.LSTM(D, return_sequences=True,
-                                   name="rnn")(x)))
+        shared(shared(x)) + L.Bidirectional(
+            L.LSTM(D // 2, return_sequences=True), name="rnn")(x)))
     engine = _install(model)
     x, y = tf.constant(_sequences()), tf.constant(_labels())
     with caplog.at_level("INFO", logger="keras_tempered_dp"):
@@ -188,4 +213,45 @@ def test_generic_route_is_logged_once_per_layer(caplog):
              if "generic route" in r.getMessage()]
     assert len(lines) == 2, lines
     assert "'shared' (Dense)" in lines[0] and "called 2 times" in lines[0]
-    assert "'rnn' (LSTM)" in lines[1] and "no norm function" in lines[1]
+    assert "'rnn' (Bidirectional)" in lines[1]
+    assert "no norm function" in lines[1]
+
+
+def test_recurrent_layers_take_the_time_step_route(caplog):
+    """LSTM, GRU and SimpleRNN are clipped from one batched backward pass
+    (norms/recurrent.py); options outside its formulas go to the generic
+    route, and say so."""
+    keras.utils.set_random_seed(0)
+    model = _classifier(lambda x: L.Concatenate()([
+        L.LSTM(2, name="fast_lstm")(x), L.GRU(2, name="fast_gru")(x),
+        L.SimpleRNN(2, name="fast_rnn")(x),
+        L.LSTM(2, go_backwards=True, name="backwards")(x)]))
+    engine = _install(model)
+    with caplog.at_level("INFO", logger="keras_tempered_dp"):
+        engine.compute_gradients(tf.constant(_sequences()),
+                                 tf.constant(_labels()))
+    lines = [r.getMessage() for r in caplog.records
+             if "generic route" in r.getMessage()]
+    assert len(lines) == 1 and "'backwards' (LSTM)" in lines[0], lines
+    assert "go_backwards" in lines[0]
+
+
+def test_time_step_route_checks_its_recomputation(monkeypatch):
+    """The unrolled recomputation is compared with the recorded outputs: a
+    cell whose arithmetic differed from the route's formulas would fail
+    the step, not be clipped with another function's norms."""
+    from keras_tempered_dp.privacy.clipping.norms import recurrent
+
+    def forget_gate_swapped(cell, x_proj, h_proj, state):
+        i, f, g, o = tf.split(x_proj + h_proj, 4, axis=-1)
+        swapped = tf.concat([f, i, g, o], axis=-1)
+        return recurrent._lstm_step(cell, swapped, tf.zeros_like(swapped),
+                                    state)
+
+    monkeypatch.setitem(recurrent._STEPS, L.LSTM, (forget_gate_swapped, 2))
+    keras.utils.set_random_seed(0)
+    engine = _install(_classifier(lambda x: L.LSTM(3)(x)))
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="different outputs"):
+        engine.compute_gradients(tf.constant(_sequences()),
+                                 tf.constant(_labels()))

@@ -1,0 +1,153 @@
+"""Exact per-example gradients of LSTM, GRU and SimpleRNN, by time step.
+
+A recurrent layer applies the same weights at every step t. Its gate
+pre-activations are affine in the step's input and the previous output::
+
+    LSTM, SimpleRNN:  z_t = x_t K + h_{t-1} R + b
+    GRU (reset_after): z_t^x = x_t K + b_x,   z_t^h = h_{t-1} R + b_h
+
+so each example's weight gradients are sums of outer products over the
+steps, like a Dense layer over a sequence's positions::
+
+    dK = sum_t x_t^T dz_t^x,   dR = sum_t h_{t-1}^T dz_t^h,   db = sum_t dz_t
+
+The engine recomputes the layer unrolled, with a zero tensor added to
+every step's ``x K`` and ``h R`` and the recorded output gradient fed
+back: the gradients with respect to those zeros are every example's
+``dz_t`` at once, in one batched backward pass (examples do not interact).
+The norms then come from :func:`.outer_products.factored_sq_norms` (ghost
+or materialized, whichever is cheaper), not from a per-example
+recomputation. The unrolled outputs are checked against the ones the
+forward pass recorded, so a cell whose arithmetic differs from the
+formulas above fails the step instead of being clipped wrongly. Layers
+with options outside these formulas (masks, initial states,
+``go_backwards``, dropout, ``stateful``, GRU with ``reset_after=False``)
+take the exact generic route.
+"""
+
+import keras
+import tensorflow as tf
+
+from keras_tempered_dp.privacy.clipping.norms.generic import generic_sq_norms
+from keras_tempered_dp.privacy.clipping.norms.lora import combined
+from keras_tempered_dp.privacy.clipping.norms.materialized import (
+    materialized_sq_norms,
+)
+from keras_tempered_dp.privacy.clipping.norms.outer_products import (
+    factored_sq_norms,
+)
+from keras_tempered_dp.privacy.clipping.recompute import (
+    check_same_outputs,
+    deviation,
+)
+from keras_tempered_dp.privacy.clipping.routes import announce_generic
+
+
+def _lstm_step(cell, x_proj, h_proj, state):
+    h, c = state
+    i, f, g, o = tf.split(x_proj + h_proj, 4, axis=-1)
+    act, gate = cell.activation, cell.recurrent_activation
+    c = gate(f) * c + gate(i) * act(g)
+    h = gate(o) * act(c)
+    return h, (h, c)
+
+
+def _gru_step(cell, x_proj, h_proj, state):
+    (h,) = state
+    x_z, x_r, x_h = tf.split(x_proj, 3, axis=-1)
+    h_z, h_r, h_h = tf.split(h_proj, 3, axis=-1)
+    gate = cell.recurrent_activation
+    z, r = gate(x_z + h_z), gate(x_r + h_r)
+    h = z * h + (1 - z) * cell.activation(x_h + r * h_h)
+    return h, (h,)
+
+
+def _simple_step(cell, x_proj, h_proj, state):
+    h = cell.activation(x_proj + h_proj)
+    return h, (h,)
+
+
+_STEPS = {keras.layers.LSTM: (_lstm_step, 2), keras.layers.GRU: (_gru_step, 1),
+          keras.layers.SimpleRNN: (_simple_step, 1)}
+
+
+def _biases(cell):
+    """``(b_x, b_h)`` added to the input and the recurrent projections."""
+    if not cell.use_bias:
+        return 0.0, 0.0
+    bias = tf.convert_to_tensor(cell.bias)
+    if bias.shape.rank == 2:  # GRU reset_after: [2, 3H]
+        return bias[0], bias[1]
+    return bias, 0.0
+
+
+def _supported(layer, call):
+    cell = layer.cell
+    return (type(layer) in _STEPS
+            and not layer.go_backwards and not layer.stateful
+            and not getattr(layer, "time_major", False)
+            and getattr(cell, "dropout", 0) == 0
+            and getattr(cell, "recurrent_dropout", 0) == 0
+            and getattr(cell, "reset_after", True)
+            and not getattr(call, "batched_args", list)())
+
+
+def _unrolled(layer, x, taps):
+    """The layer's outputs and ``h_{t-1}`` ``[B, T, H]``, with ``taps``
+    (two lists of T ``[B, n]`` zeros) added to each step's input and
+    recurrent projections."""
+    step, num_states = _STEPS[type(layer)]
+    cell = layer.cell
+    kernel = tf.convert_to_tensor(cell.kernel)
+    recurrent = tf.convert_to_tensor(cell.recurrent_kernel)
+    b_x, b_h = _biases(cell)
+    h = tf.zeros([tf.shape(x)[0], cell.units], x.dtype)
+    state = (h,) * num_states
+    outputs, previous = [], []
+    for t, (tap_x, tap_h) in enumerate(zip(*taps)):
+        previous.append(state[0])
+        x_proj = tf.matmul(x[:, t], kernel) + b_x + tap_x
+        h_proj = tf.matmul(state[0], recurrent) + b_h + tap_h
+        h, state = step(cell, x_proj, h_proj, state)
+        outputs.append(h)
+    sequence = tf.stack(outputs, axis=1)
+    return (sequence if layer.return_sequences else outputs[-1],
+            tf.stack(previous, axis=1))
+
+
+def recurrent_sq_norms(layer, inputs, grad_outputs, num_groups, call):
+    """LSTM, GRU (``reset_after=True``) and SimpleRNN over ``[B, T, F]``."""
+    if not _supported(layer, call) or inputs.shape[1] is None:
+        announce_generic(layer, 1, "a mask, an initial state, dropout, "
+                         "go_backwards, stateful, reset_after=False or an "
+                         "unknown sequence length")
+        return generic_sq_norms(layer, inputs, grad_outputs, num_groups,
+                                call)
+    x = tf.cast(inputs, tf.float32)
+    # One zero tensor per step and projection: the gradient of a slice of
+    # one [B, T, n] tensor would be a dense [B, T, n] tensor per step.
+    zero = tf.zeros([tf.shape(x)[0], layer.cell.kernel.shape[-1]])
+    taps = [[tf.identity(zero) for _ in range(x.shape[1])]
+            for _ in range(2)]
+    with tf.GradientTape() as tape:
+        tape.watch(taps)
+        outputs, previous = _unrolled(layer, x, taps)
+    g_x, g_h = (tf.stack(g, axis=1) for g in tape.gradient(
+        outputs, taps, output_gradients=tf.cast(grad_outputs, tf.float32)))
+    cell = layer.cell
+    terms = {id(cell.kernel): factored_sq_norms(x, g_x, num_groups),
+             id(cell.recurrent_kernel): factored_sq_norms(previous, g_h,
+                                                          num_groups)}
+    if cell.use_bias:
+        bias = tf.reduce_sum(g_x, axis=1)
+        if cell.bias.shape.rank == 2:
+            bias = tf.stack([bias, tf.reduce_sum(g_h, axis=1)], axis=1)
+        terms[id(cell.bias)] = materialized_sq_norms([bias], num_groups)
+    result = combined(layer, terms)
+    recorded = getattr(call, "recorded", None)
+    if recorded is None:
+        return result
+    checked = check_same_outputs(layer, deviation(outputs, recorded),
+                                 recorded)
+    with tf.control_dependencies([checked]):
+        return result._replace(sq_norms=tf.identity(result.sq_norms))

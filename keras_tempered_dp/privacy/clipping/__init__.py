@@ -28,15 +28,20 @@ from keras_tempered_dp.privacy.clipping.norms.normalization import (
 from keras_tempered_dp.privacy.clipping.norms.position import (
     position_embedding_sq_norms,
 )
+from keras_tempered_dp.privacy.clipping.norms import keras_hub as _keras_hub
 from keras_tempered_dp.privacy.clipping.norms.recurrent import (
     recurrent_sq_norms,
 )
 from keras_tempered_dp.privacy.clipping.norms.standardized_conv import (
     ws_conv2d_sq_norms,
 )
+from keras_tempered_dp.privacy.clipping.norms.reversible_embedding import (
+    reversible_embedding_sq_norms,
+)
 from keras_tempered_dp.privacy.clipping.registry import (
     lookup_norm_fn,
     register_norm_fn,
+    register_provider,
     registered_classes,
 )
 from keras_tempered_dp.privacy.config import EngineOptions, QuantileClipping
@@ -65,3 +70,8 @@ _FROZEN_WEIGHTS_OK = (keras.layers.Dense, keras.layers.EinsumDense)
 for _layer_class, _fn in _BUILT_IN.items():
     register_norm_fn(_layer_class, _fn,
                      frozen_weights=_layer_class in _FROZEN_WEIGHTS_OK)
+# Keras 3's own reversible embedding; KerasHub's layers on first sight.
+if hasattr(keras.layers, "ReversibleEmbedding"):
+    register_norm_fn(keras.layers.ReversibleEmbedding,
+                     reversible_embedding_sq_norms, all_calls=True)
+register_provider("keras_hub", _keras_hub.register)

@@ -40,7 +40,10 @@ from keras_tempered_dp.privacy.clipping.norms.generic import (
     calls_sq_norms,
     generic_sq_norms,
 )
-from keras_tempered_dp.privacy.clipping.registry import norm_fn_for
+from keras_tempered_dp.privacy.clipping.registry import (
+    norm_fn_for,
+    takes_all_calls,
+)
 from keras_tempered_dp.privacy.clipping.routes import announce_generic
 
 
@@ -109,6 +112,10 @@ def _unit_norms(tap, records, grad_outputs, num_groups):
         weights = tap.layer.trainable_weights
         return NormResult(0.0, lambda factors: [tf.zeros_like(w)
                                                 for w in weights])
+    if takes_all_calls(tap.layer):
+        return norm_fn_for(tap.layer)(tap.layer, [
+            (record.inputs, dz, Recompute(tap, record))
+            for record, dz in zip(records, grad_outputs)], num_groups)
     if len(records) == 1:
         fn = norm_fn_for(tap.layer)
         if fn is generic_sq_norms:

@@ -35,6 +35,12 @@ class Recompute:
         self._record = record
         self.recorded = record.outputs
 
+    @property
+    def arguments(self):
+        """``(args, kwargs)``: what the call received besides its inputs
+        (``reverse=True`` for a reversed embedding)."""
+        return self._record.args, self._record.kwargs
+
     def batched_args(self):
         """The other arguments' tensors that have the batch axis first."""
         return batched_args(self._record)

@@ -11,8 +11,17 @@ trainable, unless registered with ``frozen_weights=True`` (then they return
 the norms of ``layer.trainable_weights`` alone: Dense and EinsumDense, whose
 LoRA adapters train while the kernel is frozen).
 
+A function registered with ``all_calls=True`` is given every call of one
+forward pass together, ``fn(layer, calls, num_groups)`` with ``calls`` a
+list of ``(inputs, grad_outputs, call)``: for a layer called several times
+with the same weights (a tied embedding used for the input tokens and,
+reversed, for the output logits), whose per-example gradient is the sum
+over its calls, cross terms included. Other layers called several times
+take the exact generic route.
+
 The package's own functions are registered in one place,
-``keras_tempered_dp/privacy/clipping/__init__.py``.
+``keras_tempered_dp/privacy/clipping/__init__.py``; KerasHub's layers when
+KerasHub is in use (:mod:`.norms.keras_hub`).
 """
 
 
@@ -28,15 +37,19 @@ from keras_tempered_dp.privacy.clipping.norms.generic import generic_sq_norms
 # writing a norm function needs, in one import.
 __all__ = [
     "ClippedSumFn", "NormFn", "NormResult", "lookup_norm_fn", "norm_fn_for",
-    "register_norm_fn", "registered_classes", "regroup",
+    "register_norm_fn", "registered_classes", "regroup", "takes_all_calls",
 ]
 
 _NORM_FNS = {}
 _FROZEN_OK = set()  # classes whose function handles frozen weights
+_ALL_CALLS = set()  # classes whose function takes every call at once
+# Registrations made the first time a layer of another package is looked
+# up: {module prefix: register function} (KerasHub is a heavy import).
+_PROVIDERS = {}
 
 
 def register_norm_fn(layer_class, fn: NormFn | None = None, *,
-                     frozen_weights=False):
+                     frozen_weights=False, all_calls=False):
     """Registers ``fn`` as the norm function of ``layer_class``.
 
     Use it as a decorator (``fn`` omitted) or as a call. A later
@@ -44,7 +57,9 @@ def register_norm_fn(layer_class, fn: NormFn | None = None, *,
     ``frozen_weights=True`` declares that ``fn`` handles a layer of which
     only some weights are trainable, returning the norms and clipped sums
     of ``layer.trainable_weights`` alone; otherwise such a layer takes the
-    exact generic route.
+    exact generic route. ``all_calls=True``: ``fn(layer, calls,
+    num_groups)`` takes every call of a forward pass at once (module
+    docstring).
 
     Example: a layer ``y = x * w`` with one scalar weight; one example's
     gradient is ``sum_j x_j * dz_j``.
@@ -67,18 +82,37 @@ def register_norm_fn(layer_class, fn: NormFn | None = None, *,
         _NORM_FNS[layer_class] = fn
         (_FROZEN_OK.add if frozen_weights else _FROZEN_OK.discard)(
             layer_class)
+        (_ALL_CALLS.add if all_calls else _ALL_CALLS.discard)(layer_class)
         return fn
     return decorate if fn is None else decorate(fn)
 
 
+def register_provider(module_prefix, register):
+    """Calls ``register()`` the first time a layer whose class comes from
+    a module under ``module_prefix`` is looked up."""
+    _PROVIDERS[module_prefix] = register
+
+
 def lookup_norm_fn(layer) -> NormFn | None:
     """The function registered for ``type(layer)``, or None."""
-    return _NORM_FNS.get(type(layer))
+    cls = type(layer)
+    if cls not in _NORM_FNS:
+        module = cls.__module__.split(".")[0]
+        register = _PROVIDERS.pop(module, None)
+        if register is not None:  # the module is imported: cls is from it
+            register()
+    return _NORM_FNS.get(cls)
 
 
 def registered_classes():
     """The layer classes with a registered norm function."""
     return tuple(_NORM_FNS)
+
+
+def takes_all_calls(layer):
+    """Whether :func:`norm_fn_for` ``(layer)`` takes every call at once."""
+    return (type(layer) in _ALL_CALLS
+            and norm_fn_for(layer) is not generic_sq_norms)
 
 
 def norm_fn_for(layer) -> NormFn:

@@ -255,3 +255,36 @@ def test_time_step_route_checks_its_recomputation(monkeypatch):
                        match="different outputs"):
         engine.compute_gradients(tf.constant(_sequences()),
                                  tf.constant(_labels()))
+
+
+def _tied_language_model(cap, tie, last_only):
+    """Tokens looked up, mixed, and turned into logits by the same table
+    reversed (tied) or by its own reverse table; logits of every position
+    (a sequence loss) or of the last one."""
+    inputs = keras.Input((T,), dtype="int32")
+    table = L.ReversibleEmbedding(7, 4, tie_weights=tie,
+                                  logit_soft_cap=cap, name="table")
+    h = L.Dense(4, activation="tanh")(table(inputs))
+    if last_only:
+        return keras.Model(inputs, table(h[:, -1], reverse=True))
+    return keras.Model(inputs, L.Flatten()(table(h, reverse=True)))
+
+
+@pytest.mark.skipif(not hasattr(L, "ReversibleEmbedding"),
+                    reason="ReversibleEmbedding is Keras 3's")
+@pytest.mark.parametrize("num_groups", [None, 3])
+@pytest.mark.parametrize("cap, tie, last_only", [
+    (None, True, True), (None, True, False), (0.1, True, True),
+    (None, False, False)], ids=["tied_last", "tied_sequence",
+                                "tied_soft_cap", "untied"])
+def test_reversible_embedding_matches_per_example_reference(
+        cap, tie, last_only, num_groups, caplog):
+    keras.utils.set_random_seed(0)
+    model = _tied_language_model(cap, tie, last_only)
+    # few tokens, so that ids repeat within an example
+    x = np.random.default_rng(0).integers(0, 7, (6, T)).astype("int32")
+    y = np.random.default_rng(1).integers(0, 7 if last_only else 7 * T,
+                                          6).astype("int32")
+    with caplog.at_level("INFO", logger="keras_tempered_dp"):
+        _assert_matches_reference(model, x, y, num_groups)
+    assert not [r for r in caplog.records if "'table'" in r.getMessage()]

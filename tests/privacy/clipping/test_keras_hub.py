@@ -145,3 +145,27 @@ def test_lora_trains_only_the_adapters_and_biases():
     kernels = [v.path for v in model.trainable_weights
                if v.path.endswith("/kernel")]
     assert kernels == [model.layers[-1].kernel.path]
+
+
+@pytest.mark.parametrize("make", [bert, gpt2, gemma],
+                         ids=lambda f: f.__name__)
+def test_embeddings_and_norms_take_their_norm_functions(make, caplog):
+    """Token, position and tied embeddings and RMS norms are clipped by
+    their registered functions (norms/keras_hub.py,
+    norms/reversible_embedding.py), not by per-example recomputation."""
+    from tests.privacy.clipping.support import _install
+
+    keras.utils.set_random_seed(0)
+    backbone = make()
+    model = tied_lm(backbone) if make is not bert else classifier(backbone)
+    x, y = _data(model, backbone, V if make is not bert else 3)
+    engine = _install(model)
+    with caplog.at_level("INFO", logger="keras_tempered_dp"):
+        engine.compute_gradients(
+            {k: keras.ops.convert_to_tensor(v) for k, v in x.items()},
+            keras.ops.convert_to_tensor(y))
+    generic = " ".join(r.getMessage() for r in caplog.records
+                       if "generic route" in r.getMessage())
+    for kind in ("ReversibleEmbedding", "PositionEmbedding",
+                 "RMSNormalization", "Embedding"):
+        assert f"({kind})" not in generic, generic

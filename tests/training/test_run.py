@@ -205,3 +205,17 @@ def test_resume_continues_the_adaptive_clip(tmp_path):
     # It went on shrinking from where it stopped, not from 1000.
     # (Restarted at 1000 it would end near the first epoch's value again.)
     assert resumed["epochs"][1]["l2_norm_clip"] < 0.5 * state["l2_norm_clip"]
+
+
+@pytest.mark.parametrize("model, activation", [
+    ("vit", "gelu"), ("sequence_lstm", "tanh")])
+def test_transformer_and_lstm_train_and_save(tmp_path, model, activation):
+    """``train --model=vit|sequence_lstm``: the whole run (DP fit, epsilon,
+    the saved model) with attention and recurrent units."""
+    import json
+    _small_train(tmp_path, model=model, activation=activation, epochs=1)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["config"]["model"] == model
+    assert 0 < results["epsilon"] < 10
+    loaded = keras.models.load_model(tmp_path / "run" / "model.keras")
+    assert loaded.count_params() > 0

@@ -89,9 +89,11 @@ def _reproduce_flags(parser):
     from keras_tempered_dp.models import MODELS
     _data_flags(parser, "runs/reproduce")
     add_flag(parser, "recipe", str, "'paper' (tanh against ReLU, Papernot "
-             "et al.), 'scale' (De et al.'s recipe with tempered sigmoids) "
-             "or 'scatternet' (Tramer & Boneh's ScatterNet models beside the "
-             "end-to-end CNN).", "paper", choices=tuple(RECIPES))
+             "et al.), 'scale' (De et al.'s recipe with tempered sigmoids), "
+             "'scatternet' (Tramer & Boneh's ScatterNet models beside the "
+             "end-to-end CNN), 'transformer' (a ViT's MLP activation: GELU, "
+             "ReLU, tanh, tempered sigmoid) or 'recurrent' (an LSTM's: tanh, "
+             "ReLU).", "paper", choices=tuple(RECIPES))
     add_flag(parser, "model", str, "paper: a registry model instead of the "
              "dataset's, e.g. scatternet_cnn.", None,
              choices=tuple(MODELS))
@@ -100,8 +102,19 @@ def _reproduce_flags(parser):
              None)
     add_flag(parser, "epochs", int, "Override the setting's epochs (a "
              "quick look; the table then differs from the paper's).", None)
+    add_flag(parser, "seeds", _seed_list,
+             "Several seeds, comma-separated (instead of --seed): every run "
+             "once per seed, and the table's medians.", None)
     add_flag(parser, "verbose", int, "Keras' progress output.", 2)
     _accountant_flag(parser)
+
+
+def _seed_list(text):
+    """``--seeds=0,1,2`` -> [0, 1, 2]."""
+    return [int(value) for value in text.split(",")]
+
+
+_seed_list.__name__ = "seed list"  # argparse: "invalid seed list value"
 
 
 def _accountant_flag(parser):
@@ -177,7 +190,7 @@ def run_reproduce(args):
         epochs=args.epochs, data_dir=args.data_dir,
         manual_dir=args.manual_dir, download=args.download, seed=args.seed,
         verbose=args.verbose, command=command, accountant=args.accountant,
-        model=args.model)
+        model=args.model, seeds=args.seeds)
     for row in rows:
         print(f"{row['run']}: {row['test_accuracy']:.2f}% at epsilon "
               f"{row['epsilon']:.3f}")

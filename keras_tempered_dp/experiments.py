@@ -23,6 +23,12 @@ activations (ReLU is not tuned separately).
   steps) at epsilon 1, 2, 4 and 8; days of CPU time, meant for a GPU;
 * ``digits``: a seconds-long smoke version of the Fashion-MNIST comparison.
 
+``recipe="transformer"`` and ``recipe="recurrent"`` (beyond the paper):
+does its finding hold beyond CNNs? A small ViT with its MLP activation set
+to GELU, ReLU, tanh and a tempered sigmoid, and an LSTM reading an image
+row by row (tanh against ReLU), at the paper's Fashion-MNIST epsilon; run
+with ``seeds=`` for medians over several seeds.
+
 ``recipe="scatternet"`` (Tramer and Boneh, ICLR 2021): ScatterNet features
 (J=2, L=8, group-normalized, computed once) under a linear model and under
 their small CNN (tanh, and ReLU beside it), next to the paper's end-to-end
@@ -42,6 +48,7 @@ Example:
 import dataclasses
 import json
 import os
+import statistics
 
 from keras_tempered_dp.plots import plot_accuracy_vs_epsilon
 from keras_tempered_dp.privacy.accounting import (
@@ -89,6 +96,39 @@ def _paper(epsilon, paper, **settings):
 _FASHION = dict(batch_size=2048, learning_rate=4.0, epochs=40)
 _SCATTER_LINEAR = dict(_MOMENTUM, model="scatternet_linear",
                        batch_size=8192, learning_rate=16.0, epochs=40)
+
+
+# A small ViT (vit(): 16 tokens of width 64, 2 blocks) and the sequential
+# LSTM (28 steps of 28 pixels, width 128): SGD with momentum, clip 1.
+_SEQUENCE = dict(batch_size=1024, learning_rate=0.5, momentum=0.9,
+                 l2_norm_clip=1.0, epochs=10)
+_SEQUENCE_DIGITS = dict(_SEQUENCE, batch_size=64, epochs=3)
+
+
+def _transformer(epsilon, settings):
+    """The ViT with its MLP activation set to GELU (ViT's own), ReLU, tanh
+    and the tempered sigmoid (2, 1, 1) = tanh(x / 2); (2, 2, 1) is tanh."""
+    vit = dict(settings, model="vit")
+    return Experiment(
+        "the MLP activation of a ViT under DP-SGD", (epsilon,), tuple(
+            Run(label, dict(vit, **act)) for label, act in (
+                ("ViT, GELU", dict(activation="gelu")),
+                ("ViT, ReLU", dict(activation="relu")),
+                ("ViT, tanh", dict(activation="tanh")),
+                ("ViT, tempered sigmoid (2, 1, 1)",
+                 dict(activation="tempered_sigmoid", s=2.0, T=1.0,
+                      o=1.0)))))
+
+
+def _recurrent(epsilon, settings):
+    """The LSTM's cell and output activation (Keras' ``activation=``; the
+    gates stay sigmoids): tanh against ReLU."""
+    lstm = dict(settings, model="sequence_lstm")
+    return Experiment(
+        "the activation of an LSTM under DP-SGD (sequential images)",
+        (epsilon,), tuple(Run(f"LSTM, {name}", dict(lstm, activation=act))
+                          for name, act in (("tanh", "tanh"),
+                                            ("ReLU", "relu"))))
 
 
 def _scatternet(epsilon, references, linear, cnn, end_to_end):
@@ -153,6 +193,14 @@ RECIPES = {
                          learning_rate=0.5, momentum=0.9, l2_norm_clip=1.0,
                          epochs=3, physical_batch_size=32)))),
     },
+    "transformer": {
+        "fashion_mnist": _transformer(2.7, _SEQUENCE),
+        "digits": _transformer(3.0, _SEQUENCE_DIGITS),
+    },
+    "recurrent": {
+        "fashion_mnist": _recurrent(2.7, _SEQUENCE),
+        "digits": _recurrent(3.0, _SEQUENCE_DIGITS),
+    },
     "scatternet": {
         # Tramer & Boneh's accuracies at epsilon 3 (ours run at 2.7).
         "fashion_mnist": _scatternet(
@@ -184,8 +232,8 @@ def experiment(recipe, dataset):
 def reproduce(*, dataset, recipe="paper", activations=None,
               output_dir="runs/reproduce", epochs=None, data_dir=None,
               manual_dir=None, download=True, seed=0, verbose=2,
-              command=None, accountant="rdp", model=None):
-    """Trains every run of ``experiment(recipe, dataset)``.
+              command=None, accountant="rdp", model=None, seeds=None):
+    """Trains every run of ``experiment(recipe, dataset)``, once per seed.
 
     Args:
         activations: with ``recipe="paper"``, the activations to compare
@@ -198,6 +246,10 @@ def reproduce(*, dataset, recipe="paper", activations=None,
             run's noise to the target epsilon with that accountant (PLD
             needs less noise for the same epsilon); the folder then ends in
             ``_pld``.
+        seeds: several seeds (instead of ``seed``): every run is trained
+            once per seed, and the table adds each run's median test
+            accuracy over them. Each run is its own release with its own
+            epsilon; the seeds do not compose.
 
     Returns:
         ``(rows, folder)``: one row per run and epsilon, and the folder
@@ -209,6 +261,7 @@ def reproduce(*, dataset, recipe="paper", activations=None,
             raise ValueError(f"{name}= changes the paper recipe's rows; "
                              f"recipe={recipe!r} has fixed runs.")
     check_accountant(accountant)
+    seeds = _check_seeds(seed if seeds is None else seeds, seeds is not None)
     plan = _select(experiment(recipe, dataset), activations, model)
     folder = os.path.join(output_dir, (dataset if recipe == "paper"
                                        else f"{dataset}_{recipe}")
@@ -218,19 +271,38 @@ def reproduce(*, dataset, recipe="paper", activations=None,
     rows, runs = [], {}
     for epsilon in plan.epsilons:
         for index, run in enumerate(plan.runs):
-            settings = dict(run.settings, dataset=dataset,
-                            target_epsilon=epsilon, delta=DELTA,
-                            sampling="poisson", seed=seed, verbose=verbose,
-                            accountant=accountant,
-                            output_dir=os.path.join(
-                                folder, f"run{index}_eps{epsilon:g}"))
-            if epochs is not None:
-                settings["epochs"] = epochs
-            results = train(data=data, **settings)
-            runs[f"{run.label} (eps {epsilon:g})"] = results
-            rows.append(_row(run, epsilon, results))
+            for seed in seeds:
+                name = f"run{index}_eps{epsilon:g}" + (
+                    f"_seed{seed}" if len(seeds) > 1 else "")
+                settings = dict(run.settings, dataset=dataset,
+                                target_epsilon=epsilon, delta=DELTA,
+                                sampling="poisson", seed=seed,
+                                verbose=verbose, accountant=accountant,
+                                output_dir=os.path.join(folder, name))
+                if epochs is not None:
+                    settings["epochs"] = epochs
+                results = train(data=data, **settings)
+                runs[f"{run.label} (eps {epsilon:g}"
+                     + (f", seed {seed})" if len(seeds) > 1 else ")")] = results
+                rows.append(dict(_row(run, epsilon, results), seed=seed))
     _write(folder, plan, rows, runs, dataset, command, accountant)
     return rows, folder
+
+
+def _check_seeds(seeds, several):
+    """``seeds`` as a tuple of distinct integers >= 0."""
+    from keras_tempered_dp.validation import check_number
+    seeds = tuple(seeds) if several else (seeds,)
+    name = "seeds" if several else "seed"
+    if not seeds:
+        raise ValueError("seeds=(): give at least one seed.")
+    for value in seeds:
+        check_number(name, value, low=0, integer=True)
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds={seeds}: each seed once (a repeated seed "
+                         "repeats a run, and its median would count it "
+                         "twice).")
+    return seeds
 
 
 def _select(plan, activations, model=None):
@@ -294,6 +366,25 @@ def _write(folder, plan, rows, runs, dataset, command, accountant="rdp"):
     write_json(os.path.join(folder, "rows.json"), rows)
 
 
+def _median_lines(rows):
+    """With several seeds: each run's median test accuracy over them."""
+    seeds = sorted({r.get("seed") for r in rows} - {None})
+    if len(seeds) < 2:
+        return []
+    lines = ["", f"Median over seeds {', '.join(map(str, seeds))}:", "",
+             "| run | epsilon | median test accuracy (%) | per seed (%) |",
+             "|---|---|---|---|"]
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["run"], round(r["epsilon"], 2)), []).append(r)
+    for (run, epsilon), group in groups.items():
+        accuracies = [r["test_accuracy"] for r in group]
+        lines.append(
+            f"| {run} | {epsilon:.2f} | {statistics.median(accuracies):.2f} "
+            f"| {', '.join(f'{a:.2f}' for a in accuracies)} |")
+    return lines
+
+
 def format_table(dataset, plan, rows, command=None, accountant="rdp"):
     """The Markdown table of ``rows``, with settings and the command."""
     features = any(r.get("feature_time_s") is not None for r in rows)
@@ -311,9 +402,11 @@ def format_table(dataset, plan, rows, command=None, accountant="rdp"):
             f"{r['wall_time_min']:.1f} |" + (
                 "" if not features else " |" if feature is None
                 else f" {feature:.1f} |"))
+    lines += _median_lines(rows)
     lines += ["", "Settings:", ""]
-    lines += [f"- {r['run']}: `{json.dumps(r['settings'], sort_keys=True)}`"
-              for r in rows]
+    lines += list(dict.fromkeys(
+        f"- {r['run']}: `{json.dumps(r['settings'], sort_keys=True)}`"
+        for r in rows))
     lines += [
         "",
         f"Epsilon: {accountant_name(accountant)}, Poisson subsampling (q = "

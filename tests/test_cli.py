@@ -113,6 +113,47 @@ def test_reproduce_scale_recipe_command(tmp_path):
         b"\x89PNG"
 
 
+def test_reproduce_recurrent_recipe_over_seeds(tmp_path):
+    """--seeds: every run once per seed, each with its own epsilon, and
+    the table's median per run."""
+    rows, folder = reproduce(dataset="digits", recipe="recurrent",
+                             output_dir=str(tmp_path), epochs=1, verbose=0,
+                             seeds=[0, 1])
+    assert [(r["run"], r["seed"]) for r in rows] == [
+        ("LSTM, tanh", 0), ("LSTM, tanh", 1), ("LSTM, ReLU", 0),
+        ("LSTM, ReLU", 1)]
+    assert all(2.99 < r["epsilon"] <= 3.0 for r in rows)
+    assert sorted(p.name for p in (tmp_path / "digits_recurrent").iterdir()
+                  if p.is_dir()) == ["run0_eps3_seed0", "run0_eps3_seed1",
+                                     "run1_eps3_seed0", "run1_eps3_seed1"]
+    table = (tmp_path / "digits_recurrent" / "table.md").read_text()
+    tanh = [r["test_accuracy"] for r in rows[:2]]
+    assert (f"| LSTM, tanh | 3.00 | {sum(tanh) / 2:.2f} | "
+            f"{tanh[0]:.2f}, {tanh[1]:.2f} |") in table
+    assert table.count("- LSTM, tanh:") == 1  # settings listed once
+
+
+@pytest.mark.parametrize("seeds, match", [
+    ([], "at least one"), ([0, 0], "each seed once"), ([-1], "seeds=-1"),
+    ([1.5], "seeds=1.5")])
+def test_reproduce_seeds_refused(tmp_path, seeds, match):
+    with pytest.raises(ValueError, match=match):
+        reproduce(dataset="digits", recipe="recurrent",
+                  output_dir=str(tmp_path), seeds=seeds)
+    assert not list(tmp_path.iterdir())
+
+
+def test_transformer_recipe_compares_four_mlp_activations():
+    plan = experiment("transformer", "fashion_mnist")
+    settings = [run.settings for run in plan.runs]
+    assert plan.epsilons == (2.7,)
+    assert {s["model"] for s in settings} == {"vit"}
+    assert [s["activation"] for s in settings] == [
+        "gelu", "relu", "tanh", "tempered_sigmoid"]
+    assert (settings[3]["s"], settings[3]["T"], settings[3]["o"]) == (
+        2.0, 1.0, 1.0)
+
+
 def test_cifar10_scale_preset_is_de_et_al_s_setting():
     plan = experiment("scale", "cifar10")
     run = dict(plan.runs[0].settings)

@@ -101,3 +101,17 @@ def test_scatternet_doc_python_block_runs():
     x_test, y_test = namespace["x_test"], namespace["y_test"]
     accuracy = (model.predict(x_test, verbose=0).argmax(1) == y_test).mean()
     assert accuracy > 0.7, accuracy  # chance is 0.1; seen 0.88 and 0.92
+
+
+def test_readme_bring_your_own_model_trains():
+    """Attention and an LSTM with a tempered sigmoid, as the README
+    shows: epsilon in the logs of both epochs."""
+    block = [b for b in _blocks() if "MultiHeadAttention" in b]
+    assert len(block) == 1
+    namespace = {}
+    exec(compile(block[0], str(README), "exec"), namespace)  # noqa: S102
+    logs = namespace["model"].history.history
+    assert len(logs["epsilon"]) == 2
+    assert logs["epsilon"][-1] == pytest.approx(
+        compute_epsilon(1400, 56, 1.0, epochs=2, delta=1e-4), rel=1e-6)
+

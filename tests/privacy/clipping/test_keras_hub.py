@@ -169,3 +169,38 @@ def test_embeddings_and_norms_take_their_norm_functions(make, caplog):
     for kind in ("ReversibleEmbedding", "PositionEmbedding",
                  "RMSNormalization", "Embedding"):
         assert f"({kind})" not in generic, generic
+
+
+def _sequence_model(layer_between):
+    inputs = keras.Input((S, 4))
+    h = layer_between(L.Dense(4, activation="tanh")(inputs))
+    return keras.Model(inputs, L.Dense(3)(L.Flatten()(h)))
+
+
+@pytest.mark.parametrize("num_groups", [None, 3])
+@pytest.mark.parametrize("layer", [
+    # a table longer than the sequence: its last rows get gradient 0
+    lambda: _Added(keras_hub.layers.PositionEmbedding(S + 3)),
+    lambda: keras_hub.layers.RMSNormalization(input_dim=4),
+], ids=["position_embedding_longer_table", "rms_normalization"])
+def test_hub_layers_match_per_example_reference(layer, num_groups, caplog):
+    keras.utils.set_random_seed(0)
+    model = _sequence_model(layer())
+    x = np.random.default_rng(0).normal(size=(N, S, 4)).astype("float32")
+    with caplog.at_level("INFO", logger="keras_tempered_dp"):
+        _assert_matches_reference(model, x,
+                                  (np.arange(N) % 3).astype("int32"),
+                                  num_groups)
+    # their own norm functions, not the generic route
+    assert not [r for r in caplog.records if "generic" in r.getMessage()]
+
+
+class _Added(L.Layer):
+    """``x + PositionEmbedding(x)``, as KerasHub's embeddings use it."""
+
+    def __init__(self, positions, **kwargs):
+        super().__init__(**kwargs)
+        self.positions = positions
+
+    def call(self, x):
+        return x + self.positions(x)

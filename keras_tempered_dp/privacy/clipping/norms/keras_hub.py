@@ -29,7 +29,8 @@ from keras_tempered_dp.privacy.clipping.norms.reversible_embedding import (
 
 def position_table_sq_norms(layer, inputs, grad_outputs, num_groups, call):
     args, kwargs = call.arguments
-    if args or kwargs.get("start_index", 0) != 0 \
+    start = kwargs.get("start_index", 0)
+    if args or not isinstance(start, int) or start != 0 \
             or kwargs.get("positions") is not None:
         return generic_sq_norms(layer, inputs, grad_outputs, num_groups,
                                 call)

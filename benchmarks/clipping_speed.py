@@ -206,8 +206,8 @@ def main():
                         help="timed steps for ordinary training and the "
                         "engine")
     parser.add_argument("--slow_steps", type=int, default=3,
-                        help="timed steps for TF Privacy's methods (each "
-                        "takes seconds to minutes)")
+                        help="timed steps for TF Privacy's methods and the "
+                        "generic route (each takes seconds to minutes)")
     add_run_arguments(parser)
     args = parser.parse_args()
     if args.child:
@@ -237,7 +237,8 @@ def _measure_interleaved(name, batch, methods, stacks, args):
     """{stack: {method: [result, ...]}}, children run round-robin."""
     def run(key):
         method, stack = key
-        slow = method in ("dp_keras", "vectorized", "dp_sequential")
+        slow = method in ("dp_keras", "vectorized", "dp_sequential",
+                          "generic")
         steps = args.slow_steps if slow else args.steps
         return _child(name, batch, method, steps, stacks[stack])
 

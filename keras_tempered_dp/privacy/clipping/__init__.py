@@ -64,6 +64,7 @@ _BUILT_IN = {
     keras.layers.LSTM: recurrent_sq_norms,
     keras.layers.GRU: recurrent_sq_norms,
     keras.layers.SimpleRNN: recurrent_sq_norms,
+    keras.layers.Bidirectional: recurrent_sq_norms,
 }
 # Their functions return the norms of the trainable weights alone (LoRA).
 _FROZEN_WEIGHTS_OK = (keras.layers.Dense, keras.layers.EinsumDense)

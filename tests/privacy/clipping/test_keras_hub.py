@@ -195,6 +195,48 @@ def test_hub_layers_match_per_example_reference(layer, num_groups, caplog):
     assert not [r for r in caplog.records if "generic" in r.getMessage()]
 
 
+@pytest.mark.parametrize("num_groups", [None, 2])
+def test_position_embedding_broadcast_over_more_axes(num_groups):
+    """Inputs ``[B, X, S, D]``: the table is broadcast over X, and one
+    example's gradient sums its X rows (not X examples)."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((2, 3, 5))
+    h = _Added(keras_hub.layers.PositionEmbedding(6))(inputs)
+    model = keras.Model(inputs, L.Dense(3)(L.Flatten()(h)))
+    x = np.random.default_rng(0).normal(size=(4, 2, 3, 5)).astype("float32")
+    _assert_matches_reference(model, x, (np.arange(4) % 3).astype("int32"),
+                              num_groups)
+
+
+def test_position_embedding_norms_with_unknown_sequence_length():
+    """The norm function traced with the sequence length unknown (batches
+    padded per batch) gives each example's ``||dz_b||^2``."""
+    import tensorflow as tf
+
+    from keras_tempered_dp.privacy.clipping.norms.keras_hub import (
+        position_table_sq_norms,
+    )
+
+    class _NoArguments:
+        arguments = ((), {})
+
+    layer = keras_hub.layers.PositionEmbedding(6)
+    layer.build((None, None, 5))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 5])])
+    def norms(dz):
+        result = position_table_sq_norms(layer, dz, dz, None, _NoArguments())
+        return result.sq_norms, result.clipped_sum(tf.ones_like(
+            result.sq_norms))[0]
+
+    dz = np.random.default_rng(0).normal(size=(2, 3, 5)).astype("float32")
+    sq_norms, table = norms(dz)
+    np.testing.assert_allclose(sq_norms, (dz ** 2).sum(axis=(1, 2)),
+                               rtol=1e-5)
+    np.testing.assert_allclose(table[:3], dz.sum(axis=0), rtol=1e-5)
+    np.testing.assert_array_equal(table[3:], 0)
+
+
 class _Added(L.Layer):
     """``x + PositionEmbedding(x)``, as KerasHub's embeddings use it."""
 

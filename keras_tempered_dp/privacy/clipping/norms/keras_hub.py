@@ -34,8 +34,12 @@ def position_table_sq_norms(layer, inputs, grad_outputs, num_groups, call):
             or kwargs.get("positions") is not None:
         return generic_sq_norms(layer, inputs, grad_outputs, num_groups,
                                 call)
+    # [B, ..., S, D] -> [B, S, D]: the table is broadcast over the middle
+    # axes, so an example's gradient sums them (shapes known at run time).
     dz = tf.cast(grad_outputs, tf.float32)
-    dz = tf.reshape(dz, [-1, dz.shape[-2], dz.shape[-1]])  # [B, S, D]
+    shape = tf.shape(dz)
+    dz = tf.reduce_sum(tf.reshape(dz, tf.concat([shape[:1], [-1],
+                                                 shape[-2:]], 0)), axis=1)
     result = materialized_sq_norms([dz], num_groups)
     rows = layer.position_embeddings.shape[0]
 

@@ -19,10 +19,12 @@ The norms then come from :func:`.outer_products.factored_sq_norms` (ghost
 or materialized, whichever is cheaper), not from a per-example
 recomputation. The unrolled outputs are checked against the ones the
 forward pass recorded, so a cell whose arithmetic differs from the
-formulas above fails the step instead of being clipped wrongly. Layers
-with options outside these formulas (masks, initial states,
-``go_backwards``, dropout, ``stateful``, GRU with ``reset_after=False``)
-take the exact generic route.
+formulas above fails the step instead of being clipped wrongly. ``go_backwards``
+runs the steps over the reversed sequence; a ``Bidirectional`` unit runs
+both of its layers in one tape and merges them as Keras does. Layers with
+options outside these formulas (masks, initial states, dropout,
+``stateful``, GRU with ``reset_after=False``, ``merge_mode=None``) take the
+exact generic route.
 """
 
 import keras
@@ -69,6 +71,9 @@ def _simple_step(cell, x_proj, h_proj, state):
 
 _STEPS = {keras.layers.LSTM: (_lstm_step, 2), keras.layers.GRU: (_gru_step, 1),
           keras.layers.SimpleRNN: (_simple_step, 1)}
+_MERGES = {"concat": lambda y, r: tf.concat([y, r], -1),
+           "sum": lambda y, r: y + r, "ave": lambda y, r: (y + r) / 2,
+           "mul": lambda y, r: y * r}
 
 
 def _biases(cell):
@@ -81,23 +86,40 @@ def _biases(cell):
     return bias, 0.0
 
 
-def _supported(layer, call):
+def _parts(layer):
+    """The recurrent layers of the unit: itself, or a Bidirectional's
+    forward and backward layers."""
+    if isinstance(layer, keras.layers.Bidirectional):
+        return [layer.forward_layer, layer.backward_layer]
+    return [layer]
+
+
+def _part_supported(layer):
     cell = layer.cell
-    return (type(layer) in _STEPS
-            and not layer.go_backwards and not layer.stateful
+    return (type(layer) in _STEPS and not layer.stateful
             and not getattr(layer, "time_major", False)
             and getattr(cell, "dropout", 0) == 0
             and getattr(cell, "recurrent_dropout", 0) == 0
-            and getattr(cell, "reset_after", True)
+            and getattr(cell, "reset_after", True))
+
+
+def _supported(layer, call):
+    if (isinstance(layer, keras.layers.Bidirectional)
+            and layer.merge_mode not in _MERGES):  # None: refused anyway
+        return False
+    return (all(_part_supported(part) for part in _parts(layer))
             and not getattr(call, "batched_args", list)())
 
 
 def _unrolled(layer, x, taps):
-    """The layer's outputs and ``h_{t-1}`` ``[B, T, H]``, with ``taps``
-    (two lists of T ``[B, n]`` zeros) added to each step's input and
-    recurrent projections."""
+    """The layer's outputs as Keras returns them, the step inputs and
+    ``h_{t-1}`` ``[B, T, .]`` in the order the steps run (reversed with
+    ``go_backwards``), with ``taps`` (two lists of T ``[B, n]`` zeros)
+    added to each step's input and recurrent projections."""
     step, num_states = _STEPS[type(layer)]
     cell = layer.cell
+    if layer.go_backwards:
+        x = tf.reverse(x, [1])
     kernel = tf.convert_to_tensor(cell.kernel)
     recurrent = tf.convert_to_tensor(cell.recurrent_kernel)
     b_x, b_h = _biases(cell)
@@ -110,30 +132,24 @@ def _unrolled(layer, x, taps):
         h_proj = tf.matmul(state[0], recurrent) + b_h + tap_h
         h, state = step(cell, x_proj, h_proj, state)
         outputs.append(h)
-    sequence = tf.stack(outputs, axis=1)
-    return (sequence if layer.return_sequences else outputs[-1],
-            tf.stack(previous, axis=1))
+    returned = (tf.stack(outputs, axis=1) if layer.return_sequences
+                else outputs[-1])
+    return returned, x, tf.stack(previous, axis=1)
 
 
-def recurrent_sq_norms(layer, inputs, grad_outputs, num_groups, call):
-    """LSTM, GRU (``reset_after=True``) and SimpleRNN over ``[B, T, F]``."""
-    if not _supported(layer, call) or inputs.shape[1] is None:
-        announce_generic(layer, 1, "a mask, an initial state, dropout, "
-                         "go_backwards, stateful, reset_after=False or an "
-                         "unknown sequence length")
-        return generic_sq_norms(layer, inputs, grad_outputs, num_groups,
-                                call)
-    x = tf.cast(inputs, tf.float32)
-    # One zero tensor per step and projection: the gradient of a slice of
-    # one [B, T, n] tensor would be a dense [B, T, n] tensor per step.
-    zero = tf.zeros([tf.shape(x)[0], layer.cell.kernel.shape[-1]])
-    taps = [[tf.identity(zero) for _ in range(x.shape[1])]
-            for _ in range(2)]
-    with tf.GradientTape() as tape:
-        tape.watch(taps)
-        outputs, previous = _unrolled(layer, x, taps)
-    g_x, g_h = (tf.stack(g, axis=1) for g in tape.gradient(
-        outputs, taps, output_gradients=tf.cast(grad_outputs, tf.float32)))
+def _merged(layer, outputs):
+    """The unit's output from its parts' outputs (Bidirectional: the
+    backward sequence flipped back in time, then merged)."""
+    if len(outputs) == 1:
+        return outputs[0]
+    forward, backward = outputs
+    if layer.return_sequences:
+        backward = tf.reverse(backward, [1])
+    return _MERGES[layer.merge_mode](forward, backward)
+
+
+def _terms(layer, x, previous, g_x, g_h, num_groups):
+    """``{id(weight): NormResult}`` of one recurrent layer."""
     cell = layer.cell
     terms = {id(cell.kernel): factored_sq_norms(x, g_x, num_groups),
              id(cell.recurrent_kernel): factored_sq_norms(previous, g_h,
@@ -143,6 +159,36 @@ def recurrent_sq_norms(layer, inputs, grad_outputs, num_groups, call):
         if cell.bias.shape.rank == 2:
             bias = tf.stack([bias, tf.reduce_sum(g_h, axis=1)], axis=1)
         terms[id(cell.bias)] = materialized_sq_norms([bias], num_groups)
+    return terms
+
+
+def recurrent_sq_norms(layer, inputs, grad_outputs, num_groups, call):
+    """LSTM, GRU (``reset_after=True``) and SimpleRNN over ``[B, T, F]``,
+    alone or in a ``Bidirectional``."""
+    if not _supported(layer, call) or inputs.shape[1] is None:
+        announce_generic(layer, 1, "a mask, an initial state, dropout, "
+                         "stateful, reset_after=False or an unknown sequence "
+                         "length")
+        return generic_sq_norms(layer, inputs, grad_outputs, num_groups,
+                                call)
+    x = tf.cast(inputs, tf.float32)
+    parts = _parts(layer)
+    # One zero tensor per step and projection: the gradient of a slice of
+    # one [B, T, n] tensor would be a dense [B, T, n] tensor per step.
+    taps = [[[tf.zeros([tf.shape(x)[0], part.cell.kernel.shape[-1]])
+              for _ in range(x.shape[1])] for _ in range(2)]
+            for part in parts]
+    with tf.GradientTape() as tape:
+        tape.watch(taps)
+        runs = [_unrolled(part, x, part_taps)
+                for part, part_taps in zip(parts, taps)]
+        outputs = _merged(layer, [run[0] for run in runs])
+    grads = tape.gradient(outputs, taps, output_gradients=tf.cast(
+        grad_outputs, tf.float32))
+    terms = {}
+    for part, (_, seen, previous), (g_x, g_h) in zip(parts, runs, grads):
+        terms.update(_terms(part, seen, previous, tf.stack(g_x, axis=1),
+                            tf.stack(g_h, axis=1), num_groups))
     result = combined(layer, terms)
     recorded = getattr(call, "recorded", None)
     if recorded is None:

@@ -388,16 +388,20 @@ def _median_lines(rows):
 def format_table(dataset, plan, rows, command=None, accountant="rdp"):
     """The Markdown table of ``rows``, with settings and the command."""
     features = any(r.get("feature_time_s") is not None for r in rows)
+    seeds = len({r.get("seed") for r in rows}) > 1
     lines = [f"# {dataset}: {plan.title}", "",
-             "| run | test accuracy (%) | epsilon | noise multiplier | "
+             "| run |" + (" seed |" if seeds else "")
+             + " test accuracy (%) | epsilon | noise multiplier | "
              "reference (%) | wall time (min) |"
              + (" of which features (s) |" if features else ""),
-             "|---|---|---|---|---|---|" + ("---|" if features else "")]
+             "|---|---|---|---|---|---|" + ("---|" if seeds else "")
+             + ("---|" if features else "")]
     for r in rows:
         ref = "" if r["reference"] is None else f"{r['reference']:.1f}"
         feature = r.get("feature_time_s")
         lines.append(
-            f"| {r['run']} | {r['test_accuracy']:.2f} | {r['epsilon']:.3f} "
+            f"| {r['run']} |" + (f" {r['seed']} |" if seeds else "")
+            + f" {r['test_accuracy']:.2f} | {r['epsilon']:.3f} "
             f"| {r['noise_multiplier']:.4f} | {ref} | "
             f"{r['wall_time_min']:.1f} |" + (
                 "" if not features else " |" if feature is None

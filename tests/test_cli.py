@@ -131,6 +131,7 @@ def test_reproduce_recurrent_recipe_over_seeds(tmp_path):
     assert (f"| LSTM, tanh | 3.00 | {sum(tanh) / 2:.2f} | "
             f"{tanh[0]:.2f}, {tanh[1]:.2f} |") in table
     assert table.count("- LSTM, tanh:") == 1  # settings listed once
+    assert f"| LSTM, ReLU | 1 | {rows[3]['test_accuracy']:.2f} |" in table
 
 
 @pytest.mark.parametrize("seeds, match", [

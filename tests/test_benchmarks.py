@@ -91,3 +91,13 @@ def test_scattering_speed_prints_both_paths_on_digits():
     assert any(r.startswith("| compiled") for r in rows)
     difference = float(out.stdout.split("largest difference ")[1].split()[0])
     assert difference < 1e-5
+
+
+def test_clipping_speed_lstm_child_on_the_generic_route():
+    """benchmarks/clipping_speed.py's child for the LSTM row with the
+    generic method (recurrent layers sent to the last route): one timed
+    step, its measurements as one JSON line."""
+    out = _run("--child", "lstm", "4", "generic", "1",
+               script=os.path.join(ROOT, "benchmarks", "clipping_speed.py"))
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["step_s"] > 0 and result["peak_mib"] > 0, result

@@ -167,7 +167,8 @@ def test_models_forward_fit_save_and_load_on_jax(jax_python, tmp_path):
     jax_python(f"""
         from keras_tempered_dp.models import FIXED_FRONT_MODELS, MODELS
         counts = {{"mnist_cnn": 26010, "cifar10_cnn": 550570,
-                   "digits_cnn": 9258, "wrn16_4": 2753402}}
+                   "digits_cnn": 9258, "wrn16_4": 2753402, "vit": 71946,
+                   "sequence_lstm": 81674}}
         # The ScatterNet models' scattering is TensorFlow code: refused.
         assert set(MODELS) == set(counts) | set(FIXED_FRONT_MODELS), \
             sorted(MODELS)

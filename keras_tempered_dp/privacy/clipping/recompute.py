@@ -101,13 +101,15 @@ def deviation(recomputed, recorded):
                                 - tf.cast(recorded, tf.float32)))
 
 
-def check_same_outputs(layer, max_deviation, recorded):
+def check_same_outputs(layer, max_deviation, recorded,
+                       tolerance=_RELATIVE_TOLERANCE, message=None):
     """An op raising ``InvalidArgumentError`` when a recomputation of
-    ``layer`` moved its outputs by more than round-off."""
+    ``layer`` moved its outputs by more than ``tolerance`` times their
+    largest magnitude (default: round-off)."""
     scale = tf.reduce_max(tf.abs(tf.cast(recorded, tf.float32)))
     return tf.debugging.assert_less_equal(
-        max_deviation, _RELATIVE_TOLERANCE * scale + 1e-6,
-        message=(
+        max_deviation, tolerance * scale + 1e-6,
+        message=message or (
             f"Layer {layer.name!r} gave different outputs when the clipping "
             "engine called it again: its call draws random numbers or "
             "depends on state it changes. The engine recomputes layers "

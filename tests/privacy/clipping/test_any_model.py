@@ -12,15 +12,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.losses import per_example_loss
 from keras_tempered_dp.privacy.traversal import clip_units
 from tests.privacy.clipping.support import (
     L,
     _assert_matches_reference,
     _install,
-    _median_clip,
 )
-from tests.privacy.reference import clipped_mean
 
 T, D = 5, 6  # sequence length, features
 
@@ -281,12 +278,12 @@ def test_time_step_route_checks_its_recomputation(monkeypatch):
                                  tf.constant(_labels()))
 
 
-def test_relu_lstm_with_large_outputs_trains_on_the_time_step_route():
-    """A ReLU LSTM whose outputs grow large drifts from Keras' own outputs
-    by float32 round-off through the steps (the Fashion-MNIST run stopped
-    at 1.3e-4 of their size under a round-off tolerance); the route's
-    fidelity check allows that drift, and the result still matches the
-    per-example reference."""
+def test_relu_lstm_with_large_outputs_matches_per_example_reference():
+    """A ReLU LSTM whose outputs grow into the hundreds amplifies round-off
+    step after step: the route adds in Keras' order, (x K + h R) + b, so
+    its recomputation is Keras' to the last bit, and the gradients match
+    the reference. In another order the Fashion-MNIST run drifted by
+    1.3e-4 of the outputs and the gradients here by 3%."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((28, 28))
     lstm = L.LSTM(16, activation="relu")
@@ -295,19 +292,8 @@ def test_relu_lstm_with_large_outputs_trains_on_the_time_step_route():
     for w in model.trainable_weights:
         w.assign(0.5 * rng.normal(size=w.shape).astype("float32"))
     x = np.random.default_rng(0).normal(size=(64, 28, 28)).astype("float32")
-    y = _labels(64)
     assert np.abs(lstm(x)).max() > 50  # large outputs
-    clip = _median_clip(model, x, y)
-    engine = _install(model, clip=clip)
-    grads, _ = engine.compute_gradients(tf.constant(x),
-                                        tf.constant(y))
-    expected, scales = clipped_mean(model, per_example_loss(model.loss), x,
-                                    y, clip, None)
-    # round-off amplified through 28 ReLU steps (the unrolled steps sum in
-    # another order than Keras): 1e-2, the route's own fidelity bound
-    for got, want, scale in zip(grads, expected, scales):
-        np.testing.assert_allclose(np.asarray(got) / scale, want / scale,
-                                   rtol=0, atol=1e-2)
+    _assert_matches_reference(model, x, _labels(64))
 
 
 def _tied_language_model(cap, tie, last_only):

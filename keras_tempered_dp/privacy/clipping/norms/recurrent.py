@@ -20,8 +20,7 @@ or materialized, whichever is cheaper), not from a per-example
 recomputation. The norms and the clipped sum both come from this one
 recomputation, so every example's contribution is clipped to C whatever it
 computes; its outputs are still checked against the ones the forward pass
-recorded (to 1e-2 of their size: float32 round-off drifts through the
-steps), so that a cell whose arithmetic differs from the formulas above
+recorded (to 1e-2 of their size), so that a cell whose arithmetic differs from the formulas above
 fails the step instead of training on another function's gradient.
 ``go_backwards``
 runs the steps over the reversed sequence; a ``Bidirectional`` unit runs
@@ -73,11 +72,12 @@ def _simple_step(cell, x_proj, h_proj, state):
     return h, (h,)
 
 
-# How far the unrolled outputs may drift from Keras' own: float32
-# round-off through T steps, amplified by an unbounded activation (a ReLU
-# LSTM's outputs in the hundreds drifted by 1.3e-4 of their largest in 28
-# steps). A check of fidelity, not of privacy: the norms and the clipped
-# sum both come from this one recomputation, so each example's
+# How far the unrolled outputs may drift from Keras' own. The steps add in
+# Keras' order, and the outputs then agree exactly on this CPU; another
+# order drifted by 1.3e-4 of the outputs' size through 28 steps of a ReLU
+# LSTM (round-off amplified step after step), and a GPU kernel may add in
+# its own order. A check of fidelity, not of privacy: the norms and the
+# clipped sum both come from this one recomputation, so each example's
 # contribution is clipped to C whatever the drift. A wrong formula moves
 # the outputs by a large fraction of their size.
 FIDELITY_TOLERANCE = 1e-2
@@ -141,8 +141,15 @@ def _unrolled(layer, x, taps):
     outputs, previous = [], []
     for t, (tap_x, tap_h) in enumerate(zip(*taps)):
         previous.append(state[0])
-        x_proj = tf.matmul(x[:, t], kernel) + b_x + tap_x
-        h_proj = tf.matmul(state[0], recurrent) + b_h + tap_h
+        x_proj = tf.matmul(x[:, t], kernel)
+        h_proj = tf.matmul(state[0], recurrent)
+        if type(layer) is keras.layers.LSTM:
+            # Keras' order, (x K + h R) + b: in a recurrence whose outputs
+            # grow (ReLU), another order's round-off is amplified step
+            # after step. The taps are zeros: adding them rounds nothing.
+            x_proj, h_proj = (x_proj + h_proj) + b_x + tap_x, tap_h
+        else:
+            x_proj, h_proj = x_proj + b_x + tap_x, h_proj + b_h + tap_h
         h, state = step(cell, x_proj, h_proj, state)
         outputs.append(h)
     returned = (tf.stack(outputs, axis=1) if layer.return_sequences

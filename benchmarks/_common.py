@@ -92,3 +92,28 @@ def spread(runs, key):
     if len(values) < 2:
         return ""
     return f"{min(values):.3g}-{max(values):.3g}"
+
+
+def rss_kib(field):
+    """``field`` of this process's /proc/self/status in KiB (``VmRSS``,
+    ``VmHWM``: the high-water mark), or -1 where there is none."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return -1
+
+
+def use_generic_route_for_recurrent_layers():
+    """Sends LSTM, GRU and SimpleRNN to the engine's exact generic route
+    (per-example recomputation): the last route, as it was before their
+    time-step route."""
+    import keras
+
+    from keras_tempered_dp.privacy.clipping import register_norm_fn
+    from keras_tempered_dp.privacy.clipping.norms.generic import (
+        generic_sq_norms,
+    )
+    for layer_class in (keras.layers.LSTM, keras.layers.GRU,
+                        keras.layers.SimpleRNN):
+        register_norm_fn(layer_class, generic_sq_norms)

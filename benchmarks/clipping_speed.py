@@ -53,7 +53,9 @@ from _common import (
     interleaved,
     machine,
     median,
+    rss_kib,
     run_child,
+    use_generic_route_for_recurrent_layers,
 )
 from _common import stacks as parse_stacks
 
@@ -62,19 +64,11 @@ CONFIGS = [("mnist_cnn", 256), ("mnist_cnn", 1024), ("cifar10_cnn", 256),
 # Beyond the package's image models (issue 25's rows): a transformer
 # encoder (4 blocks, width 128, 4 heads, sequence 64, vocabulary 1000), an
 # LSTM classifier (width 128, sequence 64 of 32 features) and the
-# Fashion-MNIST ViT (docs/results/vit/).
+# Fashion-MNIST ViT (docs/results/fashion_mnist_transformer/).
 SEQUENCE_MODELS = ("encoder", "lstm", "vit")
 METHODS = ["ordinary", "engine", "dp_keras", "vectorized", "dp_sequential"]
 # "generic" runs only when asked for (--methods=...,generic): on a model
 # without recurrent layers it is the engine itself.
-
-
-def _rss_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return -1
 
 
 def _compiled(build, shape, method):
@@ -104,13 +98,7 @@ def _compiled(build, shape, method):
                           from_logits=True))
         return model
     if method == "generic":
-        from keras_tempered_dp.privacy.clipping import register_norm_fn
-        from keras_tempered_dp.privacy.clipping.norms.generic import (
-            generic_sq_norms,
-        )
-        for layer_class in (keras.layers.LSTM, keras.layers.GRU,
-                            keras.layers.SimpleRNN):
-            register_norm_fn(layer_class, generic_sq_norms)
+        use_generic_route_for_recurrent_layers()
     optimizer = {"engine": "fast", "generic": "fast",
                  "dp_keras": "dp_keras_sgd",
                  "vectorized": "vectorized_dp_keras_sgd"}[method]
@@ -165,7 +153,7 @@ def measure(model_name, batch_size, method, steps):
     build, shape, x, y = _workload(model_name, batch_size)
     gpu = bool(tf.config.list_physical_devices("GPU"))
     model = _compiled(build, shape, method)
-    baseline = _rss_kib("VmRSS")
+    baseline = rss_kib("VmRSS")
     if gpu:
         tf.config.experimental.reset_memory_stats("GPU:0")
         device_baseline = tf.config.experimental.get_memory_info(
@@ -180,8 +168,8 @@ def measure(model_name, batch_size, method, steps):
         model.train_on_batch(x, y)
         times.append(time.perf_counter() - start)
     result = {"step_s": float(np.median(times)), "first_step_s": first,
-              "peak_mib": _rss_kib("VmHWM") / 1024,
-              "train_mib": (_rss_kib("VmHWM") - baseline) / 1024}
+              "peak_mib": rss_kib("VmHWM") / 1024,
+              "train_mib": (rss_kib("VmHWM") - baseline) / 1024}
     if gpu:  # the device's allocator: what training holds on the GPU
         peak = tf.config.experimental.get_memory_info("GPU:0")["peak"]
         result.update(peak_mib=peak / 2 ** 20,

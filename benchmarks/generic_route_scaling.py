@@ -16,7 +16,12 @@ import json
 import sys
 import time
 
-from _common import machine, run_child
+from _common import (
+    machine,
+    rss_kib,
+    run_child,
+    use_generic_route_for_recurrent_layers,
+)
 
 ROUTES = ("ordinary", "engine", "generic")
 
@@ -31,11 +36,7 @@ def measure(steps, route):
     from keras_tempered_dp.privacy import compile_dp
 
     if route == "generic":
-        from keras_tempered_dp.privacy.clipping import register_norm_fn
-        from keras_tempered_dp.privacy.clipping.norms.generic import (
-            generic_sq_norms,
-        )
-        register_norm_fn(keras.layers.LSTM, generic_sq_norms)
+        use_generic_route_for_recurrent_layers()
     keras.utils.set_random_seed(0)
     model = sequence_lstm("tanh", input_shape=(steps, 32, 1), width=128)
     if route == "ordinary":
@@ -48,7 +49,7 @@ def measure(steps, route):
     x = tf.constant(np.random.default_rng(0).uniform(
         size=(256, steps, 32, 1)).astype("float32"))
     y = tf.constant(np.arange(256) % 10)
-    before = _kib("VmRSS")
+    before = rss_kib("VmRSS")
     model.train_on_batch(x, y)
     model.train_on_batch(x, y)
     times = []
@@ -57,15 +58,7 @@ def measure(steps, route):
         model.train_on_batch(x, y)
         times.append(time.perf_counter() - start)
     return {"step_s": float(np.median(times)),
-            "train_mib": (_kib("VmHWM") - before) / 1024}
-
-
-def _kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return -1
+            "train_mib": (rss_kib("VmHWM") - before) / 1024}
 
 
 def main():

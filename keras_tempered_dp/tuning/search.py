@@ -1,0 +1,322 @@
+"""The search over (s, T, o, learning rate, clip): plain or private.
+
+Both run every trial as a DP-SGD training run on the training split
+(:mod:`.trials`) with hyperparameters drawn at random from
+:class:`~.hypermodel.TemperedSigmoidHyperModel`'s space, and write
+``results.json`` and the best model, ``model.keras`` (with its ledger), to
+``output_dir`` once the search has finished; nothing before.
+
+- **Private** (``private=True``): ``target_epsilon`` covers the whole
+  search and the released model and score. K, the number of trials, is
+  random and secret (:class:`.oracle.SecretTrialsOracle`); each trial's
+  noise is calibrated so that the best of K is ``(target_epsilon,
+  delta)``-DP (:mod:`keras_tempered_dp.privacy.selection`); trials are
+  ranked by a noised validation score, or by the exact accuracy on a
+  public validation set. Only the best model, its values and its score
+  come out; no count, index or timing of trials is written or printed
+  (wall time still hints at K).
+- **Plain**: ``max_trials`` trials, each at ``target_epsilon``, ranked by
+  their exact accuracy on the validation split. ``results.json`` states
+  each trial's epsilon, the epsilon of releasing all trials (their RDP
+  composition) and that the ranking used unprotected data (the validation
+  examples have no guarantee).
+"""
+
+import os
+import shutil
+import tempfile
+import time
+
+import keras_tuner
+import numpy as np
+
+from keras_tempered_dp.models import MODELS
+from keras_tempered_dp.privacy.accounting import (
+    Segment,
+    accountant_name,
+    calibrate_noise_multiplier,
+    compose_epsilon,
+    steps_per_epoch,
+)
+from keras_tempered_dp.privacy import selection
+from keras_tempered_dp.training.results import write_json
+from keras_tempered_dp.tuning.hypermodel import (
+    TemperedSigmoidHyperModel,
+    require_tensorboard,
+)
+from keras_tempered_dp.tuning.oracle import OBJECTIVE, SecretTrialsOracle
+from keras_tempered_dp.tuning.settings import SearchSettings
+from keras_tempered_dp.tuning.trials import TrialPlan, TrialTuner
+
+UNPROTECTED_RANKING = (
+    "The ranking used the exact accuracy on a split of the private data: "
+    "those validation examples have no privacy guarantee, and the epsilon "
+    "above covers the training examples only. Use --private for one "
+    "guarantee over the search and the released model.")
+
+
+def search(*, dataset="digits", target_epsilon=3.0, max_trials=None,
+           epochs=5, batch_size=64, delta=None, validation_fraction=0.1,
+           seed=0, output_dir="runs/tune", data_dir=None, manual_dir=None,
+           download=True, accountant="rdp", model=None, l2_norm_clip=None,
+           private=False, trials_distribution="truncated_negative_binomial",
+           trials_mean=5.0, trials_eta=0.0, score_noise=20.0,
+           public_validation=None, data=None):
+    """A random search over (s, T, o, learning rate, clip); see the module
+    docstring for the plain and the private search.
+
+    Args:
+        dataset, data_dir, manual_dir, download: the private data (its
+            training split; the test split only evaluates the released
+            model, after the search).
+        data: ``((x, y), (x_test, y_test))`` arrays instead of ``dataset``'s
+            files (``dataset`` still names the shape and classes).
+        target_epsilon: plain: each trial's; private: the whole search's.
+        max_trials: plain only (default 10).
+        epochs, batch_size: every trial's (Poisson-sampled batches).
+        delta: default ``min(1e-5, 1/(10 N))``, N the training examples.
+        validation_fraction: the share of the training set held out to
+            score trials (not with ``public_validation``).
+        seed: the split (and the plain search's draws); a private search
+            draws with OS entropy.
+        accountant: the plain search's calibration ("rdp" or "pld").
+        model: a registry model (default: the dataset's).
+        l2_norm_clip: fixes the clip; None searches it.
+        private: see the module docstring.
+        trials_distribution, trials_mean, trials_eta: the law of K
+            (:class:`~keras_tempered_dp.privacy.selection.TrialCount`).
+        score_noise: the private score's noise std, in examples.
+        public_validation: ``(x, y)`` of a public validation set: trials
+            are ranked by their exact accuracy on it, at no cost, and train
+            on the whole training split.
+
+    Returns:
+        the results dictionary also written to ``output_dir``/results.json.
+
+    Raises:
+        ValueError: naming the argument, before any trial (all but
+            ``delta >= 1/N`` and a batch larger than N before loading data).
+    """
+    settings = SearchSettings(
+        target_epsilon=target_epsilon, max_trials=max_trials, epochs=epochs,
+        batch_size=batch_size, delta=delta,
+        validation_fraction=validation_fraction, accountant=accountant,
+        model=model, l2_norm_clip=l2_norm_clip, private=private,
+        trials_distribution=trials_distribution, trials_mean=trials_mean,
+        trials_eta=trials_eta, score_noise=score_noise)
+    _check_output_dir(output_dir)
+    require_tensorboard()
+    start = time.time()
+    (x, y), (x_test, y_test), model_name = _load(settings, dataset, data,
+                                                 data_dir, manual_dir,
+                                                 download)
+    train_data, validation = _split(x, y, settings, seed, public_validation)
+    plan = _plan(settings, dataset, model_name, train_data, validation,
+                 public_validation is not None)
+    work = tempfile.mkdtemp(prefix="keras_tempered_dp_search_")
+    try:
+        tuner = _tuner(settings, plan, model_name, x, work, seed)
+        tuner.search(verbose=0)
+        results = _results(settings, plan, tuner, (x_test, y_test),
+                           public_validation is not None)
+        if not settings.private:  # a private search's time hints at K
+            results["wall_time_s"] = time.time() - start
+        os.makedirs(output_dir, exist_ok=True)
+        if tuner.best is not None:
+            shutil.move(os.path.join(work, "best", "model.keras"),
+                        os.path.join(output_dir, "model.keras"))
+        write_json(os.path.join(output_dir, "results.json"), results)
+        return results
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_output_dir(output_dir):
+    if not isinstance(output_dir, (str, os.PathLike)) or not str(output_dir):
+        raise ValueError(f"output_dir={output_dir!r}: must be a folder path.")
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"output_dir={str(output_dir)!r} is a file, not a "
+                         "folder: choose another or move the file away.")
+
+
+def _load(settings, dataset, data, data_dir, manual_dir, download):
+    from keras_tempered_dp.data import DATASETS, load_dataset
+    from keras_tempered_dp.models import DEFAULT_MODEL
+    from keras_tempered_dp.validation import check_choice
+    check_choice("dataset", dataset, tuple(DATASETS))
+    data = data or load_dataset(dataset, data_dir=data_dir,
+                                manual_dir=manual_dir, download=download)
+    return (*data, settings.model or DEFAULT_MODEL[dataset])
+
+
+def _split(x, y, settings, seed, public_validation):
+    """``((x, y) trained on, (x, y) scored on)``: a seeded permutation's
+    first ``validation_fraction`` scores, unless the validation set is
+    public (then every training example trains)."""
+    if public_validation is not None:
+        return (x, y), _check_public(public_validation, x)
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_val = int(len(x) * settings.validation_fraction)
+    if n_val < 1:
+        raise ValueError(
+            f"validation_fraction={settings.validation_fraction!r}: holds "
+            f"out no example of {len(x)}; raise it.")
+    val, tr = order[:n_val], order[n_val:]
+    return (x[tr], y[tr]), (x[val], y[val])
+
+
+def _check_public(public_validation, x):
+    try:
+        x_val, y_val = public_validation
+    except (TypeError, ValueError):
+        raise ValueError("public_validation: must be a pair (x, y) of "
+                         "arrays.") from None
+    x_val, y_val = np.asarray(x_val), np.asarray(y_val)
+    if len(x_val) < 1 or len(x_val) != len(y_val):
+        raise ValueError(
+            f"public_validation: {len(x_val)} inputs and {len(y_val)} "
+            "labels; give the same number, at least one.")
+    if x_val.shape[1:] != x.shape[1:]:
+        raise ValueError(
+            f"public_validation: inputs of shape {x_val.shape[1:]}, but the "
+            f"training data's are {x.shape[1:]}.")
+    return x_val, y_val
+
+
+def _plan(settings, dataset, model_name, train_data, validation, public):
+    n = len(train_data[0])
+    delta = settings.resolved_delta(n)
+    steps = steps_per_epoch(n, settings.batch_size, "poisson") * \
+        settings.epochs
+    score_noise = (settings.score_noise if settings.private and not public
+                   else None)
+    if settings.private:
+        noise = selection.calibrate_trial_noise(
+            settings.target_epsilon, settings.trial_count(), num_examples=n,
+            batch_size=settings.batch_size, steps=steps, delta=delta,
+            score_noise=score_noise)
+    else:
+        noise = calibrate_noise_multiplier(
+            settings.target_epsilon, n, settings.batch_size, steps=steps,
+            delta=delta, accountant=settings.accountant)
+    fixed = {"dataset": dataset, "model": model_name,
+             "epochs": settings.epochs, "batch_size": settings.batch_size,
+             "noise_multiplier": noise, "delta": delta,
+             "accountant": settings.accountant, "sampling": "poisson"}
+    if settings.l2_norm_clip is not None:
+        fixed["l2_norm_clip"] = settings.l2_norm_clip
+    return TrialPlan(train_data, validation, fixed,
+                     Segment(n, settings.batch_size, steps, noise),
+                     score_noise, settings.private)
+
+
+def _tuner(settings, plan, model_name, x, work, seed):
+    model_fn = MODELS[model_name]
+    hypermodel = TemperedSigmoidHyperModel(
+        noise_multiplier=plan.settings["noise_multiplier"],
+        model_fn=model_fn, input_shape=x.shape[1:], momentum=0.9)
+    space = keras_tuner.HyperParameters()
+    if settings.l2_norm_clip is not None:
+        space.Fixed("l2_norm_clip", settings.l2_norm_clip)
+    if settings.private:
+        oracle = SecretTrialsOracle(settings.trial_count(),
+                                    hyperparameters=space)
+    else:
+        oracle = keras_tuner.oracles.RandomSearchOracle(
+            objective=keras_tuner.Objective(OBJECTIVE, "max"),
+            max_trials=settings.trials, seed=seed + 1,
+            hyperparameters=space, max_retries_per_trial=0)
+    return TrialTuner(oracle, hypermodel, plan, os.path.join(work, "best"),
+                      directory=work, project_name="trials", overwrite=True)
+
+
+def _results(settings, plan, tuner, test, public):
+    """What the search releases (see the module docstring)."""
+    segment, best = plan.segment, tuner.best
+    delta = plan.settings["delta"]
+    trial = {"num_examples": segment.num_examples,
+             "batch_size": segment.batch_size, "epochs": settings.epochs,
+             "steps": segment.steps,
+             "noise_multiplier": segment.noise_multiplier,
+             "validation_examples": len(plan.validation[1]),
+             "validation": "public" if public else "a split of the "
+                           "private training set"}
+    results = {"private": settings.private, "delta": delta,
+               "target_epsilon": settings.target_epsilon,
+               "trial_settings": trial}
+    if best is not None:
+        results["best"] = {"hyperparameters": best.values,
+                           "score": best.score,
+                           "test_accuracy": _test_accuracy(tuner, test),
+                           "model": "model.keras"}
+    else:  # only a Poisson K can be 0
+        results["best"] = None
+        results["no_trial"] = ("K was 0: no trial ran and nothing but "
+                               "this was released.")
+    if settings.private:
+        results.update(_private_statement(settings, plan, public))
+    else:
+        results.update(_plain_statement(settings, segment, tuner, delta))
+    return results
+
+
+def _private_statement(settings, plan, public):
+    segment, count = plan.segment, settings.trial_count()
+    rdp = selection.trial_rdp(segment.num_examples, segment.batch_size,
+                              segment.noise_multiplier, segment.steps,
+                              score_noise=plan.score_noise)
+    delta = plan.settings["delta"]
+    epsilon = selection.search_epsilon(rdp, count, delta=delta)
+    return {
+        "epsilon": epsilon,
+        "trial_count": {"distribution": count.distribution,
+                        "expected_trials": count.expected_trials,
+                        "eta": count.eta,
+                        "gamma": getattr(count, "gamma", None)},
+        "score": ("exact accuracy on the public validation set" if public
+                  else f"accuracy on the validation split, its count of "
+                  f"correct predictions noised with std "
+                  f"{plan.score_noise:g}"),
+        "statement": selection.search_statement(
+            epsilon, delta, count, num_examples=segment.num_examples,
+            batch_size=segment.batch_size, steps=segment.steps,
+            noise_multiplier=segment.noise_multiplier,
+            score_noise=plan.score_noise),
+        "not_covered": (
+            "Only the best trial's model, hyperparameters and score are "
+            "covered; the other trials were deleted unseen. Releasing them "
+            "too is another mechanism (the composition of all trials), and "
+            "rerunning the search, with any settings, spends again. The "
+            "test accuracy is measured on the test split, which no trial "
+            "saw."),
+    }
+
+
+def _plain_statement(settings, segment, tuner, delta):
+    accountant = settings.accountant
+    trials = len(tuner.records)
+    each = compose_epsilon([segment], delta=delta, accountant=accountant)
+    every = compose_epsilon([segment] * trials, delta=delta,
+                            accountant=accountant)
+    return {
+        "trials": tuner.records,
+        "trial_epsilon": each,
+        "epsilon_all_trials": every,
+        "statement": (
+            f"Each of the {trials} trials: ({each:.3f}, {delta:g})-DP "
+            f"(DP-SGD, {segment.steps} steps, N={segment.num_examples}, "
+            f"batch_size={segment.batch_size}, noise_multiplier="
+            f"{segment.noise_multiplier:g}); releasing all of them: "
+            f"({every:.3f}, {delta:g})-DP by composition; "
+            f"{accountant_name(accountant)}, Poisson subsampling, add-or-"
+            "remove-one neighbours."),
+        "unprotected": UNPROTECTED_RANKING,
+    }
+
+
+def _test_accuracy(tuner, test):
+    """The released model's accuracy on the test split (no trial saw it)."""
+    from keras_tempered_dp.privacy.saving import load_model
+    model = load_model(os.path.join(tuner.best_dir, "model.keras"))
+    _, accuracy = model.evaluate(*test, verbose=0)
+    return float(accuracy)

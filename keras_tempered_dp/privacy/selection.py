@@ -81,7 +81,7 @@ class TrialCount:
         distribution: "truncated_negative_binomial" (K >= 1 always) or
             "poisson" (K = 0, with probability ``exp(-mean)``, releases
             nothing).
-        mean: E[K]; > 1 for the truncated negative binomial, > 0 for
+        mean: E[K]; > 1 for the truncated negative binomial, >= 1 for
             Poisson.
         eta: the truncated negative binomial's shape, > -1 (0: logarithmic,
             1: geometric). Ignored for Poisson.
@@ -94,10 +94,10 @@ class TrialCount:
 
     >>> round(TrialCount("truncated_negative_binomial", mean=3, eta=1).gamma, 9)
     0.333333333
-    >>> TrialCount("poisson", mean=0)
+    >>> TrialCount("poisson", mean=0.5)
     Traceback (most recent call last):
     ...
-    ValueError: mean=0: must be > 0. It is E[K], the expected number of trials.
+    ValueError: mean=0.5: must be >= 1. It is E[K], the expected number of trials.
     """
 
     distribution: str = "truncated_negative_binomial"
@@ -108,7 +108,10 @@ class TrialCount:
         check_choice("distribution", self.distribution, DISTRIBUTIONS)
         hint = "It is E[K], the expected number of trials."
         if self.distribution == "poisson":
-            check_number("mean", self.mean, low=0, low_open=True, hint=hint)
+            # Theorem 6's log(mean) / (lambda - 1) goes below zero for a
+            # mean under 1, where the bound would fall below the truth (a
+            # brute-force check finds it); dp_accounting refuses it too.
+            check_number("mean", self.mean, low=1, hint=hint)
         else:
             check_number("mean", self.mean, low=1, low_open=True, hint=hint
                          + " K >= 1 always, so E[K] = 1 would mean exactly "
@@ -135,13 +138,14 @@ class TrialCount:
         if k == 0:
             return 0.0
         g, eta = self.gamma, self.eta
-        # P[K=1] = (1-g) eta / (g^-eta - 1), which tends to (1-g)/log(1/g)
-        # as eta -> 0; then P[K=k+1]/P[K=k] = (1-g)(k+eta)/(k+1).
-        p = (1 - g) * (eta / math.expm1(-eta * math.log(g)) if eta != 0
-                       else 1 / math.log(1 / g))
-        for j in range(1, k):
-            p *= (1 - g) * (j + eta) / (j + 1)
-        return p
+        # (1-g)^k * eta / (g^-eta - 1) * prod_{l<k} (l+eta)/(l+1), with
+        # prod_{1<=l<k} (l+eta) = Gamma(k+eta) / Gamma(1+eta); the first
+        # factor's eta over (g^-eta - 1) tends to 1/log(1/g) as eta -> 0.
+        first = (eta / math.expm1(-eta * math.log(g)) if eta != 0
+                 else 1 / math.log(1 / g))
+        return first * math.exp(
+            k * math.log1p(-g) + math.lgamma(k + eta) - math.lgamma(1 + eta)
+            - math.lgamma(k + 1))
 
     def sample(self, rng=None):
         """Draws K, from OS entropy unless a generator is given (tests)."""

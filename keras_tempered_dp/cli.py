@@ -109,6 +109,17 @@ def _reproduce_flags(parser):
     _accountant_flag(parser)
 
 
+def _number_pair(text):
+    """``--learning_rate_range=0.1,2`` -> (0.1, 2.0)."""
+    values = tuple(float(value) for value in text.split(","))
+    if len(values) != 2:
+        raise ValueError(text)
+    return values
+
+
+_number_pair.__name__ = "pair of numbers"
+
+
 def _seed_list(text):
     """``--seeds=0,1,2`` -> [0, 1, 2]."""
     return [int(value) for value in text.split(",")]
@@ -126,12 +137,44 @@ def _accountant_flag(parser):
 
 def _tune_flags(parser):
     from keras_tempered_dp.models import MODELS
+    from keras_tempered_dp.privacy.selection import (
+        DISTRIBUTIONS,
+        SCORE_NOISE_HINT,
+    )
     _data_flags(parser, "runs/tune")
-    add_flag(parser, "target_epsilon", float, "Every trial's epsilon.", 3.0)
     # Checked, with search()'s other arguments, by tuning.SearchSettings.
-    add_flag(parser, "max_trials", int, "Number of trials (>= 1).", 10)
+    add_flag(parser, "private", bool, "One (epsilon, delta) guarantee for "
+             "the whole search and the released best model (Papernot & "
+             "Steinke): a secret, random number of trials, noised scores.",
+             False)
+    add_flag(parser, "target_epsilon", float, "--private: the whole "
+             "search's epsilon; otherwise every trial's.", 3.0)
+    add_flag(parser, "max_trials", int, "Without --private: the number of "
+             "trials (>= 1; default 10). --private draws it in secret "
+             "instead (--trials_mean).", None)
+    add_flag(parser, "trials_mean", float, "--private: the expected number "
+             "of trials E[K].", 5.0)
+    add_flag(parser, "trials_distribution", str, "--private: the law of "
+             "the number of trials.", "truncated_negative_binomial",
+             choices=DISTRIBUTIONS)
+    add_flag(parser, "trials_eta", float, "--private: the truncated "
+             "negative binomial's shape (> -1; 0 logarithmic, 1 "
+             "geometric).", 0.0)
+    add_flag(parser, "score_noise", float, "--private: " + SCORE_NOISE_HINT,
+             20.0)
+    add_flag(parser, "public_validation", str, "An .npz file with arrays x "
+             "and y of public validation data: trials are ranked by their "
+             "exact accuracy on it, at no privacy cost, and train on the "
+             "whole training set.", None)
+    add_flag(parser, "validation_fraction", float, "The share of the "
+             "training set held out to score trials (without "
+             "--public_validation).", 0.1)
     add_flag(parser, "epochs", int, "Epochs per trial (>= 1).", 5)
     add_flag(parser, "batch_size", int, "Batch size (>= 1).", 64)
+    add_flag(parser, "l2_norm_clip", float, "Fix the clipping norm "
+             "(default: searched).", None)
+    add_flag(parser, "learning_rate_range", _number_pair, "LOW,HIGH: the "
+             "learning rate's log-uniform range (default 0.001,4).", None)
     add_flag(parser, "delta", float, "delta, in (0, 1/N); default "
              "min(1e-5, 1/(10 N)).", None)
     add_flag(parser, "model", str, "The model searched (default: the "
@@ -198,20 +241,36 @@ def run_reproduce(args):
 
 
 def run_tune(args):
-    from keras_tempered_dp.tuning import TUNING_PRIVACY_NOTE, search
-    best, noise = search(
-        dataset=args.dataset, target_epsilon=args.target_epsilon,
-        max_trials=args.max_trials, epochs=args.epochs,
-        batch_size=args.batch_size, delta=args.delta, seed=args.seed,
-        output_dir=args.output_dir, data_dir=args.data_dir,
-        manual_dir=args.manual_dir, download=args.download,
-        accountant=args.accountant, model=args.model)
-    shape = (f"(s, T, o) = ({best['s']:.3g}, {best['T']:.3g}, "
-             f"{best['o']:.3g}); " if "s" in best else "")
-    print(f"best {shape}learning_rate {best['learning_rate']:.3g}, "
-          f"l2_norm_clip {best['l2_norm_clip']:.3g}; every trial used "
-          f"noise_multiplier {noise:.4f}")
-    print(TUNING_PRIVACY_NOTE)
+    from keras_tempered_dp.tuning import search
+    from keras_tempered_dp.tuning.search import read_public_validation
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("command", "traceback")}
+    settings["public_validation"] = read_public_validation(
+        args.public_validation)
+    if args.private:  # nothing printed while it runs may show K
+        print("private search: the number of trials is secret, so nothing "
+              "is shown until it ends.", flush=True)
+    results = search(**settings)
+    best = results["best"]
+    if not args.private:
+        for i, trial in enumerate(results["trials"]):
+            print(f"trial {i}: {_values(trial['hyperparameters'])}; "
+                  f"validation accuracy {trial['validation_accuracy']:.4f}, "
+                  f"epsilon {trial['epsilon']:.3f}")
+    if best is not None:
+        print(f"best: {_values(best['hyperparameters'])}; score "
+              f"{best['score']:.4f}, test accuracy "
+              f"{best['test_accuracy']:.4f}")
+    else:
+        print(results["no_trial"])
+    print(results["statement"])
+    print(results.get("unprotected") or results["not_covered"])
+    print(f"wrote {args.output_dir}/results.json"
+          + (" and model.keras" if best is not None else ""))
+
+
+def _values(hyperparameters):
+    return ", ".join(f"{k} {v:.4g}" for k, v in hyperparameters.items())
 
 
 def run_audit(args):

@@ -344,7 +344,8 @@ def search_statement(epsilon, delta, trial_count, *, num_examples,
              "trials ranked by their exact accuracy on a public validation "
              "set (no privacy cost)")
     return (
-        f"({epsilon:.3f}, {delta:g})-DP for each example, for the whole "
+        f"({epsilon:.3f}, {delta:g})-DP for each training example (those "
+        f"the trials trained on and those that scored them), for the whole "
         f"search and the released best model and score: best of K trials, "
         f"{trial_count.describe()}, K secret (Papernot & Steinke 2022); "
         f"each trial DP-SGD with {steps} steps, N={num_examples}, "

@@ -22,10 +22,12 @@ Both run every trial as a DP-SGD training run on the training split
   examples have no guarantee).
 """
 
+import contextlib
 import os
 import shutil
 import tempfile
 import time
+import warnings
 
 import keras_tuner
 import numpy as np
@@ -39,6 +41,7 @@ from keras_tempered_dp.privacy.accounting import (
     steps_per_epoch,
 )
 from keras_tempered_dp.privacy import selection
+from keras_tempered_dp.privacy.saving import load_model, save_model
 from keras_tempered_dp.training.results import write_json
 from keras_tempered_dp.tuning.hypermodel import (
     TemperedSigmoidHyperModel,
@@ -59,7 +62,7 @@ def search(*, dataset="digits", target_epsilon=3.0, max_trials=None,
            epochs=5, batch_size=64, delta=None, validation_fraction=0.1,
            seed=0, output_dir="runs/tune", data_dir=None, manual_dir=None,
            download=True, accountant="rdp", model=None, l2_norm_clip=None,
-           private=False, trials_distribution="truncated_negative_binomial",
+           learning_rate_range=None, private=False, trials_distribution="truncated_negative_binomial",
            trials_mean=5.0, trials_eta=0.0, score_noise=20.0,
            public_validation=None, data=None):
     """A random search over (s, T, o, learning rate, clip); see the module
@@ -82,6 +85,8 @@ def search(*, dataset="digits", target_epsilon=3.0, max_trials=None,
         accountant: the plain search's calibration ("rdp" or "pld").
         model: a registry model (default: the dataset's).
         l2_norm_clip: fixes the clip; None searches it.
+        learning_rate_range: ``(low, high)`` narrows the learning rate's
+            log-uniform range (default the space's, 0.001 to 4).
         private: see the module docstring.
         trials_distribution, trials_mean, trials_eta: the law of K
             (:class:`~keras_tempered_dp.privacy.selection.TrialCount`).
@@ -101,7 +106,8 @@ def search(*, dataset="digits", target_epsilon=3.0, max_trials=None,
         target_epsilon=target_epsilon, max_trials=max_trials, epochs=epochs,
         batch_size=batch_size, delta=delta,
         validation_fraction=validation_fraction, accountant=accountant,
-        model=model, l2_norm_clip=l2_norm_clip, private=private,
+        model=model, l2_norm_clip=l2_norm_clip,
+        learning_rate_range=learning_rate_range, private=private,
         trials_distribution=trials_distribution, trials_mean=trials_mean,
         trials_eta=trials_eta, score_noise=score_noise)
     _check_output_dir(output_dir)
@@ -115,20 +121,46 @@ def search(*, dataset="digits", target_epsilon=3.0, max_trials=None,
                  public_validation is not None)
     work = tempfile.mkdtemp(prefix="keras_tempered_dp_search_")
     try:
-        tuner = _tuner(settings, plan, model_name, x, work, seed)
-        tuner.search(verbose=0)
-        results = _results(settings, plan, tuner, (x_test, y_test),
-                           public_validation is not None)
+        with _quiet(settings.private):
+            tuner = _tuner(settings, plan, model_name, x, work, seed)
+            tuner.search(verbose=0)
+            best = _load_best(tuner)
+            results = _results(settings, plan, tuner, best, (x_test, y_test),
+                               public_validation is not None)
         if not settings.private:  # a private search's time hints at K
             results["wall_time_s"] = time.time() - start
         os.makedirs(output_dir, exist_ok=True)
-        if tuner.best is not None:
-            shutil.move(os.path.join(work, "best", "model.keras"),
-                        os.path.join(output_dir, "model.keras"))
+        if best is not None:
+            # Saved now, not when the best trial ended: the file's times
+            # would show how long the search ran after it.
+            save_model(best, os.path.join(output_dir, "model.keras"))
         write_json(os.path.join(output_dir, "results.json"), results)
         return results
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _quiet(private):
+    """A private search prints nothing while it runs: TensorFlow's and
+    Keras' warnings (retracing notices count the models built) would
+    show how many trials ran."""
+    if not private:
+        yield
+        return
+    import logging
+    loggers = [logging.getLogger(name) for name in ("tensorflow", "absl",
+                                                   "keras", "keras_tuner")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
 
 
 def _check_output_dir(output_dir):
@@ -150,19 +182,33 @@ def _load(settings, dataset, data, data_dir, manual_dir, download):
 
 
 def _split(x, y, settings, seed, public_validation):
-    """``((x, y) trained on, (x, y) scored on)``: a seeded permutation's
-    first ``validation_fraction`` scores, unless the validation set is
-    public (then every training example trains)."""
+    """``((x, y) trained on, (x, y) scored on)``, unless the validation set
+    is public (then every training example trains).
+
+    The plain search holds out a seeded permutation's first
+    ``validation_fraction``. The private search sends each example to the
+    validation split by its own coin, with probability
+    ``validation_fraction``, from OS entropy: a split made by position
+    would move many examples between the splits when one is added or
+    removed, and the guarantee for each example assumes that one example's
+    presence changes nothing else. Each example then trains or scores,
+    and either way its influence is bounded (DP-SGD or the noised score).
+    """
     if public_validation is not None:
         return (x, y), _check_public(public_validation, x)
-    order = np.random.default_rng(seed).permutation(len(x))
-    n_val = int(len(x) * settings.validation_fraction)
-    if n_val < 1:
+    if settings.private:
+        held_out = (selection.secret_generator().random(len(x))
+                    < settings.validation_fraction)
+    else:
+        order = np.random.default_rng(seed).permutation(len(x))
+        held_out = np.zeros(len(x), bool)
+        held_out[order[:int(len(x) * settings.validation_fraction)]] = True
+    if not held_out.any() or held_out.all():
         raise ValueError(
-            f"validation_fraction={settings.validation_fraction!r}: holds "
-            f"out no example of {len(x)}; raise it.")
-    val, tr = order[:n_val], order[n_val:]
-    return (x[tr], y[tr]), (x[val], y[val])
+            f"validation_fraction={settings.validation_fraction!r}: left "
+            f"{int(held_out.sum())} of {len(x)} examples to score trials "
+            "and the rest to train them; both need examples.")
+    return (x[~held_out], y[~held_out]), (x[held_out], y[held_out])
 
 
 def _check_public(public_validation, x):
@@ -203,8 +249,6 @@ def _plan(settings, dataset, model_name, train_data, validation, public):
              "epochs": settings.epochs, "batch_size": settings.batch_size,
              "noise_multiplier": noise, "delta": delta,
              "accountant": settings.accountant, "sampling": "poisson"}
-    if settings.l2_norm_clip is not None:
-        fixed["l2_norm_clip"] = settings.l2_norm_clip
     return TrialPlan(train_data, validation, fixed,
                      Segment(n, settings.batch_size, steps, noise),
                      score_noise, settings.private)
@@ -216,8 +260,13 @@ def _tuner(settings, plan, model_name, x, work, seed):
         noise_multiplier=plan.settings["noise_multiplier"],
         model_fn=model_fn, input_shape=x.shape[1:], momentum=0.9)
     space = keras_tuner.HyperParameters()
+    # Declared before the hypermodel's build: keras-tuner keeps the first
+    # declaration of a name.
     if settings.l2_norm_clip is not None:
         space.Fixed("l2_norm_clip", settings.l2_norm_clip)
+    if settings.learning_rate_range is not None:
+        space.Float("learning_rate", *settings.learning_rate_range,
+                    sampling="log")
     if settings.private:
         oracle = SecretTrialsOracle(settings.trial_count(),
                                     hyperparameters=space)
@@ -230,7 +279,14 @@ def _tuner(settings, plan, model_name, x, work, seed):
                       directory=work, project_name="trials", overwrite=True)
 
 
-def _results(settings, plan, tuner, test, public):
+def _load_best(tuner):
+    """The best trial's model, or None when no trial trained one."""
+    if tuner.best is None:
+        return None
+    return load_model(os.path.join(tuner.best_dir, "model.keras"))
+
+
+def _results(settings, plan, tuner, model, test, public):
     """What the search releases (see the module docstring)."""
     segment, best = plan.segment, tuner.best
     delta = plan.settings["delta"]
@@ -247,12 +303,14 @@ def _results(settings, plan, tuner, test, public):
     if best is not None:
         results["best"] = {"hyperparameters": best.values,
                            "score": best.score,
-                           "test_accuracy": _test_accuracy(tuner, test),
+                           "test_accuracy": float(model.evaluate(
+                               *test, verbose=0)[1]),
                            "model": "model.keras"}
-    else:  # only a Poisson K can be 0
+    else:  # K = 0 (Poisson), or every trial diverged
         results["best"] = None
-        results["no_trial"] = ("K was 0: no trial ran and nothing but "
-                               "this was released.")
+        results["no_trial"] = ("No trial trained a model (K was 0, or "
+                               "every trial diverged): nothing but this "
+                               "was released.")
     if settings.private:
         results.update(_private_statement(settings, plan, public))
     else:
@@ -288,7 +346,8 @@ def _private_statement(settings, plan, public):
             "too is another mechanism (the composition of all trials), and "
             "rerunning the search, with any settings, spends again. The "
             "test accuracy is measured on the test split, which no trial "
-            "saw."),
+            "saw and this statement does not cover; the dataset's size is "
+            "treated as public, as in every DP-SGD statement."),
     }
 
 
@@ -314,9 +373,19 @@ def _plain_statement(settings, segment, tuner, delta):
     }
 
 
-def _test_accuracy(tuner, test):
-    """The released model's accuracy on the test split (no trial saw it)."""
-    from keras_tempered_dp.privacy.saving import load_model
-    model = load_model(os.path.join(tuner.best_dir, "model.keras"))
-    _, accuracy = model.evaluate(*test, verbose=0)
-    return float(accuracy)
+def read_public_validation(path):
+    """``(x, y)`` from an ``.npz`` file with arrays ``x`` and ``y`` (the
+    ``--public_validation`` flag); None for None."""
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        raise ValueError(f"public_validation={path!r}: no such file; give "
+                         "an .npz file with arrays x and y.")
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return arrays["x"], arrays["y"]
+    except (KeyError, ValueError, OSError) as error:
+        raise ValueError(
+            f"public_validation={path!r}: not an .npz file with arrays x "
+            f"and y ({error}); write one with np.savez(path, x=..., "
+            "y=...).") from None

@@ -52,6 +52,7 @@ class SearchSettings:
     accountant: str = "rdp"
     model: str | None = None
     l2_norm_clip: float | None = None
+    learning_rate_range: tuple | None = None
     private: bool = False
     trials_distribution: str = "truncated_negative_binomial"
     trials_mean: float = 5.0
@@ -78,6 +79,7 @@ class SearchSettings:
         check_number("l2_norm_clip", self.l2_norm_clip, low=0,
                      low_open=True, allow_none=True, hint=(
                          "None searches it; a number fixes it."))
+        self._check_learning_rate_range()
         check_choice("private", self.private, (True, False))
         check_choice("trials_distribution", self.trials_distribution,
                      DISTRIBUTIONS)
@@ -86,6 +88,25 @@ class SearchSettings:
         if self.private:
             self._check_private()
         self.trial_count()  # validates mean and eta
+
+    def _check_learning_rate_range(self):
+        value = self.learning_rate_range
+        if value is None:
+            return
+        hint = ("Give (low, high), 0 < low < high, chosen without looking "
+                "at the private data (a range picked from it is a release).")
+        if (isinstance(value, (str, bytes)) or not hasattr(value, "__len__")
+                or len(value) != 2):
+            raise ValueError(f"learning_rate_range={value!r}: must be a "
+                             f"pair. {hint}")
+        low = check_number("learning_rate_range[0]", value[0], low=0,
+                           low_open=True, hint=hint)
+        high = check_number("learning_rate_range[1]", value[1], low=0,
+                            low_open=True, hint=hint)
+        if low >= high:
+            raise ValueError(f"learning_rate_range={value!r}: low must be "
+                             f"below high. {hint}")
+        object.__setattr__(self, "learning_rate_range", (low, high))
 
     def _check_private(self):
         if self.max_trials is not None:

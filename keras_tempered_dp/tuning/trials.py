@@ -13,6 +13,11 @@ so far. The score is either
   the release is the Gaussian mechanism, composed into the trial's RDP); or
 - exact: ``c / n_val``, free only when the validation set is public (or
   in the plain search, which says that its ranking used unprotected data).
+
+A trial whose training diverged (a non-finite loss) outputs no model and
+the score ``-inf``: it is never the best, and the search goes on, so the
+failure is part of that trial's output rather than a visible stop. Any
+other error stops the search and releases nothing but itself.
 """
 
 import dataclasses
@@ -25,7 +30,10 @@ import keras_tuner
 from keras_tempered_dp.privacy.accounting import Segment
 from keras_tempered_dp.privacy.ledger import Ledger
 from keras_tempered_dp.privacy.selection import secret_generator
+from keras_tempered_dp.training.guards import NonFiniteError
 from keras_tempered_dp.tuning.oracle import OBJECTIVE
+
+FAILED = float("-inf")
 
 # The search's flags that are not a trial's training settings.
 TRIAL_VALUES = ("s", "T", "o", "learning_rate", "l2_norm_clip")
@@ -81,6 +89,10 @@ class TrialTuner(keras_tuner.Tuner):
     def run_trial(self, trial, *args, **kwargs):
         try:
             return {OBJECTIVE: self._run(trial.hyperparameters.values)}
+        except NonFiniteError as error:
+            self._record(trial.hyperparameters.values, FAILED, None,
+                         failed=str(error))
+            return {OBJECTIVE: FAILED}
         except Exception as error:
             # Never a retry nor a next trial after a failure: a rerun would
             # train on the data again, uncounted.
@@ -100,10 +112,7 @@ class TrialTuner(keras_tuner.Tuner):
             **trial_values)
         self._check_steps(results)
         score = self._score(results["test_accuracy"])
-        if not plan.private:
-            self.records.append({"hyperparameters": dict(trial_values),
-                                 "validation_accuracy": score,
-                                 "epsilon": results["epsilon"]})
+        self._record(values, score, results["epsilon"])
         if self.best is None or score > self.best.score:
             os.makedirs(self.best_dir, exist_ok=True)
             shutil.move(os.path.join(folder, "model.keras"),
@@ -111,6 +120,19 @@ class TrialTuner(keras_tuner.Tuner):
             self.best = Best(dict(trial_values), score, results)
         shutil.rmtree(folder, ignore_errors=True)
         return score
+
+    def _record(self, values, score, epsilon, failed=None):
+        """The plain search keeps every trial's values and score; the
+        private one none (only the best leaves)."""
+        if self.plan.private:
+            return
+        record = {"hyperparameters": {k: v for k, v in values.items()
+                                      if k in TRIAL_VALUES},
+                  "validation_accuracy": None if failed else score,
+                  "epsilon": epsilon}
+        if failed:
+            record["failed"] = failed
+        self.records.append(record)
 
     def _check_steps(self, results):
         """The trial's ledger (the steps its model really took) must be

@@ -2,12 +2,13 @@
 
 import json
 import os
+import re
 import subprocess
 
+import numpy as np
 import pytest
 
 from keras_tempered_dp.experiments import experiment, reproduce
-from keras_tempered_dp.tuning import search
 from tests.conftest import console_script
 
 
@@ -83,16 +84,36 @@ def test_reproduce_writes_table_and_plot(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_tune_search_two_trials(tmp_path):
-    best, noise = search(dataset="digits", target_epsilon=3.0, max_trials=2,
-                         epochs=1, output_dir=str(tmp_path))
-    from keras_tempered_dp.privacy.accounting import compute_epsilon
-    assert set(best) == {"s", "T", "o", "learning_rate", "l2_norm_clip"}
-    # 1438 digits, 10% held out for validation, the rest cut to batches
-    # of 64: 1280 training examples; every trial's noise meets the target.
-    n = 1280
-    assert 2.99 < compute_epsilon(n, 64, noise, epochs=1,
-                                  delta=1e-5) <= 3.0
+def test_tune_private_command(tmp_path):
+    """The private search as a user runs it: one statement at or below
+    the target, a model that loads, and no line that counts trials."""
+    out = _cli("tune", "--private", "--epochs=1", "--trials_mean=2",
+               "--target_epsilon=2.5", "--output_dir=out", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("private search: the number of trials is "
+                               "secret")
+    statement = next(line for line in lines if "-DP for each" in line)
+    epsilon = float(statement[1:statement.index(",")])
+    assert 2.4 < epsilon <= 2.5
+    assert not any(re.search(r"trial #?\d", line, re.I) for line in lines)
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["statement"] == statement and results["epsilon"] <= 2.5
+    from keras_tempered_dp.privacy.saving import load_model
+    model = load_model(str(tmp_path / "out" / "model.keras"))
+    assert model.output_shape == (None, 10)
+
+
+def test_tune_plain_command_prints_every_trial_and_the_composition(
+        tmp_path, capsys):
+    status, out, err = _main("tune", "--max_trials=2", "--epochs=1",
+                             f"--output_dir={tmp_path / 'o'}", capsys=capsys)
+    assert status == 0, err
+    assert out.count("validation accuracy") == 2
+    assert "releasing all of them: (" in out
+    assert "have no privacy guarantee" in out
+    results = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert len(results["trials"]) == 2
 
 
 def test_reproduce_scale_recipe_command(tmp_path):
@@ -294,11 +315,28 @@ def test_tune_refuses_bad_flags_before_any_trial(tmp_path, capsys,
 
     from keras_tempered_dp.cli import main
 
+    from keras_tempered_dp.tuning.trials import TrialTuner
+
     def refuse(self, *args, **kwargs):  # --max_trials=0 ran without end
         raise AssertionError("a trial ran")
+    monkeypatch.setattr(TrialTuner, "search", refuse)
     monkeypatch.setattr(keras_tuner.RandomSearch, "search", refuse)
+    npz = tmp_path / "public.npz"
+    np.savez(npz, x=np.zeros((4, 8, 8, 1)))
     cases = [
-        (["--delta=0"], "delta=0.0: must be > 0"),
+        (["--delta=0"], "delta=0.0: must be in (0, 1)"),
+        (["--private", "--max_trials=3"], "max_trials=3 with private=True"),
+        (["--private", "--trials_mean=1"], "trials_mean=1.0: must be > 1"),
+        (["--private", "--score_noise=0"], "score_noise=0.0: must be > 0"),
+        (["--private", "--accountant=pld"], "accountant='pld' with"),
+        (["--public_validation=nothing.npz"],
+         "public_validation='nothing.npz': no such file"),
+        ([f"--public_validation={npz}"], f"public_validation={str(npz)!r}: "
+         "not an .npz file with arrays x and y"),
+        (["--learning_rate_range=3,1"],
+         "learning_rate_range=(3.0, 1.0): low must be below high"),
+        (["--batch_size=5000"], "batch_size=5000: larger than the"),
+        (["--delta=0.01"], "delta=0.01: must be below 1/N"),
         (["--epochs=0"], "epochs=0: must be >= 1"),
         (["--max_trials=0"], "max_trials=0: must be >= 1"),
         (["--max_trials=-1"], "max_trials=-1: must be >= 1"),

@@ -6,7 +6,9 @@ law and never revealed, and when every trial is an independent run of the
 same randomized procedure. So the oracle:
 
 - draws K once, from OS entropy, when it is made, and keeps it in no
-  attribute that keras-tuner saves, prints or returns;
+  attribute that keras-tuner saves, prints or returns; prints nothing
+  (keras-tuner's progress lines number the trials), whatever ``verbose``
+  is set to;
 - draws every trial's hyperparameters independently from the space, from OS
   entropy too: with a seed, the released best trial's values would sit at a
   known position of the seeded sequence and show that K was at least that
@@ -14,8 +16,9 @@ same randomized procedure. So the oracle:
   the trials depend on each other;
 - never retries a trial: a retry would run on the data again, uncounted.
 
-Trial ids still count up (keras-tuner names trials by number); the private
-search runs the oracle in a temporary folder and releases no id.
+keras-tuner's own records of the trials (their ids count up, its state
+lists them) do show K once trials have run: the private search runs the
+oracle in a temporary folder, deletes it, and releases no id.
 
 Example:
 
@@ -62,9 +65,18 @@ class SecretTrialsOracle(keras_tuner.Oracle):
             max_retries_per_trial=0, max_consecutive_failed_trials=1,
             **kwargs)
         self.trial_count = trial_count
+        self._display.verbose = 0
         self._rng = secret_generator()
         # Name-mangled, out of get_state(): nothing saves or shows K.
         self.__remaining = trial_count.sample(self._rng)
+
+    @property
+    def verbose(self):
+        return 0
+
+    @verbose.setter
+    def verbose(self, value):
+        """Progress lines would count the trials: always silent."""
 
     def populate_space(self, trial_id):
         if self.__remaining <= 0:

@@ -128,8 +128,15 @@ class SearchSettings:
 
     def trial_count(self):
         """The law of the private search's number of trials."""
-        return TrialCount(self.trials_distribution, self.trials_mean,
-                          self.trials_eta)
+        try:
+            return TrialCount(self.trials_distribution, self.trials_mean,
+                              self.trials_eta)
+        except ValueError as error:  # named as the search's settings
+            message = str(error)
+            for name in ("mean", "eta"):
+                if message.startswith(f"{name}="):
+                    message = f"trials_{message}"
+            raise ValueError(message) from None
 
     def resolved_delta(self, n):
         """``delta``, or ``min(1e-5, 1/(10 n))`` when None, for ``n``

@@ -25,3 +25,24 @@ def test_train_digits_example_logs_epsilon_and_trains(capsys):
     assert accuracy > 0.3  # chance is 0.1
     out = capsys.readouterr().out
     assert "epsilon" in out and "test accuracy" in out
+
+
+def test_private_search_costs_meet_the_target():
+    from keras_tempered_dp.privacy.selection import (
+        TrialCount,
+        search_epsilon,
+        trial_rdp,
+    )
+    rows = _load("private_search_costs.py").costs(
+        num_examples=5000, batch_size=100, steps=200, means=(3,),
+        laws=(("truncated_negative_binomial", 1.0), ("poisson", 0.0)))
+    assert [row[0] for row in rows] == ["one run, no search",
+                                        "TNB, eta = 1", "Poisson"]
+    for (name, mean, _, _, _, sigma, epsilon), law in zip(rows[1:], (
+            TrialCount("truncated_negative_binomial", 3, 1.0),
+            TrialCount("poisson", 3))):
+        whole = search_epsilon(trial_rdp(5000, 100, sigma, 200,
+                                         score_noise=20.0), law, delta=1e-5)
+        assert 2.69 < whole <= 2.7
+        assert epsilon < 2.7  # each trial spends less than the search
+        assert sigma > rows[0][5]  # so it needs more noise than one run

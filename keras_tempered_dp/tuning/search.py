@@ -113,28 +113,37 @@ def search(*, dataset="digits", target_epsilon=3.0, max_trials=None,
     _check_output_dir(output_dir)
     require_tensorboard()
     start = time.time()
-    (x, y), (x_test, y_test), model_name = _load(settings, dataset, data,
-                                                 data_dir, manual_dir,
-                                                 download)
+    (x, y), test, model_name = _load(settings, dataset, data, data_dir,
+                                     manual_dir, download)
+    public = public_validation is not None
     train_data, validation = _split(x, y, settings, seed, public_validation)
     plan = _plan(settings, dataset, model_name, train_data, validation,
-                 public_validation is not None)
+                 public)
+    results = _run(settings, plan, model_name, x, seed, test, public,
+                   output_dir)
+    if not settings.private:  # a private search's time hints at K
+        results["wall_time_s"] = time.time() - start
+    write_json(os.path.join(output_dir, "results.json"), results)
+    return results
+
+
+def _run(settings, plan, model_name, x, seed, test, public, output_dir):
+    """The trials, in a temporary folder; then the best model, saved now
+    (not when its trial ended: the file's times would show how long the
+    search ran after it)."""
     work = tempfile.mkdtemp(prefix="keras_tempered_dp_search_")
     try:
         with _quiet(settings.private):
             tuner = _tuner(settings, plan, model_name, x, work, seed)
             tuner.search(verbose=0)
             best = _load_best(tuner)
-            results = _results(settings, plan, tuner, best, (x_test, y_test),
-                               public_validation is not None)
-        if not settings.private:  # a private search's time hints at K
-            results["wall_time_s"] = time.time() - start
+            results = _results(settings, plan, tuner, best, test, public)
         os.makedirs(output_dir, exist_ok=True)
+        path = os.path.join(output_dir, "model.keras")
         if best is not None:
-            # Saved now, not when the best trial ended: the file's times
-            # would show how long the search ran after it.
-            save_model(best, os.path.join(output_dir, "model.keras"))
-        write_json(os.path.join(output_dir, "results.json"), results)
+            save_model(best, path)
+        elif os.path.exists(path):  # an earlier search's, not this one's
+            os.remove(path)
         return results
     finally:
         shutil.rmtree(work, ignore_errors=True)

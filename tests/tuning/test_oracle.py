@@ -67,20 +67,19 @@ def test_draws_come_from_os_entropy_only(monkeypatch, tmp_path):
     """Two oracles draw different values; with the OS entropy source
     pinned, the same values: no other randomness (and no seed) enters."""
     monkeypatch.setattr(TrialCount, "sample", lambda self, rng=None: 2)
-    runs = []
-    for _ in range(2):
-        oracle = SecretTrialsOracle(TrialCount(mean=3.0),
-                                    hyperparameters=_space())
-        oracle._set_project_dir(str(tmp_path), "free")
-        runs.append(_run_all(oracle))
-    assert runs[0] != runs[1]
+
+    def two_searches(name):
+        runs = []
+        for _ in range(2):
+            oracle = SecretTrialsOracle(TrialCount(mean=3.0),
+                                        hyperparameters=_space())
+            oracle._set_project_dir(str(tmp_path), name)
+            runs.append(_run_all(oracle))
+        return runs
+    free = two_searches("free")
+    assert free[0] != free[1]
     monkeypatch.setattr(selection.secrets, "randbits", lambda bits: 42)
-    pinned = []
-    for _ in range(2):
-        oracle = SecretTrialsOracle(TrialCount(mean=3.0),
-                                    hyperparameters=_space())
-        oracle._set_project_dir(str(tmp_path), "pinned")
-        pinned.append(_run_all(oracle))
+    pinned = two_searches("pinned")
     assert pinned[0] == pinned[1]
 
 

@@ -120,6 +120,7 @@ def test_private_score_is_the_noised_count(rng):
 def test_poisson_k_of_zero_releases_nothing_but_the_statement(
         tmp_path, monkeypatch):
     monkeypatch.setattr(TrialCount, "sample", lambda self, rng=None: 0)
+    (tmp_path / "model.keras").write_text("an earlier search's model")
     results = search(dataset="digits", private=True, epochs=1,
                      trials_distribution="poisson", trials_mean=1.0,
                      output_dir=str(tmp_path))

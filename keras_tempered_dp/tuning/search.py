@@ -62,8 +62,8 @@ def search(*, dataset="digits", target_epsilon=3.0, max_trials=None,
            epochs=5, batch_size=64, delta=None, validation_fraction=0.1,
            seed=0, output_dir="runs/tune", data_dir=None, manual_dir=None,
            download=True, accountant="rdp", model=None, l2_norm_clip=None,
-           learning_rate_range=None, private=False, trials_distribution="truncated_negative_binomial",
-           trials_mean=5.0, trials_eta=0.0, score_noise=20.0,
+           learning_rate_range=None, private=False,
+           trials_distribution="truncated_negative_binomial", trials_mean=5.0, trials_eta=0.0, score_noise=20.0,
            public_validation=None, data=None):
     """A random search over (s, T, o, learning rate, clip); see the module
     docstring for the plain and the private search.
@@ -116,7 +116,8 @@ def search(*, dataset="digits", target_epsilon=3.0, max_trials=None,
     (x, y), test, model_name = _load(settings, dataset, data, data_dir,
                                      manual_dir, download)
     public = public_validation is not None
-    train_data, validation = _split(x, y, settings, seed, public_validation)
+    train_data, validation = _split(x, y, settings, seed, public_validation,
+                                    dataset)
     plan = _plan(settings, dataset, model_name, train_data, validation,
                  public)
     results = _run(settings, plan, model_name, x, seed, test, public,
@@ -184,13 +185,19 @@ def _load(settings, dataset, data, data_dir, manual_dir, download):
     from keras_tempered_dp.data import DATASETS, load_dataset
     from keras_tempered_dp.models import DEFAULT_MODEL
     from keras_tempered_dp.validation import check_choice
+    from keras_tempered_dp.training.guards import check_data
     check_choice("dataset", dataset, tuple(DATASETS))
     data = data or load_dataset(dataset, data_dir=data_dir,
                                 manual_dir=manual_dir, download=download)
+    # Checked now, as train() would at the first trial: a bad example
+    # stops the search before any trial, not in the middle of it.
+    num_classes = DATASETS[dataset].num_classes
+    for (x, y), name in zip(data, ("training", "test")):
+        check_data(x, y, name, num_classes)
     return (*data, settings.model or DEFAULT_MODEL[dataset])
 
 
-def _split(x, y, settings, seed, public_validation):
+def _split(x, y, settings, seed, public_validation, dataset):
     """``((x, y) trained on, (x, y) scored on)``, unless the validation set
     is public (then every training example trains).
 
@@ -204,7 +211,7 @@ def _split(x, y, settings, seed, public_validation):
     and either way its influence is bounded (DP-SGD or the noised score).
     """
     if public_validation is not None:
-        return (x, y), _check_public(public_validation, x)
+        return (x, y), _check_public(public_validation, x, dataset)
     if settings.private:
         held_out = (selection.secret_generator().random(len(x))
                     < settings.validation_fraction)
@@ -220,7 +227,7 @@ def _split(x, y, settings, seed, public_validation):
     return (x[~held_out], y[~held_out]), (x[held_out], y[held_out])
 
 
-def _check_public(public_validation, x):
+def _check_public(public_validation, x, dataset):
     try:
         x_val, y_val = public_validation
     except (TypeError, ValueError):
@@ -235,6 +242,10 @@ def _check_public(public_validation, x):
         raise ValueError(
             f"public_validation: inputs of shape {x_val.shape[1:]}, but the "
             f"training data's are {x.shape[1:]}.")
+    from keras_tempered_dp.data import DATASETS
+    from keras_tempered_dp.training.guards import check_data
+    check_data(x_val, y_val, "public validation",
+               DATASETS[dataset].num_classes)
     return x_val, y_val
 
 

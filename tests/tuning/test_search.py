@@ -106,10 +106,15 @@ def test_search_refuses_bad_settings_before_any_work(
      "3 inputs and 2 labels"),
     (dict(public_validation=(np.zeros((3, 28, 28, 1)), np.zeros(3))),
      "inputs of shape (28, 28, 1), but the training data's are (8, 8, 1)"),
+    (dict(public_validation=(np.zeros((3, 8, 8, 1)), np.array([0, 1, 10]))),
+     "public validation labels hold 10"),
+    (dict(public_validation=(np.full((3, 8, 8, 1), np.nan), np.zeros(3))),
+     "public validation data has 192 non-finite values"),
 ])
 def test_search_refuses_settings_too_large_for_the_data(
         kwargs, message, tmp_path, no_trial_may_run):
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises((ValueError, FloatingPointError),
+                       match=re.escape(message)):
         search(dataset="digits", output_dir=str(tmp_path / "o"), **kwargs)
     assert not (tmp_path / "o").exists()
 
@@ -174,5 +179,23 @@ def test_any_other_trial_error_stops_the_search_and_writes_nothing(
     with pytest.raises(Exception, match="a trial failed, so the search "
                        "stopped.*out of memory"):
         search(dataset="digits", max_trials=2, epochs=1,
+               output_dir=str(tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("bad,message", [
+    ("nan", "The training data has 1 non-finite value"),
+    ("label", "The training labels hold 12"),
+])
+def test_bad_private_data_stops_the_search_before_any_trial(
+        bad, message, tmp_path, digits, no_trial_may_run):
+    (x, y), test = digits
+    x, y = x.copy(), y.copy()
+    if bad == "nan":
+        x[5, 0, 0, 0] = np.nan
+    else:
+        y[7] = 12
+    with pytest.raises((ValueError, FloatingPointError), match=message):
+        search(dataset="digits", data=((x, y), test), private=True,
                output_dir=str(tmp_path / "o"))
     assert not (tmp_path / "o").exists()

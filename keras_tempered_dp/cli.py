@@ -254,9 +254,12 @@ def run_tune(args):
     best = results["best"]
     if not args.private:
         for i, trial in enumerate(results["trials"]):
+            outcome = ("diverged" if trial.get("failed") else
+                       f"validation accuracy "
+                       f"{trial['validation_accuracy']:.4f}, epsilon "
+                       f"{trial['epsilon']:.3f}")
             print(f"trial {i}: {_values(trial['hyperparameters'])}; "
-                  f"validation accuracy {trial['validation_accuracy']:.4f}, "
-                  f"epsilon {trial['epsilon']:.3f}")
+                  f"{outcome}")
     if best is not None:
         print(f"best: {_values(best['hyperparameters'])}; score "
               f"{best['score']:.4f}, test accuracy "

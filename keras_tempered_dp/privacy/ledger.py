@@ -46,8 +46,10 @@ from keras_tempered_dp.privacy.accounting import (
 )
 
 # The format of :meth:`Ledger.to_dict`; a saved ledger of another version is
-# refused rather than misread.
-FORMAT = 1
+# refused rather than misread. Format 2 added private searches; a format-1
+# ledger (none) still reads.
+FORMAT = 2
+READABLE_FORMATS = (1, 2)
 
 
 class UnattributedStepsError(ValueError):
@@ -80,15 +82,21 @@ class Ledger:
     Args:
         segments: :class:`Segment` objects already spent, in order.
         unattributed: :class:`Unattributed` runs, in order.
+        searches: :class:`~keras_tempered_dp.privacy.selection.
+            SearchRecord` objects: private searches that chose this model
+            (their RDP is composed with the segments'; "rdp" only).
     """
 
-    def __init__(self, segments=(), unattributed=()):
+    def __init__(self, segments=(), unattributed=(), searches=()):
         self._segments = []
         self._unattributed = []
+        self._searches = []
         for segment in segments:
             self.record(segment)
         for run in unattributed:
             self.record_unattributed(run)
+        for search in searches:
+            self.record_search(search)
 
     # -- what it holds -------------------------------------------------
     @property
@@ -102,15 +110,23 @@ class Ledger:
         return tuple(self._unattributed)
 
     @property
+    def searches(self):
+        """The private searches that chose the model (a tuple)."""
+        return tuple(self._searches)
+
+    @property
     def steps(self):
-        """Every step recorded, attributed or not."""
+        """Every step recorded, attributed or not (a search's: the steps
+        of the trial that made the model)."""
         return (sum(s.steps for s in self._segments)
-                + sum(u.steps for u in self._unattributed))
+                + sum(u.steps for u in self._unattributed)
+                + sum(r.trial.steps for r in self._searches))
 
     def __eq__(self, other):
         return (isinstance(other, Ledger)
                 and self.segments == other.segments
-                and self.unattributed == other.unattributed)
+                and self.unattributed == other.unattributed
+                and self.searches == other.searches)
 
     def __repr__(self):
         return (f"Ledger({len(self._segments)} segments, {self.steps} "
@@ -125,6 +141,13 @@ class Ledger:
         if segment.steps == 0:
             return
         self._segments[:] = merge_segments(self._segments + [segment])
+
+    def record_search(self, search):
+        """Appends a private search that chose the model."""
+        from keras_tempered_dp.privacy.selection import SearchRecord
+        if not isinstance(search, SearchRecord):
+            raise ValueError(f"{search!r} is not a SearchRecord.")
+        self._searches.append(search)
 
     def record_unattributed(self, run):
         if not isinstance(run, Unattributed):
@@ -185,8 +208,34 @@ class Ledger:
                     "one neighbouring relation covers the run.")
             sampling = kinds.pop()
         check_accountant(accountant, sampling)
+        if self._searches:
+            return self._epsilon_with_searches(delta, accountant, sampling)
         return compose_epsilon(self._segments, delta=delta,
                                sampling=sampling, accountant=accountant)
+
+    def _epsilon_with_searches(self, delta, accountant, sampling):
+        """RDP composition of the searches' curves and the segments'."""
+        from keras_tempered_dp.privacy.accounting import (
+            RDP_ORDERS,
+            check_delta,
+            one_step_rdp,
+        )
+        from keras_tempered_dp.privacy.selection import epsilon_of_rdp
+        if accountant != "rdp" or sampling != "poisson":
+            raise ValueError(
+                f"accountant={accountant!r}: a private search chose this "
+                "model, and its bound is Renyi DP with Poisson sampling; "
+                "compose it with accountant='rdp' and Poisson-sampled "
+                "steps.")
+        check_delta(delta, max(
+            [s.num_examples for s in self._segments]
+            + [r.trial.num_examples for r in self._searches]))
+        total = sum(r.rdp() for r in self._searches)
+        for s in self._segments:
+            total = total + s.steps * one_step_rdp(
+                s.num_examples, s.batch_size, s.accounted_noise_multiplier,
+                s.sampling)
+        return epsilon_of_rdp(total, delta=delta, orders=RDP_ORDERS)
 
     def check_attributed(self):
         if self._unattributed:
@@ -217,9 +266,10 @@ class Ledger:
                "add-or-remove-one neighbours" if poisson else
                "fixed-size batches sampled uniformly without replacement, "
                "replace-one neighbours")
+        searches = "".join(f"; {r.describe()}" for r in self._searches)
         return (f"({epsilon:.3f}, {delta:g})-DP for each example: DP-SGD, "
                 f"{self.steps} steps as the model recorded them "
-                f"({parts or 'none'}); "
+                f"({parts or 'none'}){searches}; "
                 f"{accountant_name(accountant)} assuming {how}.")
 
     # -- persistence ---------------------------------------------------------
@@ -228,7 +278,8 @@ class Ledger:
         return {"format": FORMAT,
                 "segments": [dataclasses.asdict(s) for s in self._segments],
                 "unattributed": [dataclasses.asdict(u)
-                                 for u in self._unattributed]}
+                                 for u in self._unattributed],
+                "searches": [r.to_dict() for r in self._searches]}
 
     @classmethod
     def from_dict(cls, data):
@@ -237,12 +288,16 @@ class Ledger:
         Raises:
             ValueError: for another format or a malformed entry.
         """
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
+        from keras_tempered_dp.privacy.selection import SearchRecord
+        if (not isinstance(data, dict)
+                or data.get("format") not in READABLE_FORMATS):
             raise ValueError(
                 f"Not a privacy ledger of format {FORMAT}: {str(data)[:200]}")
         try:
             return cls([Segment(**s) for s in data["segments"]],
-                       [Unattributed(**u) for u in data["unattributed"]])
+                       [Unattributed(**u) for u in data["unattributed"]],
+                       [SearchRecord.from_dict(r)
+                        for r in data.get("searches", ())])
         except (KeyError, TypeError) as error:
             raise ValueError(f"A malformed privacy ledger ({error}).") \
                 from error

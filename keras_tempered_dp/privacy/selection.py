@@ -352,3 +352,72 @@ def search_statement(epsilon, delta, trial_count, *, num_examples,
         f"batch_size={batch_size}, noise_multiplier={noise_multiplier:g}, "
         f"{score}; {accountant_name('rdp')} assuming Poisson subsampling "
         "with q = batch_size / N, add-or-remove-one neighbours.")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchRecord:
+    """A private search, as the released model's ledger keeps it: its
+    trials' steps, score noise and law of K, from which its RDP curve
+    (:func:`best_of_k_rdp`) is recomputed. It replaces the best trial's own
+    steps in that model's ledger: the model was chosen by the search, so
+    what it spent is the search's, not one trial's.
+
+    Example:
+
+    >>> from keras_tempered_dp.privacy.accounting import Segment
+    >>> record = SearchRecord(Segment(54000, 1024, 795, 1.5645), 20.0,
+    ...                       "truncated_negative_binomial", 5.0, 0.0)
+    >>> round(epsilon_of_rdp(record.rdp(), delta=1e-5), 2)
+    2.7
+    >>> SearchRecord.from_dict(record.to_dict()) == record
+    True
+    """
+
+    trial: object  # an accounting.Segment (Poisson sampling)
+    score_noise: float | None
+    distribution: str
+    mean: float
+    eta: float = 0.0
+
+    def __post_init__(self):
+        from keras_tempered_dp.privacy.accounting import Segment
+        if (not isinstance(self.trial, Segment)
+                or self.trial.sampling != "poisson"
+                or self.trial.used_microbatching):
+            raise ValueError(f"trial={self.trial!r}: must be a Segment of "
+                             "Poisson-sampled steps without microbatches.")
+        check_number("score_noise", self.score_noise, low=0, low_open=True,
+                      allow_none=True, hint=SCORE_NOISE_HINT)
+        self.trial_count()  # validates the law
+
+    def trial_count(self):
+        return TrialCount(self.distribution, self.mean, self.eta)
+
+    def rdp(self):
+        """The search's RDP curve on :data:`RDP_ORDERS`."""
+        t = self.trial
+        return best_of_k_rdp(trial_rdp(
+            t.num_examples, t.batch_size, t.noise_multiplier, t.steps,
+            score_noise=self.score_noise), self.trial_count())
+
+    def describe(self):
+        t, law = self.trial, self.trial_count().describe()
+        return (f"the best of a private search ({law}; trials of "
+                f"{t.steps} steps at N="
+                f"{t.num_examples}, batch_size={t.batch_size}, "
+                f"noise_multiplier={t.noise_multiplier:g}"
+                + (f", scores noised with std {self.score_noise:g}"
+                   if self.score_noise is not None else
+                   ", scored on public data") + ")")
+
+    def to_dict(self):
+        return {"trial": dataclasses.asdict(self.trial),
+                "score_noise": self.score_noise,
+                "distribution": self.distribution, "mean": self.mean,
+                "eta": self.eta}
+
+    @classmethod
+    def from_dict(cls, data):
+        from keras_tempered_dp.privacy.accounting import Segment
+        return cls(Segment(**data["trial"]), data["score_noise"],
+                   data["distribution"], data["mean"], data["eta"])

@@ -15,6 +15,11 @@ class NonFiniteError(FloatingPointError):
     """Training met NaN or infinity; the message says where."""
 
 
+class TrainingDivergedError(NonFiniteError):
+    """The loss stopped being finite during training (the data was
+    finite: the steps diverged)."""
+
+
 def check_data(x, y, name, num_classes=None):
     """Raises if ``x`` has a non-finite value or ``y`` is not class labels.
 
@@ -83,7 +88,7 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            raise NonFiniteError(
+            raise TrainingDivergedError(
                 f"The training loss became {float(loss)} at epoch "
                 f"{self.epoch + 1}, step {batch + 1}; the weights are no "
                 "longer usable and no results were written. The data was "

@@ -59,7 +59,8 @@ from keras_tempered_dp.training.guards import StopOnNonFiniteLoss, check_data
 from keras_tempered_dp.training.plan import plan_noise
 
 
-def train(config=None, *, data=None, callbacks=(), **settings):
+def train(config=None, *, data=None, callbacks=(),
+          stop_on_non_finite_loss=True, **settings):
     """Trains one model with DP-SGD and writes its outputs.
 
     Args:
@@ -69,6 +70,10 @@ def train(config=None, *, data=None, callbacks=(), **settings):
             loading ``dataset``.
         callbacks: more Keras callbacks, run before the package's own each
             epoch (an audit's gradient canaries use this).
+        stop_on_non_finite_loss: False trains on after the loss stops being
+            finite (a private search's trial: whether to stop would be
+            decided by the private batch's loss, which no noise protects;
+            the search judges the trained weights instead).
         **settings: flat field names of :class:`~.config.RunConfig`
             (``dataset=``, ``epochs=``, ``target_epsilon=``, ...),
             overriding ``config``'s.
@@ -90,10 +95,11 @@ def train(config=None, *, data=None, callbacks=(), **settings):
     strategy = distribute.make_strategy(config.distribute)  # TF starts here
     if not distribute.is_chief(strategy):
         return _as_worker(config, data, strategy, start)
-    return _train(config, data, strategy, start, list(callbacks))
+    return _train(config, data, strategy, start, list(callbacks),
+                  stop_on_non_finite_loss)
 
 
-def _train(config, data, strategy, start, callbacks=()):
+def _train(config, data, strategy, start, callbacks=(), guard=True):
     keras.utils.set_random_seed(config.data.seed)
     data = _load(config, data)
     part = _plan_part(config, len(data.x), _existing_checkpoint(
@@ -109,7 +115,7 @@ def _train(config, data, strategy, start, callbacks=()):
     made_folder = not os.path.exists(config.output.output_dir)
     os.makedirs(config.output.output_dir, exist_ok=True)
     try:
-        fitted = _fit(config, part, built, data, strategy, callbacks)
+        fitted = _fit(config, part, built, data, strategy, callbacks, guard)
         return _finish(config, part, built, fitted, data,
                        start=start, feature_time_s=feature_time_s)
     except BaseException:
@@ -424,7 +430,7 @@ def _epsilon_callback(config, part, network):
         **earlier)
 
 
-def _fit(config, part, built, data, strategy, callbacks=()):
+def _fit(config, part, built, data, strategy, callbacks=(), guard=True):
     folder, network = config.output.output_dir, built.network
     extra = list(callbacks) + ([NoiseScheduler(part.plan.schedule)]
                                if part.plan.schedule is not None else [])
@@ -445,8 +451,8 @@ def _fit(config, part, built, data, strategy, callbacks=()):
         verbose=config.output.verbose,
         # The checkpoint (and its ledger) before the logs: an epoch whose
         # metrics and epsilon were written out is always accounted.
-        callbacks=extra + [
-            StopOnNonFiniteLoss(), _epsilon_callback(config, part, network),
+        callbacks=extra + ([StopOnNonFiniteLoss()] if guard else []) + [
+            _epsilon_callback(config, part, network),
             checkpoint,
             keras.callbacks.CSVLogger(log, append=part.epochs_done > 0),
             keras.callbacks.TensorBoard(os.path.join(folder,

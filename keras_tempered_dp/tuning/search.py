@@ -41,7 +41,10 @@ from keras_tempered_dp.privacy.accounting import (
     steps_per_epoch,
 )
 from keras_tempered_dp.privacy import selection
+from keras_tempered_dp.privacy.ledger import Ledger
 from keras_tempered_dp.privacy.saving import load_model, save_model
+from keras_tempered_dp.privacy.selection import SearchRecord
+from keras_tempered_dp.privacy.state import set_ledger
 from keras_tempered_dp.training.results import write_json
 from keras_tempered_dp.tuning.hypermodel import (
     TemperedSigmoidHyperModel,
@@ -50,12 +53,19 @@ from keras_tempered_dp.tuning.hypermodel import (
 from keras_tempered_dp.tuning.oracle import OBJECTIVE, SecretTrialsOracle
 from keras_tempered_dp.tuning.settings import SearchSettings
 from keras_tempered_dp.tuning.trials import TrialPlan, TrialTuner
+from keras_tempered_dp.validation import check_number
 
 UNPROTECTED_RANKING = (
     "The ranking used the exact accuracy on a split of the private data: "
     "those validation examples have no privacy guarantee, and the epsilon "
     "above covers the training examples only. Use --private for one "
     "guarantee over the search and the released model.")
+
+
+PUBLIC_RANKING = (
+    "The ranking used the exact accuracy on the public validation set; "
+    "the epsilon above covers the training examples, and releasing all "
+    "trials costs their composition.")
 
 
 def search(*, dataset="digits", target_epsilon=3.0, max_trials=None,
@@ -111,6 +121,7 @@ def search(*, dataset="digits", target_epsilon=3.0, max_trials=None,
         trials_distribution=trials_distribution, trials_mean=trials_mean,
         trials_eta=trials_eta, score_noise=score_noise)
     _check_output_dir(output_dir)
+    check_number("seed", seed, low=0, integer=True)
     require_tensorboard()
     start = time.time()
     (x, y), test, model_name = _load(settings, dataset, data, data_dir,
@@ -137,8 +148,8 @@ def _run(settings, plan, model_name, x, seed, test, public, output_dir):
         with _quiet(settings.private):
             tuner = _tuner(settings, plan, model_name, x, work, seed)
             tuner.search(verbose=0)
-            best = _load_best(tuner)
-            results = _results(settings, plan, tuner, best, test, public)
+        best = _load_best(tuner, settings, plan)
+        results = _results(settings, plan, tuner, best, test, public)
         os.makedirs(output_dir, exist_ok=True)
         path = os.path.join(output_dir, "model.keras")
         if best is not None:
@@ -153,24 +164,39 @@ def _run(settings, plan, model_name, x, seed, test, public, output_dir):
 @contextlib.contextmanager
 def _quiet(private):
     """A private search prints nothing while it runs: TensorFlow's and
-    Keras' warnings (retracing notices count the models built) would
-    show how many trials ran."""
+    Keras' warnings and logs (a retracing notice, a tf.data line per
+    epoch) would count the trials. Python's warnings and loggers are
+    silenced, and the process's stdout and stderr file descriptors point
+    to /dev/null (C++ logs write there directly) until the trials end."""
     if not private:
         yield
         return
     import logging
+    import sys
     loggers = [logging.getLogger(name) for name in ("tensorflow", "absl",
                                                    "keras", "keras_tuner")]
     levels = [logger.level for logger in loggers]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for logger in loggers:
-            logger.setLevel(logging.CRITICAL)
-        try:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for logger in loggers:
+                logger.setLevel(logging.CRITICAL)
+            os.dup2(null, 1)
+            os.dup2(null, 2)
             yield
-        finally:
-            for logger, level in zip(loggers, levels):
-                logger.setLevel(level)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _check_output_dir(output_dir):
@@ -299,11 +325,22 @@ def _tuner(settings, plan, model_name, x, work, seed):
                       directory=work, project_name="trials", overwrite=True)
 
 
-def _load_best(tuner):
-    """The best trial's model, or None when no trial trained one."""
+def _load_best(tuner, settings, plan):
+    """The best trial's model, or None when no trial trained one, with the
+    ledger of what choosing it spent: the private search's record (its
+    bound, not the one trial's steps), or the plain search's trials
+    composed (every trial's steps: the ranking read them all)."""
     if tuner.best is None:
         return None
-    return load_model(os.path.join(tuner.best_dir, "model.keras"))
+    model = load_model(os.path.join(tuner.best_dir, "model.keras"))
+    if settings.private:
+        ledger = Ledger(searches=[SearchRecord(
+            plan.segment, plan.score_noise, settings.trials_distribution,
+            settings.trials_mean, settings.trials_eta)])
+    else:
+        ledger = Ledger([plan.segment] * len(tuner.records))
+    set_ledger(model, ledger)
+    return model
 
 
 def _results(settings, plan, tuner, model, test, public):
@@ -333,7 +370,8 @@ def _results(settings, plan, tuner, model, test, public):
     if settings.private:
         results.update(_private_statement(settings, plan, public))
     else:
-        results.update(_plain_statement(settings, segment, tuner, delta))
+        results.update(_plain_statement(settings, segment, tuner, delta,
+                                        public))
     return results
 
 
@@ -344,6 +382,7 @@ def _private_statement(settings, plan, public):
                               score_noise=plan.score_noise)
     delta = plan.settings["delta"]
     epsilon = selection.search_epsilon(rdp, count, delta=delta)
+    # The released model's ledger states the same (tested).
     return {
         "epsilon": epsilon,
         "trial_count": {"distribution": count.distribution,
@@ -370,7 +409,7 @@ def _private_statement(settings, plan, public):
     }
 
 
-def _plain_statement(settings, segment, tuner, delta):
+def _plain_statement(settings, segment, tuner, delta, public):
     accountant = settings.accountant
     trials = len(tuner.records)
     each = compose_epsilon([segment], delta=delta, accountant=accountant)
@@ -388,7 +427,7 @@ def _plain_statement(settings, segment, tuner, delta):
             f"({every:.3f}, {delta:g})-DP by composition; "
             f"{accountant_name(accountant)}, Poisson subsampling, add-or-"
             "remove-one neighbours."),
-        "unprotected": UNPROTECTED_RANKING,
+        "unprotected": (PUBLIC_RANKING if public else UNPROTECTED_RANKING),
     }
 
 

@@ -14,10 +14,18 @@ so far. The score is either
 - exact: ``c / n_val``, free only when the validation set is public (or
   in the plain search, which says that its ranking used unprotected data).
 
-A trial whose training diverged (a non-finite loss) outputs no model and
-the score ``-inf``: it is never the best, and the search goes on, so the
-failure is part of that trial's output rather than a visible stop. Any
-other error stops the search and releases nothing but itself.
+A trial whose training diverged outputs no model and the score ``-inf``:
+it is never the best, and the search goes on, so the failure is part of
+that trial's output rather than a visible stop. The private search judges
+divergence by the trained weights (a post-processing of DP-SGD's noised
+updates), never by the loss of a private batch: its trials train on after
+a non-finite loss, and a model with a non-finite weight is not kept. The
+plain search stops a trial at its first non-finite loss. Any other error
+stops the search; a private search's error withholds its message (it may
+describe private data).
+
+Every trial starts from a cleared Keras session, so the released model's
+layer names (Keras numbers them per session) are those of a first trial.
 """
 
 import dataclasses
@@ -25,12 +33,14 @@ import os
 import secrets
 import shutil
 
+import keras
 import keras_tuner
+import numpy as np
 
 from keras_tempered_dp.privacy.accounting import Segment
 from keras_tempered_dp.privacy.ledger import Ledger
 from keras_tempered_dp.privacy.selection import secret_generator
-from keras_tempered_dp.training.guards import NonFiniteError
+from keras_tempered_dp.training.guards import TrainingDivergedError
 from keras_tempered_dp.tuning.oracle import OBJECTIVE
 
 FAILED = float("-inf")
@@ -89,31 +99,38 @@ class TrialTuner(keras_tuner.Tuner):
     def run_trial(self, trial, *args, **kwargs):
         try:
             return {OBJECTIVE: self._run(trial.hyperparameters.values)}
-        except NonFiniteError as error:
+        except TrainingDivergedError as error:  # the plain search only
             self._record(trial.hyperparameters.values, FAILED, None,
                          failed=str(error))
             return {OBJECTIVE: FAILED}
         except Exception as error:
             # Never a retry nor a next trial after a failure: a rerun would
             # train on the data again, uncounted.
+            what = (f"{type(error).__name__}; its message is withheld, as "
+                    "it may describe private data (--traceback shows it)"
+                    if self.plan.private else repr(error))
             raise keras_tuner.errors.FatalError(
-                f"a trial failed, so the search stopped ({error!r}); "
-                "nothing was released.") from error
+                f"a trial failed, so the search stopped ({what}); nothing "
+                "was released.") from error
 
     def _run(self, values):
         from keras_tempered_dp.training import train
         plan = self.plan
         folder = os.path.join(self.project_dir, "run")
         shutil.rmtree(folder, ignore_errors=True)
+        keras.backend.clear_session()  # layer names restart per trial
         trial_values = {k: v for k, v in values.items() if k in TRIAL_VALUES}
         results = train(
             data=(plan.train_data, plan.validation), output_dir=folder,
-            verbose=0, seed=secrets.randbelow(2 ** 31), **plan.settings,
+            verbose=0, seed=secrets.randbelow(2 ** 31),
+            stop_on_non_finite_loss=not plan.private, **plan.settings,
             **trial_values)
         self._check_steps(results)
         score = self._score(results["test_accuracy"])
+        if plan.private and not _finite_weights(folder):
+            score = FAILED  # decided from the weights, a DP output
         self._record(values, score, results["epsilon"])
-        if self.best is None or score > self.best.score:
+        if score > FAILED and (self.best is None or score > self.best.score):
             os.makedirs(self.best_dir, exist_ok=True)
             shutil.move(os.path.join(folder, "model.keras"),
                         os.path.join(self.best_dir, "model.keras"))
@@ -150,3 +167,11 @@ class TrialTuner(keras_tuner.Tuner):
             return correct / n_val
         return float(correct + self._rng.normal(0.0, self.plan.score_noise)
                      ) / n_val
+
+
+def _finite_weights(folder):
+    """Whether every weight of the model saved in ``folder`` is finite."""
+    from keras_tempered_dp.privacy.saving import load_model
+    model = load_model(os.path.join(folder, "model.keras"), compile=False)
+    return all(np.all(np.isfinite(keras.ops.convert_to_numpy(w)))
+               for w in model.weights)

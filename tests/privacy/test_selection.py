@@ -304,3 +304,48 @@ def test_curve_checks():
     # No noise: no bound.
     assert search_epsilon(trial_rdp(100, 10, 0.0, 5), TrialCount(),
                           delta=1e-5) == math.inf
+
+
+# -- the released model's ledger ---------------------------------------------
+
+def test_ledger_of_a_searched_model_states_the_search():
+    from keras_tempered_dp.privacy.accounting import Segment
+    from keras_tempered_dp.privacy.ledger import Ledger
+    from keras_tempered_dp.privacy.selection import SearchRecord
+    trial = Segment(5000, 100, 300, 1.5)
+    record = SearchRecord(trial, 10.0, "truncated_negative_binomial", 5.0)
+    ledger = Ledger(searches=[record])
+    law = TrialCount("truncated_negative_binomial", 5.0, 0.0)
+    rdp = trial_rdp(5000, 100, 1.5, 300, score_noise=10.0)
+    assert ledger.epsilon(delta=1e-5) == pytest.approx(
+        search_epsilon(rdp, law, delta=1e-5), rel=1e-12)
+    # More than the one trial's DP-SGD alone: never understated.
+    assert ledger.epsilon(delta=1e-5) > Ledger([trial]).epsilon(delta=1e-5)
+    # Training on afterwards composes in RDP with the search.
+    more = Segment(5000, 100, 100, 1.5)
+    ledger.record(more)
+    total = best_of_k_rdp(rdp, law) + 100 * one_step_rdp(5000, 100, 1.5,
+                                                         "poisson")
+    assert ledger.epsilon(delta=1e-5) == pytest.approx(
+        epsilon_of_rdp(total, delta=1e-5), rel=1e-12)
+    assert Ledger.from_dict(ledger.to_dict()) == ledger
+    assert "the best of a private search" in ledger.statement(delta=1e-5)
+    with pytest.raises(ValueError, match="its bound is Renyi DP"):
+        ledger.epsilon(delta=1e-5, accountant="pld")
+    # A ledger saved before searches existed (format 1) still reads.
+    old = {"format": 1, "segments": [dict(num_examples=5000, batch_size=100,
+                                          steps=3, noise_multiplier=1.0,
+                                          sampling="poisson",
+                                          used_microbatching=False)],
+           "unattributed": []}
+    assert Ledger.from_dict(old).steps == 3
+
+
+def test_search_record_refuses_what_it_cannot_bound():
+    from keras_tempered_dp.privacy.accounting import Segment
+    from keras_tempered_dp.privacy.selection import SearchRecord
+    with pytest.raises(ValueError, match="Poisson-sampled steps"):
+        SearchRecord(Segment(100, 10, 5, 1.0, "without_replacement"), None,
+                     "poisson", 2.0)
+    with pytest.raises(ValueError, match="mean=0.5: must be >= 1"):
+        SearchRecord(Segment(100, 10, 5, 1.0), None, "poisson", 0.5)

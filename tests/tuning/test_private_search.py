@@ -10,6 +10,7 @@ import sys
 import tempfile
 import textwrap
 import types
+import zipfile
 
 import numpy as np
 import pytest
@@ -59,20 +60,24 @@ def test_private_search_on_digits(tmp_path):
                                     "test_accuracy", "model"}
     assert json.loads((tmp_path / "results.json").read_text()) == results
     assert _leftover_work_folders() <= before
-    # The model loads in a fresh process, with the ledger of one trial:
-    # exactly the steps the accounting assumed.
+    # The model loads in a fresh process with a ledger that states what
+    # choosing it spent: the search's bound (not its one trial's, about
+    # 1.8 here), from a trial of exactly the steps accounted.
     out = run_fresh_python(f"""
         from keras_tempered_dp.privacy.saving import load_model
         from keras_tempered_dp.privacy.recording import privacy_ledger
         model = load_model({str(tmp_path / "model.keras")!r})
-        (segment,) = privacy_ledger(model).segments
-        print(segment.num_examples, segment.batch_size, segment.steps,
-              segment.noise_multiplier)
+        ledger = privacy_ledger(model)
+        assert not ledger.segments and len(ledger.searches) == 1
+        t = ledger.searches[0].trial
+        print(t.num_examples, t.batch_size, t.steps, t.noise_multiplier,
+              ledger.epsilon(delta=1e-5))
     """)
-    n, b, steps, sigma = out.split()
+    n, b, steps, sigma, epsilon = out.split()
     assert (int(n), int(b), int(steps)) == (
         plan["num_examples"], plan["batch_size"], plan["steps"])
     assert float(sigma) == pytest.approx(plan["noise_multiplier"])
+    assert float(epsilon) == pytest.approx(results["epsilon"], rel=1e-9)
 
 
 def test_private_split_is_by_per_example_coins(tmp_path, monkeypatch):
@@ -155,6 +160,65 @@ def test_nothing_printed_or_written_depends_on_k(tmp_path):
         text = re.sub(r"[-+]?\d[\d.e+-]*", "#",
                       run.stdout + run.stderr).replace(str(out), "OUT")
         keys = sorted(json.loads((out / "results.json").read_text()))
+        with zipfile.ZipFile(out / "model.keras") as archive:
+            names = sorted(_names(json.loads(archive.read("config.json"))))
+            members = sorted(archive.namelist())
         seen.append((sorted(text.splitlines()), keys,
-                     sorted(p.name for p in out.iterdir())))
+                     sorted(p.name for p in out.iterdir()), names, members))
+    # Keras numbers layers per session: without a fresh session per trial,
+    # the winner's "conv2d_6" would say that K >= 4.
     assert seen[0] == seen[1]
+
+
+def _names(config):
+    """Every "name" in a saved model's config, recursively."""
+    if isinstance(config, dict):
+        for key, value in config.items():
+            if key == "name" and isinstance(value, str):
+                yield value
+            yield from _names(value)
+    elif isinstance(config, list):
+        for value in config:
+            yield from _names(value)
+
+
+def test_a_private_trial_is_judged_by_its_weights_not_the_batch_loss(
+        tmp_path, monkeypatch):
+    """Trials train on after a non-finite loss (stop_on_non_finite_loss
+    False), and a model with a non-finite weight is never kept."""
+    import keras
+
+    from keras_tempered_dp import training
+    from keras_tempered_dp.tuning.trials import _finite_weights
+    real, seen = training.train, []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["stop_on_non_finite_loss"])
+        return real(*args, **kwargs)
+    monkeypatch.setattr(training, "train", spy)
+    monkeypatch.setattr(TrialCount, "sample", lambda self, rng=None: 1)
+    search(dataset="digits", private=True, epochs=1, trials_mean=2.0,
+           output_dir=str(tmp_path / "o"))
+    assert seen == [False]
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    (tmp_path / "m").mkdir()
+    model.save(tmp_path / "m" / "model.keras")
+    assert _finite_weights(str(tmp_path / "m"))
+    model.layers[0].kernel.assign(np.full((3, 2), np.nan))
+    model.save(tmp_path / "m" / "model.keras")
+    assert not _finite_weights(str(tmp_path / "m"))
+
+
+def test_a_private_search_withholds_a_failed_trials_message(
+        tmp_path, monkeypatch):
+    from keras_tempered_dp import training
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("example 7 of the private data is odd")
+    monkeypatch.setattr(training, "train", broken)
+    with pytest.raises(Exception) as info:
+        search(dataset="digits", private=True, epochs=1, trials_mean=2.0,
+               output_dir=str(tmp_path / "o"))
+    assert "RuntimeError; its message is withheld" in str(info.value)
+    assert "example 7" not in str(info.value)
+    assert not (tmp_path / "o").exists()

@@ -147,18 +147,25 @@ def test_plain_search_states_each_trial_and_their_composition(tmp_path):
     assert on_disk["best"] == results["best"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras",
                                                           "results.json"]
+    # The released model's ledger holds every trial's steps: the ranking
+    # read them all.
+    from keras_tempered_dp.privacy.recording import privacy_ledger
+    from keras_tempered_dp.privacy.saving import load_model
+    ledger = privacy_ledger(load_model(str(tmp_path / "model.keras")))
+    assert ledger.epsilon(delta=1e-5) == pytest.approx(
+        results["epsilon_all_trials"], rel=1e-9)
 
 
 def test_a_diverged_trial_scores_minus_infinity_and_the_search_goes_on(
         tmp_path, monkeypatch):
     from keras_tempered_dp import training
-    from keras_tempered_dp.training.guards import NonFiniteError
+    from keras_tempered_dp.training.guards import TrainingDivergedError
     real, calls = training.train, []
 
     def first_diverges(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
-            raise NonFiniteError("The training loss became nan")
+            raise TrainingDivergedError("The training loss became nan")
         return real(*args, **kwargs)
     monkeypatch.setattr(training, "train", first_diverges)
     results = search(dataset="digits", max_trials=2, epochs=1,

@@ -173,5 +173,4 @@ def _finite_weights(folder):
     """Whether every weight of the model saved in ``folder`` is finite."""
     from keras_tempered_dp.privacy.saving import load_model
     model = load_model(os.path.join(folder, "model.keras"), compile=False)
-    return all(np.all(np.isfinite(keras.ops.convert_to_numpy(w)))
-               for w in model.weights)
+    return all(np.all(np.isfinite(w)) for w in model.get_weights())

@@ -79,24 +79,20 @@ def search(*, dataset="digits", target_epsilon=3.0, max_trials=None,
     docstring for the plain and the private search.
 
     Args:
-        dataset, data_dir, manual_dir, download: the private data (its
-            training split; the test split only evaluates the released
-            model, after the search).
-        data: ``((x, y), (x_test, y_test))`` arrays instead of ``dataset``'s
-            files (``dataset`` still names the shape and classes).
+        dataset, data_dir, manual_dir, download, data: the private data
+            (``data``: ``((x, y), (x_test, y_test))`` arrays instead of the
+            files); the test split only evaluates the released model.
         target_epsilon: plain: each trial's; private: the whole search's.
         max_trials: plain only (default 10).
         epochs, batch_size: every trial's (Poisson-sampled batches).
         delta: default ``min(1e-5, 1/(10 N))``, N the training examples.
         validation_fraction: the share of the training set held out to
             score trials (not with ``public_validation``).
-        seed: the split (and the plain search's draws); a private search
-            draws with OS entropy.
-        accountant: the plain search's calibration ("rdp" or "pld").
+        seed, accountant: the plain search's split and draws, and its
+            calibration ("rdp" or "pld"); a private search uses OS entropy.
         model: a registry model (default: the dataset's).
-        l2_norm_clip: fixes the clip; None searches it.
-        learning_rate_range: ``(low, high)`` narrows the learning rate's
-            log-uniform range (default the space's, 0.001 to 4).
+        l2_norm_clip, learning_rate_range: fix the clip (None searches
+            it); narrow the learning rate's log range (default 0.001..4).
         private: see the module docstring.
         trials_distribution, trials_mean, trials_eta: the law of K
             (:class:`~keras_tempered_dp.privacy.selection.TrialCount`).

@@ -92,12 +92,13 @@ class TrialCount:
 
     Example:
 
-    >>> round(TrialCount("truncated_negative_binomial", mean=3, eta=1).gamma, 9)
+    >>> geometric = TrialCount("truncated_negative_binomial", mean=3, eta=1)
+    >>> round(geometric.gamma, 9)
     0.333333333
     >>> TrialCount("poisson", mean=0.5)
     Traceback (most recent call last):
     ...
-    ValueError: mean=0.5: must be >= 1. It is E[K], the expected number of trials.
+    ValueError: mean=0.5: must be >= 1. It is E[K], the expected number of ...
     """
 
     distribution: str = "truncated_negative_binomial"
@@ -223,8 +224,8 @@ def best_of_k_rdp(rdp, trial_count, orders=RDP_ORDERS):
                 orders, rdp, math.log1p(1 / (order - 1)))[0]
             for order in orders])
     else:
-        with np.errstate(invalid="ignore"):  # inf * 0 where a curve is inf
-            each = (1 - 1 / orders) * rdp - math.log(trial_count.gamma) / orders
+        log_gamma = math.log(trial_count.gamma)
+        each = (1 - 1 / orders) * rdp - log_gamma / orders
         extra = (1 + trial_count.eta) * np.min(each)
     bound = rdp + extra + math.log(mean) / (orders - 1)
     # Monotonicity in the order: the smallest bound at any higher order.

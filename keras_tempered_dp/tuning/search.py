@@ -73,7 +73,8 @@ def search(*, dataset="digits", target_epsilon=3.0, max_trials=None,
            seed=0, output_dir="runs/tune", data_dir=None, manual_dir=None,
            download=True, accountant="rdp", model=None, l2_norm_clip=None,
            learning_rate_range=None, private=False,
-           trials_distribution="truncated_negative_binomial", trials_mean=5.0, trials_eta=0.0, score_noise=20.0,
+           trials_distribution="truncated_negative_binomial",
+           trials_mean=5.0, trials_eta=0.0, score_noise=20.0,
            public_validation=None, data=None):
     """A random search over (s, T, o, learning rate, clip); see the module
     docstring for the plain and the private search.
@@ -93,10 +94,8 @@ def search(*, dataset="digits", target_epsilon=3.0, max_trials=None,
         model: a registry model (default: the dataset's).
         l2_norm_clip, learning_rate_range: fix the clip (None searches
             it); narrow the learning rate's log range (default 0.001..4).
-        private: see the module docstring.
-        trials_distribution, trials_mean, trials_eta: the law of K
-            (:class:`~keras_tempered_dp.privacy.selection.TrialCount`).
-        score_noise: the private score's noise std, in examples.
+        private, trials_*, score_noise: the module docstring; the law of K
+            (``TrialCount``); the private score's noise std, in examples.
         public_validation: ``(x, y)`` of a public validation set: trials
             are ranked by their exact accuracy on it, at no cost, and train
             on the whole training split.

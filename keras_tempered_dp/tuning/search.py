@@ -208,8 +208,15 @@ def _load(settings, dataset, data, data_dir, manual_dir, download):
     from keras_tempered_dp.validation import check_choice
     from keras_tempered_dp.training.guards import check_data
     check_choice("dataset", dataset, tuple(DATASETS))
-    data = data or load_dataset(dataset, data_dir=data_dir,
-                                manual_dir=manual_dir, download=download)
+    if data is None:
+        data = load_dataset(dataset, data_dir=data_dir,
+                            manual_dir=manual_dir, download=download)
+    try:
+        data = tuple((np.asarray(x), np.asarray(y)) for x, y in data)
+        assert len(data) == 2
+    except (TypeError, ValueError, AssertionError):
+        raise ValueError("data: must be ((x, y), (x_test, y_test)) "
+                         "arrays.") from None
     # Checked now, as train() would at the first trial: a bad example
     # stops the search before any trial, not in the middle of it.
     num_classes = DATASETS[dataset].num_classes

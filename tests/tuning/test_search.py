@@ -67,6 +67,8 @@ def no_trial_may_run(monkeypatch):
     (dict(learning_rate_range="0.1"), "learning_rate_range='0.1': must be "
      "a pair"),
     (dict(output_dir=__file__), "is a file, not a folder"),
+    (dict(seed=-1), "seed=-1: must be >= 0"),
+    (dict(seed=None), "seed=None: must be an integer"),
     # The private search: K is secret and random; its law is checked.
     (dict(private=True, max_trials=3), "max_trials=3 with private=True"),
     (dict(private=True, accountant="pld"), "accountant='pld' with private"),
@@ -206,3 +208,16 @@ def test_bad_private_data_stops_the_search_before_any_trial(
         search(dataset="digits", data=((x, y), test), private=True,
                output_dir=str(tmp_path / "o"))
     assert not (tmp_path / "o").exists()
+
+
+def test_data_as_lists_is_taken_and_a_wrong_structure_refused(
+        tmp_path, digits, monkeypatch):
+    monkeypatch.setattr(TrialTuner, "search", lambda self, **kw: None)
+    (x, y), (xt, yt) = digits
+    lists = ((x.tolist(), y.tolist()), (xt.tolist(), yt.tolist()))
+    results = search(dataset="digits", data=lists, max_trials=1,
+                     output_dir=str(tmp_path / "o"))
+    assert results["trial_settings"]["num_examples"] == 1295
+    with pytest.raises(ValueError, match=re.escape(
+            "data: must be ((x, y), (x_test, y_test)) arrays")):
+        search(dataset="digits", data=(x, y), output_dir=str(tmp_path / "p"))

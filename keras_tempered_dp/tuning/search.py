@@ -336,9 +336,7 @@ def _load_best(tuner, settings, plan):
         return None
     model = load_model(os.path.join(tuner.best_dir, "model.keras"))
     if settings.private:
-        ledger = Ledger(searches=[SearchRecord(
-            plan.segment, plan.score_noise, settings.trials_distribution,
-            settings.trials_mean, settings.trials_eta)])
+        ledger = Ledger(searches=[_search_record(settings, plan)])
     else:
         ledger = Ledger([plan.segment] * len(tuner.records))
     set_ledger(model, ledger)
@@ -377,14 +375,19 @@ def _results(settings, plan, tuner, model, test, public):
     return results
 
 
+def _search_record(settings, plan):
+    """The private search as its ledger entry: the one source of its RDP
+    for both the statement and the released model's ledger."""
+    return SearchRecord(plan.segment, plan.score_noise,
+                        settings.trials_distribution, settings.trials_mean,
+                        settings.trials_eta)
+
+
 def _private_statement(settings, plan, public):
     segment, count = plan.segment, settings.trial_count()
-    rdp = selection.trial_rdp(segment.num_examples, segment.batch_size,
-                              segment.noise_multiplier, segment.steps,
-                              score_noise=plan.score_noise)
     delta = plan.settings["delta"]
-    epsilon = selection.search_epsilon(rdp, count, delta=delta)
-    # The released model's ledger states the same (tested).
+    epsilon = selection.epsilon_of_rdp(
+        _search_record(settings, plan).rdp(), delta=delta)
     return {
         "epsilon": epsilon,
         "trial_count": {"distribution": count.distribution,

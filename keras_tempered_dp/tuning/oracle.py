@@ -26,9 +26,9 @@ Example:
 >>> from keras_tempered_dp.privacy.selection import TrialCount
 >>> hp = keras_tuner.HyperParameters()
 >>> _ = hp.Float("T", 0.25, 8.0, sampling="log")
->>> oracle = SecretTrialsOracle(TrialCount("poisson", mean=2.0),
-...                             hyperparameters=hp)
->>> 0.25 <= oracle.populate_space("0")["values"].get("T", 1.0) <= 8.0
+>>> # A truncated negative binomial K is at least 1 (a Poisson K can be 0).
+>>> oracle = SecretTrialsOracle(TrialCount(mean=2.0), hyperparameters=hp)
+>>> 0.25 <= oracle.populate_space("0")["values"]["T"] <= 8.0
 True
 """
 

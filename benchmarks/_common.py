@@ -36,11 +36,17 @@ def stacks(spec):
 
 
 def describe(python):
-    """One line: the Python, TensorFlow, Keras and NumPy of ``python``."""
-    code = ("import platform, tensorflow as tf, keras, numpy as np; "
+    """One line: the Python, TensorFlow, Keras, NumPy (and JAX,
+    jax-privacy where installed) of ``python``."""
+    code = ("import platform, importlib.metadata as m, tensorflow as tf, "
+            "keras, numpy as np\n"
+            "extra = ''\n"
+            "for name in ('jax', 'jax-privacy'):\n"
+            "    try: extra += f', {name} {m.version(name)}'\n"
+            "    except m.PackageNotFoundError: pass\n"
             "print(f'Python {platform.python_version()}, tensorflow "
             "{tf.__version__}, keras {keras.__version__}, numpy "
-            "{np.__version__}')")
+            "{np.__version__}{extra}')")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     out = subprocess.run([python, "-c", code], capture_output=True,
                          text=True, env=env)
@@ -58,12 +64,19 @@ def command_line():
     return shlex.join([sys.executable] + sys.argv)
 
 
-def run_child(python, script, arguments):
-    """Runs ``python script arguments``; its last stdout line as JSON, or
-    ``{"error": <last stderr line>}``."""
+def run_child(python, script, arguments, backend=None, timeout=None):
+    """Runs ``python script arguments`` (with ``KERAS_BACKEND=backend``
+    when given, for at most ``timeout`` seconds); its last stdout line as
+    JSON, or ``{"error": <last stderr line>}``."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    out = subprocess.run([python, script] + [str(a) for a in arguments],
-                         capture_output=True, text=True, env=env)
+    if backend:
+        env["KERAS_BACKEND"] = backend
+    try:
+        out = subprocess.run([python, script] + [str(a) for a in arguments],
+                             capture_output=True, text=True, env=env,
+                             timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
     if out.returncode:
         lines = out.stderr.strip().splitlines() or [f"exit {out.returncode}"]
         return {"error": lines[-1][:120]}

@@ -5,6 +5,11 @@
     # a transformer encoder, an LSTM and the ViT (issue 25's rows):
     python benchmarks/clipping_speed.py --configs=encoder:64,lstm:256,vit:256 \
         --methods=ordinary,engine --repeats=3
+    # both Keras 3 backends, with jax_privacy's Keras API (issue 27; the
+    # interpreter of a virtualenv with jax-privacy installed, docs/engine.md):
+    python benchmarks/clipping_speed.py --backends=tensorflow,jax \
+        --methods=ordinary,engine,jax_privacy --configs=mnist_cnn:256 \
+        --repeats=3 --stacks=bench=.venv-bench/bin/python
     # two stacks side by side, 3 interleaved repeats, medians:
     python benchmarks/clipping_speed.py --methods=ordinary,engine --repeats=3 \
         --stacks=current=.venv/bin/python,legacy=.venv-legacy/bin/python
@@ -25,6 +30,14 @@ the median. Methods:
     dp_sequential TF Privacy DPSequential (fast clipping; its registry
                  covers Dense and Embedding only, so convolutional models fall
                  back to per-example gradients), use_xla as shipped (True)
+    jax_privacy  jax_privacy 2.0.0's Keras API (keras_api.make_private:
+                 per-example gradients by jax.vmap, clipped, noised), on the
+                 JAX backend
+
+With ``--backends=tensorflow,jax`` every method runs under each Keras
+backend that has it (``KERAS_BACKEND`` set in the child); each ratio is to
+ordinary training on the same backend. "engine" is the TensorFlow engine on
+TensorFlow and the JAX engine on JAX.
 
 With ``--stacks``, every child runs under each named interpreter (each a
 virtualenv with the package installed) and each ratio is to ordinary
@@ -43,6 +56,7 @@ It measures and prints; it asserts nothing.
 """
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -67,6 +81,9 @@ CONFIGS = [("mnist_cnn", 256), ("mnist_cnn", 1024), ("cifar10_cnn", 256),
 # Fashion-MNIST ViT (docs/results/fashion_mnist_transformer/).
 SEQUENCE_MODELS = ("encoder", "lstm", "vit")
 METHODS = ["ordinary", "engine", "dp_keras", "vectorized", "dp_sequential"]
+# What runs on which Keras backend; the others' rows say "skipped".
+TENSORFLOW_ONLY = ("dp_keras", "vectorized", "dp_sequential", "generic")
+JAX_ONLY = ("jax_privacy",)
 # "generic" runs only when asked for (--methods=...,generic): on a model
 # without recurrent layers it is the engine itself.
 
@@ -92,6 +109,8 @@ def _compiled(build, shape, method):
                           from_logits=True, reduction="none"))
         return model
     model = build("tanh")
+    if method == "jax_privacy":
+        return _jax_privacy(model, shape)
     if method == "ordinary":
         model.compile(optimizer=keras.optimizers.SGD(0.1),
                       loss=keras.losses.SparseCategoricalCrossentropy(
@@ -107,6 +126,26 @@ def _compiled(build, shape, method):
     return model
 
 
+def _jax_privacy(model, shape):
+    """jax_privacy's Keras API on ``model``: clip 1, sigma 1.1, as the
+    engine's rows; epsilon is required, so a bound it stays under."""
+    import keras
+    from jax_privacy import keras_api
+
+    model.compile(optimizer=keras.optimizers.SGD(0.1),
+                  loss=keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=True))
+    batch = _BATCH[0]
+    params = keras_api.DPKerasConfig(
+        epsilon=1e6, delta=1e-5, clipping_norm=1.0, batch_size=batch,
+        gradient_accumulation_steps=1, train_steps=100,
+        train_size=100 * batch, noise_multiplier=1.1)
+    return keras_api.make_private(model, params)
+
+
+_BATCH = [None]  # the child's batch size, for jax_privacy's config
+
+
 def _workload(model_name, batch_size):
     """``(build(activation), one example's shape, x, y)``."""
     import functools
@@ -114,7 +153,7 @@ def _workload(model_name, batch_size):
     import numpy as np
     import tensorflow as tf
 
-    from keras_tempered_dp import models
+    from keras_tempered_dp import models, stack
 
     rng = np.random.default_rng(0)
     build, shape = {
@@ -132,6 +171,8 @@ def _workload(model_name, batch_size):
     else:
         x = rng.uniform(size=(batch_size,) + shape).astype("float32")
     y = np.arange(batch_size) % (2 if model_name == "encoder" else 10)
+    if stack.backend() == "jax":
+        return build, shape, x, y.astype("int32")
     return build, shape, tf.constant(x), tf.constant(y)
 
 
@@ -143,6 +184,14 @@ def measure(model_name, batch_size, method, steps):
 
     from keras_tempered_dp import stack
 
+    backend = stack.backend()
+    if method in TENSORFLOW_ONLY and backend != "tensorflow":
+        return {"error": "skipped: TensorFlow backend only"}
+    if method in JAX_ONLY and backend != "jax":
+        return {"error": "skipped: JAX backend only"}
+    if method == "jax_privacy" and importlib.util.find_spec(
+            "jax_privacy") is None:
+        return {"error": "skipped: jax_privacy is not installed here"}
     if method in ("dp_keras", "vectorized", "dp_sequential") \
             and not stack.tf_privacy_available():
         return {"error": "skipped: TF Privacy runs on the legacy stack only"}
@@ -150,8 +199,10 @@ def measure(model_name, batch_size, method, steps):
         return {"error": "skipped: DPSequential takes Sequential models"}
 
     keras.utils.set_random_seed(0)
+    _BATCH[0] = batch_size
     build, shape, x, y = _workload(model_name, batch_size)
-    gpu = bool(tf.config.list_physical_devices("GPU"))
+    gpu = backend == "tensorflow" and bool(
+        tf.config.list_physical_devices("GPU"))
     model = _compiled(build, shape, method)
     baseline = rss_kib("VmRSS")
     if gpu:
@@ -177,9 +228,10 @@ def measure(model_name, batch_size, method, steps):
     return result
 
 
-def _child(model_name, batch_size, method, steps, python=sys.executable):
+def _child(model_name, batch_size, method, steps, python=sys.executable,
+           backend=None):
     return run_child(python, __file__, ["--child", model_name, batch_size,
-                                        method, steps])
+                                        method, steps], backend=backend)
 
 
 def main():
@@ -196,6 +248,9 @@ def main():
     parser.add_argument("--slow_steps", type=int, default=3,
                         help="timed steps for TF Privacy's methods and the "
                         "generic route (each takes seconds to minutes)")
+    parser.add_argument("--backends", default=None,
+                        help="tensorflow,jax: run every method under each "
+                        "Keras backend (default: KERAS_BACKEND's)")
     add_run_arguments(parser)
     args = parser.parse_args()
     if args.child:
@@ -203,9 +258,15 @@ def main():
         print(json.dumps(measure(name, int(batch), method, int(steps))))
         return
     stacks = parse_stacks(args.stacks)
+    if args.backends:  # "stack/backend" names the rows
+        stacks = {f"{name}/{backend}": (python, backend)
+                  for name, python in stacks.items()
+                  for backend in args.backends.split(",")}
+    else:
+        stacks = {name: (python, None) for name, python in stacks.items()}
     print(f"# {machine()}; median of {args.repeats} "
           "interleaved process(es) per row")
-    for stack, python in stacks.items():
+    for stack, (python, _) in stacks.items():
         print(f"# {stack}: {describe(python)}")
     print("| stack | model | batch | method | step (s) | x ordinary "
           "| peak RSS (MiB) | training memory (MiB) | x ordinary |")
@@ -228,7 +289,7 @@ def _measure_interleaved(name, batch, methods, stacks, args):
         slow = method in ("dp_keras", "vectorized", "dp_sequential",
                           "generic")
         steps = args.slow_steps if slow else args.steps
-        return _child(name, batch, method, steps, stacks[stack])
+        return _child(name, batch, method, steps, *stacks[stack])
 
     found = interleaved(args.repeats, [(m, s) for m in methods
                                        for s in stacks], run)

@@ -14,6 +14,7 @@ import weakref
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 
 from keras_tempered_dp.privacy import accounting, recording
 from keras_tempered_dp.privacy.accounting import Segment, compose_epsilon
@@ -361,7 +362,7 @@ class EpsilonCallback(keras.callbacks.Callback):
                         self.batch_size)
         self._engine = training.engine
         count = getattr(self._engine, "nonfinite_examples", None)
-        self._nonfinite = 0 if count is None else int(count.numpy())
+        self._nonfinite = 0 if count is None else int(np.asarray(count))
         micro = bool(self.used_microbatching) or self._microbatching(
             training)
         expected = getattr(self._engine, "expected_batch_size", None)
@@ -459,7 +460,7 @@ class EpsilonCallback(keras.callbacks.Callback):
     def _optimizer_iterations(self):
         iterations = getattr(getattr(self.model, "optimizer", None),
                              "iterations", None)
-        return None if iterations is None else int(iterations.numpy())
+        return None if iterations is None else int(np.asarray(iterations))
 
     def _record_tf_privacy(self, epoch, ran):
         """A TF Privacy optimizer: its steps, checked against its own
@@ -499,7 +500,7 @@ class EpsilonCallback(keras.callbacks.Callback):
         count = getattr(self._engine, "nonfinite_examples", None)
         if count is None:
             return
-        count, before = int(count.numpy()), getattr(self, "_nonfinite", 0)
+        count, before = int(np.asarray(count)), getattr(self, "_nonfinite", 0)
         self._nonfinite = count
         if count > before:
             warnings.warn(
@@ -516,7 +517,7 @@ class EpsilonCallback(keras.callbacks.Callback):
         examples = getattr(engine, "examples_seen", None)
         if steps is None or examples is None:
             return None  # an engine without counters, or TF Privacy
-        return int(steps.numpy()), int(examples.numpy())
+        return int(np.asarray(steps)), int(np.asarray(examples))
 
     def _check_schedule(self):
         state = get_dp_state(self.model)

@@ -6,9 +6,9 @@ One code base, two stacks (docs/install.md):
   Python 3.10 to 3.13. The layers, the activation registry and the models run
   on any Keras 3 backend (tested on TensorFlow and JAX; written in
   ``keras.ops`` for PyTorch too, untested); DP training (the
-  clipping engine, the epsilon callback's checks, ``train``) needs the
-  TensorFlow backend, because the engine's per-example norms are TensorFlow
-  code traced under a ``tf.GradientTape``.
+  clipping engine, the epsilon callback's checks, ``train``) runs on the
+  TensorFlow and JAX backends (:mod:`.privacy.clipping.backend`) and refuses
+  the others by name.
 * **legacy** (``pip install "keras-tempered-dp[tf-privacy]"``): TensorFlow
   2.15 with Keras 2, Python 3.9 to 3.11, where TF Privacy 0.9.0 (its last
   release) runs beside the engine.
@@ -76,19 +76,24 @@ def require_tf_privacy(what):
             f"install the legacy stack: {LEGACY_INSTALL}.") from error
 
 
-def require_tensorflow_backend(what):
-    """Raises unless Keras runs on TensorFlow.
+# The Keras backends the clipping engine runs on (privacy/clipping/backend).
+ENGINE_BACKENDS = ("tensorflow", "jax")
+
+
+def require_engine_backend(what):
+    """Returns the backend's name, or raises unless the clipping engine
+    has a step for it (TensorFlow, JAX).
 
     The layers and models run on any backend; DP training does not, and
     ordinary training in its place would be training without privacy.
     """
     name = backend()
-    if name != "tensorflow":
+    if name not in ENGINE_BACKENDS:
         raise RuntimeError(
-            f"{what} needs the TensorFlow backend, but Keras runs on the "
-            f"{name!r} backend. The clipping engine computes per-example "
-            "gradient norms with TensorFlow, so nothing private would run "
-            "here. Set KERAS_BACKEND=tensorflow before Keras is imported "
-            "(TemperedSigmoid, the activations and the models work on any "
-            "backend; for DP-SGD on JAX, jax_privacy's keras_api is one "
-            "choice).")
+            f"{what} runs on the TensorFlow and JAX backends, but Keras runs "
+            f"on the {name!r} backend. The engine's per-example gradients "
+            "are written for those two, so nothing private would run here. "
+            "Set KERAS_BACKEND=tensorflow or KERAS_BACKEND=jax before Keras "
+            "is imported (TemperedSigmoid, the activations and the models "
+            "work on any backend; for PyTorch, Opacus is one choice).")
+    return name

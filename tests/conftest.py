@@ -24,6 +24,19 @@ CLEAR_SESSION = ({"free_memory": False}
                  if keras.__version__.startswith("3") else {})
 
 
+def pytest_collection_modifyitems(config, items):
+    """On the JAX backend only the tests marked ``jax_backend`` run (the
+    engine's reference tests and the JAX engine's own; tests/
+    test_jax_backend.py runs them in a process with KERAS_BACKEND=jax): the
+    rest of the suite is TensorFlow's."""
+    if keras.backend.backend() != "jax":
+        return
+    skip = pytest.mark.skip(reason="TensorFlow backend only")
+    for item in items:
+        if "jax_backend" not in item.keywords:
+            item.add_marker(skip)
+
+
 def pytest_collection_finish(session):
     gc.collect()
     gc.freeze()

@@ -2,7 +2,8 @@
 
 The tempered sigmoid, its registered names, TemperedSigmoid, WSConv2D and
 the models are written in ``keras.ops`` and run on any Keras 3 backend; DP
-training is TensorFlow code and refuses the others. Each test runs a fresh
+training runs on TensorFlow and JAX (tests/test_jax_backend.py) and refuses
+the others. Each test runs a fresh
 process with ``KERAS_BACKEND=jax`` (the backend is fixed when Keras is first
 imported, and this process already runs TensorFlow), checks there that JAX
 really computes (outputs are JAX arrays), and compares values against the
@@ -212,21 +213,39 @@ def test_models_forward_fit_save_and_load_on_jax(jax_python, tmp_path):
     """, timeout=600)
 
 
-def test_compile_dp_refuses_jax_by_name(jax_python):
-    """DP-SGD is TensorFlow code: on JAX, compile_dp refuses instead of
-    training without privacy, and says which backend it found."""
-    jax_python("""
+def test_dp_training_refuses_backends_without_an_engine(fresh_python,
+                                                         monkeypatch):
+    """Keras' NumPy backend (and PyTorch's, which this suite does not
+    install) has no engine: compile_dp and the engine refuse, naming the
+    backend found and the two that work, before anything is set up.
+    (The engine on JAX: tests/test_jax_backend.py.)"""
+    monkeypatch.setenv("KERAS_BACKEND", "numpy")
+    fresh_python("""
+        import keras, keras_tempered_dp
+        from keras_tempered_dp.privacy.clipping import ClippingEngine
+        assert keras.backend.backend() == "numpy"
         model = keras_tempered_dp.mnist_cnn()
-        try:
-            keras_tempered_dp.compile_dp(model, l2_norm_clip=1,
-                                         noise_multiplier=1)
-        except RuntimeError as error:
-            assert "'jax'" in str(error), str(error)
-            assert "TensorFlow backend" in str(error), str(error)
-        else:
-            raise AssertionError("compile_dp ran on the JAX backend")
+        for make in (lambda: keras_tempered_dp.compile_dp(
+                         model, l2_norm_clip=1, noise_multiplier=1),
+                     lambda: ClippingEngine(1.0, 1.0)):
+            try:
+                make()
+            except RuntimeError as error:
+                assert "'numpy' backend" in str(error), str(error)
+                assert "TensorFlow and JAX" in str(error), str(error)
+                assert "KERAS_BACKEND=jax" in str(error), str(error)
+            else:
+                raise AssertionError("DP training set up on numpy")
         assert not model.compiled  # refused before anything was set up
     """)
+
+
+def test_pytorch_is_refused_by_name(monkeypatch):
+    from keras_tempered_dp import stack
+    monkeypatch.setattr(stack, "backend", lambda: "torch")
+    with pytest.raises(RuntimeError, match="TensorFlow and JAX backends.*"
+                                           "'torch' backend.*Opacus"):
+        stack.require_engine_backend("compile_dp")
 
 
 # The tempered sigmoid keeps the floating dtype of its input and refuses

@@ -101,3 +101,24 @@ def test_clipping_speed_lstm_child_on_the_generic_route():
                script=os.path.join(ROOT, "benchmarks", "clipping_speed.py"))
     result = json.loads(out.strip().splitlines()[-1])
     assert result["step_s"] > 0 and result["peak_mib"] > 0, result
+
+
+@pytest.mark.slow
+def test_device_check_runs_both_backends_within_its_budget(tmp_path):
+    """benchmarks/device_check.py as on a GPU, here on the CPU: the
+    reference check passes on both backends and the step rows come back,
+    within the budget."""
+    pytest.importorskip("jax")
+    out = tmp_path / "check"
+    _run("--budget_s=400", "--steps=2", "--methods=ordinary,engine",
+         f"--output_dir={out}", timeout=500,
+         script=os.path.join(ROOT, "benchmarks", "device_check.py"))
+    report = json.loads((out / "device_check.json").read_text())
+    assert report["took_s"] <= 400
+    references = [r for r in report["results"] if r["item"] == "reference"]
+    assert [r["backend"] for r in references] == ["tensorflow", "jax"]
+    for row in references:
+        assert max(row["models"].values()) < 1e-5, row
+    steps = [r for r in report["results"] if "step_s" in r]
+    assert {r["backend"] for r in steps} == {"tensorflow", "jax"}
+    assert "| jax | reference |" in (out / "device_check.md").read_text()

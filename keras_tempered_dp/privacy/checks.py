@@ -3,7 +3,6 @@
 import importlib
 
 import keras
-import tensorflow as tf
 
 from keras_tempered_dp import stack
 from keras_tempered_dp.privacy.traversal import walk_layers
@@ -138,10 +137,10 @@ def check_float32(model):
     """
     for path, layer in walk_layers(model):
         dtype = getattr(layer, "compute_dtype", None)
-        if dtype is not None and tf.as_dtype(dtype) in (tf.float16,
-                                                        tf.bfloat16):
+        name = getattr(dtype, "name", dtype)  # a string on both stacks
+        if name in ("float16", "bfloat16"):
             raise ValueError(
-                f"Layer {path!r} computes in {tf.as_dtype(dtype).name} "
+                f"Layer {path!r} computes in {name} "
                 "(mixed precision). DP-SGD's norms, clip factors and noise "
                 "need float32: in 16 bits large norms overflow and the "
                 "noise is rounded. Build the model under "
@@ -150,10 +149,10 @@ def check_float32(model):
 
 def check_dp_trainable(model):
     """Every refusal that a DP training entry point applies to a model: a
-    Keras backend other than TensorFlow, batch-mixing layers, regularizers
-    and 16-bit computation."""
-    stack.require_tensorflow_backend("DP-SGD training (compile_dp, "
-                                     "make_private, the clipping engine)")
+    Keras backend without an engine (PyTorch), batch-mixing layers,
+    regularizers and 16-bit computation."""
+    stack.require_engine_backend("DP-SGD training (compile_dp, "
+                                 "make_private, the clipping engine)")
     check_no_batch_mixing(model)
     check_no_regularizers(model)
     check_float32(model)

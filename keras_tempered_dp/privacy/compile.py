@@ -291,6 +291,7 @@ def _refuse_replicas(model, optimizer):
 
 
 def _install_engine(model, config, expected_batch_size, options):
+    # The TensorFlow engine, or the JAX one on Keras 3's JAX backend.
     ClippingEngine.from_config(
         config, expected_batch_size=expected_batch_size,
         options=options).install(model, config)

@@ -10,8 +10,9 @@ runs:
   ``tf.errors.InvalidArgumentError`` from an assert at the first step,
   before any update;
 * under XLA (Keras 3's default where a GPU is present, or
-  ``jit_compile=True``) asserts are dropped and nothing can raise inside
-  the step, so the loss of such a row is NaN instead: the clipping engine
+  ``jit_compile=True``) and on the JAX backend, asserts are dropped and
+  nothing can raise inside the step, so the loss of such a row is NaN
+  instead: the clipping engine
   leaves every example with a non-finite loss out of the clipped sum and
   counts it (``ClippedSum.nonfinite``), and no wrong class is learned.
 """
@@ -19,6 +20,8 @@ runs:
 import keras
 import numpy as np
 import tensorflow as tf
+
+from keras_tempered_dp import stack
 
 # "none" on both stacks (Keras 2 spells it Reduction.NONE, Keras 3 has no enum).
 NONE = "none"
@@ -50,12 +53,30 @@ def _refusal(name, labels):
             "y.astype('int32')), or use a loss for float targets.")
 
 
+def _nan_where_fractional(y_true, losses):
+    """``losses`` with NaN on the rows whose labels are not whole numbers,
+    in ``keras.ops`` (the JAX backend, where the step is always traced:
+    the engine then leaves those rows out, as under XLA)."""
+    ops = keras.ops
+    y = ops.convert_to_tensor(y_true)
+    if "float" not in str(y.dtype):
+        return losses
+    rows = ops.reshape(ops.logical_and(ops.isfinite(y),
+                                       ops.equal(y, ops.floor(y))),
+                       (ops.shape(y)[0], -1))
+    whole = ops.all(rows, axis=1)
+    whole = ops.reshape(whole, (-1,) + (1,) * (len(losses.shape) - 1))
+    return ops.where(whole, losses, float("nan"))
+
+
 def _checked_labels(name, call):
     """``call`` (a loss's ``call(y_true, y_pred)``) refusing non-integral
-    labels, eagerly, in a graph, and under XLA by a NaN loss (see the
-    module docstring)."""
+    labels, eagerly, in a graph, and under XLA or on JAX by a NaN loss
+    (see the module docstring)."""
     def checked_call(y_true, y_pred):
         losses = call(y_true, y_pred)
+        if stack.backend() != "tensorflow":
+            return _nan_where_fractional(y_true, losses)
         whole = _whole_number_rows(y_true)
         if whole is None:
             return losses
@@ -84,8 +105,12 @@ class _FunctionLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         losses = self.fn(y_true, y_pred)
-        if getattr(losses, "shape", None) is not None and \
-                losses.shape.rank == 0:
+        shape = getattr(losses, "shape", None)
+        # TensorFlow's shapes have a rank (None when unknown), JAX's are
+        # tuples.
+        rank = None if shape is None else (
+            shape.rank if hasattr(shape, "rank") else len(shape))
+        if rank == 0:
             raise ValueError(
                 f"loss {self.name!r} returns one number for the whole batch. "
                 "DP-SGD clips each example's gradient, so the loss must "

@@ -28,6 +28,7 @@ import time
 import keras
 import numpy as np
 
+from keras_tempered_dp import stack
 from keras_tempered_dp.averaging import ParameterAveraging
 from keras_tempered_dp.callbacks import EpsilonCallback, NoiseScheduler
 from keras_tempered_dp.data import DATASETS, load_dataset
@@ -490,6 +491,8 @@ def _finish(config, part, built, fitted, data, *, start, feature_time_s):
         "privacy": out.statement(
             plan, config.optimizer.epochs - part.part_start, epsilon),
         "wall_time_s": time.time() - start,
+        # Which Keras backend ran the steps (and so which engine).
+        "stack": stack.describe(),
         "feature_time_s": feature_time_s,
         "resumed_from_epoch": part.epochs_done,
         "ledger": list(fitted.ledger),

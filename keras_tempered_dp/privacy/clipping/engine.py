@@ -55,6 +55,7 @@ from keras_tempered_dp.privacy.clipping import (
     strategies,
 )
 from keras_tempered_dp.privacy.clipping.accumulation import accumulated
+from keras_tempered_dp.privacy.clipping.backend import engine_class
 from keras_tempered_dp.privacy.clipping.clipped_sum import clipped_sum
 from keras_tempered_dp.privacy.clipping.step_record import Drained, StepRecord
 from keras_tempered_dp.privacy.clipping.groups import (
@@ -140,6 +141,13 @@ class ClippingEngine:
     (1, 8)
     """
 
+    def __new__(cls, *args, **kwargs):
+        # On Keras 3's JAX backend the same arguments build the JAX
+        # engine (privacy/clipping/backend); on PyTorch a refusal.
+        if cls is ClippingEngine and engine_class() is not ClippingEngine:
+            return engine_class()(*args, **kwargs)
+        return super().__new__(cls)
+
     def __init__(self, l2_norm_clip, noise_multiplier, *,
                  num_microbatches=None, expected_batch_size=None, seed=None,
                  options=None):
@@ -156,7 +164,11 @@ class ClippingEngine:
         DPConfig`, already validated where it was made (compile_dp's and
         make_private's path): its clip, noise, microbatches and seed."""
         check_type("config", config, DPConfig, "a DPConfig")
-        engine = cls.__new__(cls)
+        if cls is ClippingEngine and engine_class() is not ClippingEngine:
+            return engine_class().from_config(
+                config, expected_batch_size=expected_batch_size,
+                options=options)
+        engine = object.__new__(cls)
         engine._setup(config, expected_batch_size, options)
         return engine
 

@@ -122,7 +122,7 @@ class _Gated(L.Layer):
                                     initializer="ones")
 
     def call(self, x):
-        return self.inner(x) * tf.tanh(self.gate)
+        return self.inner(x) * keras.ops.tanh(self.gate)
 
 
 def composite(x):
@@ -143,7 +143,12 @@ RECURRENT = [lstm, gru_sequence, simple_rnn, lstm_sequence_relu_no_bias,
 
 @pytest.mark.parametrize("num_groups", [None, 3])
 @pytest.mark.parametrize("body", BODIES, ids=lambda f: f.__name__)
+@pytest.mark.jax_backend
 def test_matches_per_example_reference(body, num_groups):
+    if body is cross_attention and keras.backend.backend() == "jax":
+        pytest.skip("Keras 3.15's MultiHeadAttention with value_dim != "
+                    "key_dim fails on JAX itself, in any training step "
+                    "(jax.nn.dot_product_attention checks the shapes)")
     keras.utils.set_random_seed(0)
     model = _classifier(body)
     if body in RECURRENT:
@@ -159,6 +164,7 @@ def test_matches_per_example_reference(body, num_groups):
                               else 0.0)
 
 
+@pytest.mark.jax_backend
 def test_units_of_each_model():
     def units(body):
         return [type(u).__name__ for u in clip_units(_classifier(body))]
@@ -198,6 +204,7 @@ def _lora_model(layer, flat):
     (lambda: L.EinsumDense("abc,cde->abde", (T, 2, 3), bias_axes="de"),
      False),
 ], ids=["dense_sequence", "dense_flat_no_bias", "einsum"])
+@pytest.mark.jax_backend
 def test_lora_layers_match_per_example_reference(make, flat, num_groups):
     keras.utils.set_random_seed(0)
     layer = make()
@@ -209,6 +216,7 @@ def test_lora_layers_match_per_example_reference(make, flat, num_groups):
 @pytest.mark.skipif(not hasattr(L.Dense, "enable_lora"),
                     reason="a variable's trainable flag is settable on "
                     "Keras 3 only")
+@pytest.mark.jax_backend
 def test_frozen_bias_dense_matches_per_example_reference():
     keras.utils.set_random_seed(0)
     inputs = keras.Input((T, D))
@@ -316,6 +324,7 @@ def _tied_language_model(cap, tie, last_only):
     (None, True, True), (None, True, False), (0.1, True, True),
     (None, False, False)], ids=["tied_last", "tied_sequence",
                                 "tied_soft_cap", "untied"])
+@pytest.mark.jax_backend
 def test_reversible_embedding_matches_per_example_reference(
         cap, tie, last_only, num_groups, caplog):
     keras.utils.set_random_seed(0)

@@ -1,0 +1,386 @@
+"""The clipping engine on Keras 3's JAX backend.
+
+The step is the TensorFlow engine's (docs/engine.md), as a pure function:
+``(model state, engine state, settings, batch) -> (logs, model state,
+engine state)``, jitted as Keras jits its own step. The engine's state is
+a small pytree the engine holds between steps, never part of the model
+(the model saves and loads as an ordinary Keras model):
+
+* ``key``: the noise's JAX PRNG key, seeded from the operating system
+  (``secrets``) unless ``noise_seed`` is given; each step splits it, so
+  every step draws fresh noise and no draw is ever reused;
+* ``examples``, ``nonfinite``, ``max_examples``: device counters, read by
+  the host when the ledger is drained.
+
+The settings the host may change between steps (``sigma``, ``C``) are
+arguments of the jitted step, not constants: a noise schedule changes
+sigma without a recompilation. The noise std ``sigma * C`` is computed on
+the host in float64 and rounded *up* to float32. The steps and the sigma
+each ran with are counted on the host, where sigma is known exactly, one
+count per call of the step: nothing is read back from the device per step.
+
+Poisson batches vary in size, and every new shape is a new compilation on
+JAX; with ``expected_batch_size`` each batch is padded with rows of sample
+weight 0 (no example: zero loss, zero gradient, not counted) up to a
+multiple of a quarter of the expected size, so a run compiles a few
+shapes, not one per step.
+
+Options that have no JAX step yet are refused by name
+(:func:`refuse_options`).
+"""
+
+import secrets
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+
+from keras_tempered_dp.privacy.clipping.backend.jax.clipped_sum import (
+    clipped_sum,
+)
+from keras_tempered_dp.privacy.clipping.backend.jax.recording import (
+    Recorder,
+    RecordingTap,
+)
+from keras_tempered_dp.privacy.clipping.engine import _check_combination
+from keras_tempered_dp.privacy.clipping.installation import (
+    check_installable,
+)
+from keras_tempered_dp.privacy.clipping.noise import round_up_to_float32
+from keras_tempered_dp.privacy.clipping.step_record import Drained
+from keras_tempered_dp.privacy.clipping.tap import find_taps
+from keras_tempered_dp.privacy.config import DPConfig, EngineOptions
+from keras_tempered_dp.privacy.losses import per_example_loss
+from keras_tempered_dp.privacy.state import attach
+from keras_tempered_dp.validation import check_number, check_type
+
+
+def refuse_options(options):
+    """Raises for an engine option the JAX step does not have yet."""
+    missing = []
+    if options.clipping == "quantile":
+        missing.append("clipping='quantile'")
+    if options.augmentation_multiplicity > 1 or options.augment is not None:
+        missing.append("augmentation_multiplicity / augment")
+    if options.physical_batch_size is not None:
+        missing.append("physical_batch_size")
+    if missing:
+        raise ValueError(
+            f"{', '.join(missing)}: not available on the JAX backend yet "
+            "(clipping='clip' or 'normalize', num_microbatches and "
+            "expected_batch_size are). Train with KERAS_BACKEND=tensorflow "
+            "for these options, or leave them out.")
+
+
+def noise_stddev(sigma, clip):
+    """``sigma * C`` in float64, rounded up to float32 (never below what
+    the accountant assumes)."""
+    return round_up_to_float32(float(np.float64(sigma) * np.float64(clip)))
+
+
+def _bucket(rows, expected):
+    """Rows padded to a multiple of a quarter of the expected batch size
+    (at least 8)."""
+    step = max(8, int(expected) // 4)
+    return -(-rows // step) * step
+
+
+def _padded(batch, expected):
+    """A Poisson batch ``(x, y, sample_weight)`` padded with weight-0
+    rows (module docstring)."""
+    x, y, weight = batch
+    if weight is None:
+        return batch
+    rows = int(weight.shape[0])
+    extra = _bucket(rows, expected) - rows
+    if extra == 0:
+        return batch
+
+    def pad(t):
+        if t is None:
+            return None
+        return jnp.concatenate(
+            [jnp.asarray(t), jnp.zeros((extra,) + tuple(t.shape[1:]),
+                                       jnp.asarray(t).dtype)])
+    return (jax.tree_util.tree_map(pad, x), jax.tree_util.tree_map(pad, y),
+            pad(weight))
+
+
+class JaxClippingEngine:
+    """Runs DP-SGD steps for one Keras model on the JAX backend.
+
+    The same arguments, settings and counters as
+    :class:`~keras_tempered_dp.privacy.clipping.engine.ClippingEngine`
+    (which builds this class on JAX); see the module docstring for what
+    differs inside.
+
+    Example:
+
+    >>> engine = JaxClippingEngine(1.0, 1.1)     # doctest: +SKIP
+    >>> _ = engine.install(model)                # doctest: +SKIP
+    >>> model.fit(x, y, batch_size=64)           # doctest: +SKIP
+    """
+
+    def __init__(self, l2_norm_clip, noise_multiplier, *,
+                 num_microbatches=None, expected_batch_size=None, seed=None,
+                 options=None):
+        self._setup(DPConfig(l2_norm_clip=l2_norm_clip,
+                             noise_multiplier=noise_multiplier,
+                             learning_rate=None,
+                             num_microbatches=num_microbatches,
+                             noise_seed=seed),
+                    expected_batch_size, options)
+
+    @classmethod
+    def from_config(cls, config, *, expected_batch_size=None, options=None):
+        check_type("config", config, DPConfig, "a DPConfig")
+        engine = cls.__new__(cls)
+        engine._setup(config, expected_batch_size, options)
+        return engine
+
+    def _setup(self, config, expected_batch_size, options):
+        options = check_type(
+            "options", EngineOptions() if options is None else options,
+            EngineOptions, "an EngineOptions",
+            hint="EngineOptions.from_flat(...) builds one from keyword "
+            "names.")
+        self._options = options
+        self._num_microbatches = config.num_microbatches
+        self._expected_batch_size = check_number(
+            "expected_batch_size", expected_batch_size, low=0,
+            low_open=True, allow_none=True)
+        _check_combination(options, self._num_microbatches,
+                           self._expected_batch_size)
+        refuse_options(options)
+        self._seed = config.noise_seed
+        self._clip = float(config.l2_norm_clip)
+        self._sigma = float(config.noise_multiplier)
+        seed = (config.noise_seed if config.noise_seed is not None
+                else secrets.randbits(63))
+        self._state = {
+            "key": jax.random.PRNGKey(seed),
+            "examples": jnp.zeros([], jnp.int32),
+            "nonfinite": jnp.zeros([], jnp.int32),
+            "max_examples": jnp.zeros([], jnp.int32),
+        }
+        self._steps = self._examples = self._nonfinite = 0
+        self._runs = []  # [(sigma, steps)] since the last drain
+        self._model = self._loss_fn = self._gradients = None
+
+    # -- settings ---------------------------------------------------------
+    options = property(lambda self: self._options)
+    clipping = property(lambda self: self._options.clipping)
+    augmentation_multiplicity = property(lambda self: 1)
+    num_microbatches = property(lambda self: self._num_microbatches)
+    expected_batch_size = property(lambda self: self._expected_batch_size)
+    seed = property(lambda self: self._seed)
+    model = property(lambda self: self._model)
+    canaries = property(lambda self: None)
+    steps_taken = property(lambda self: np.int64(self._steps))
+
+    @property
+    def examples_seen(self):
+        return np.int64(self._examples + int(self._state["examples"]))
+
+    @property
+    def nonfinite_examples(self):
+        return np.int64(self._nonfinite + int(self._state["nonfinite"]))
+
+    @property
+    def l2_norm_clip(self):
+        return self._clip
+
+    @l2_norm_clip.setter
+    def l2_norm_clip(self, value):
+        self._clip = check_number("l2_norm_clip", value, low=0,
+                                  low_open=True)
+
+    @property
+    def noise_multiplier(self):
+        return self._sigma
+
+    @noise_multiplier.setter
+    def noise_multiplier(self, value):
+        self._sigma = check_number("noise_multiplier", value, low=0)
+
+    def gradient_noise_multiplier(self, noise_multiplier=None):
+        return (self._sigma if noise_multiplier is None
+                else float(noise_multiplier))
+
+    # -- the ledger's record ------------------------------------------------
+    def _record(self, sigma):
+        if self._runs and self._runs[-1][0] == sigma:
+            self._runs[-1] = (sigma, self._runs[-1][1] + 1)
+        else:
+            self._runs.append((sigma, 1))
+
+    def drain_record(self):
+        """The steps since the last drain, as the TensorFlow engine's
+        :meth:`drain_record` gives them; the record is empty afterwards.
+        The device counters are folded into the host's (int64) here."""
+        state = self._state
+        drained = Drained(tuple(self._runs), int(state["max_examples"]), 0)
+        self._examples += int(state["examples"])
+        self._nonfinite += int(state["nonfinite"])
+        self._state = dict(state,
+                           examples=jnp.zeros([], jnp.int32),
+                           nonfinite=jnp.zeros([], jnp.int32),
+                           max_examples=jnp.zeros([], jnp.int32))
+        self._runs = []
+        return drained
+
+    # -- installation ---------------------------------------------------------
+    def install(self, model, config=None):
+        """Makes ``model.fit`` and ``train_on_batch`` run this engine's
+        step; see the TensorFlow engine's :meth:`install`."""
+        check_installable(model)
+        if model.built:
+            find_taps(model)  # refuses untappable models now
+        self._model = model
+        self._loss_fn = per_example_loss(model.loss)
+        self._installed_loss = model.loss
+        self._gradients = None
+        model.make_train_function = self._make_train_function
+        model.train_function = None
+        if config is None:
+            config = DPConfig(
+                l2_norm_clip=self.l2_norm_clip,
+                noise_multiplier=self.noise_multiplier, learning_rate=None,
+                num_microbatches=self.num_microbatches, optimizer="fast",
+                noise_seed=self.seed)
+        attach(model, config, engine=self)
+        return model
+
+    def _recording_taps(self):
+        """The taps, found and checked again whenever a step is traced
+        (layers may have been added or the loss recompiled since)."""
+        model = self._model
+        check_installable(model)
+        if model.loss is not self._installed_loss:
+            self._loss_fn = per_example_loss(model.loss)
+            self._installed_loss = model.loss
+        recorder = Recorder()
+        trained = {id(w) for w in model.trainable_variables}
+        return [RecordingTap(tap.layer, i, recorder, trained)
+                for i, tap in enumerate(find_taps(model))]
+
+    # -- one step -------------------------------------------------------------
+    def _noised(self, model_state, engine_state, settings, batch):
+        """The noised, averaged gradient and what the counters need."""
+        clip, stddev = settings
+        taps = self._recording_taps()
+        total = clipped_sum(self._model, taps, self._loss_fn, model_state,
+                            batch, self._groups(batch), clip, self._options)
+        key, step_key = jax.random.split(engine_state["key"])
+        noised = [s + stddev * jax.random.normal(
+            jax.random.fold_in(step_key, i), s.shape, s.dtype)
+            for i, s in enumerate(total.sums)]
+        denominator = self._denominator(batch)
+        grads = [g / denominator for g in noised]
+        seen = total.counted.astype(jnp.int32)
+        # Every release counts for the ledger's largest step; the counters
+        # count optimizer steps only (:meth:`_step`).
+        engine_state = dict(engine_state, key=key, max_examples=jnp.maximum(
+            engine_state["max_examples"], seen))
+        return grads, total, engine_state
+
+    def _groups(self, batch):
+        rows = int(jax.tree_util.tree_leaves(batch[0])[0].shape[0])
+        groups = self._num_microbatches
+        if groups is not None and rows % groups:
+            raise ValueError(
+                f"num_microbatches={groups} does not divide this batch's "
+                f"size ({rows}); drop the remainder (drop_remainder=True) "
+                "or see keras_tempered_dp.privacy.check_microbatches.")
+        return groups
+
+    def _denominator(self, batch):
+        if self._expected_batch_size is not None:
+            return jnp.float32(self._expected_batch_size)
+        if self._num_microbatches:
+            return jnp.float32(self._num_microbatches)
+        return jnp.float32(jax.tree_util.tree_leaves(batch[0])[0].shape[0])
+
+    def _step(self, state, engine_state, settings, data):
+        model = self._model
+        trainable, non_trainable, optimizer_vars, metrics_vars = state
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        batch = (x, y, sample_weight)
+        grads, total, engine_state = self._noised(
+            (trainable, non_trainable), engine_state, settings, batch)
+        engine_state = dict(
+            engine_state,
+            examples=engine_state["examples"]
+            + total.counted.astype(jnp.int32),
+            nonfinite=engine_state["nonfinite"]
+            + total.nonfinite.astype(jnp.int32))
+        trainable, optimizer_vars = model.optimizer.stateless_apply(
+            optimizer_vars, grads, trainable)
+        # The logged loss is the compiled (batch-mean) loss, as on
+        # TensorFlow, not what the step differentiated.
+        loss, (_, _, metrics_vars) = model.stateless_compute_loss(
+            trainable, total.non_trainable, metrics_vars, x=x, y=y,
+            y_pred=total.y_pred, sample_weight=sample_weight, training=True)
+        logs, metrics_vars = model._update_metrics_variables(
+            metrics_vars, loss, x, y, total.y_pred, sample_weight)
+        return logs, (trainable, total.non_trainable, optimizer_vars,
+                      metrics_vars), engine_state
+
+    def _settings(self):
+        return (jnp.float32(self._clip),
+                jnp.float32(noise_stddev(self._sigma, self._clip)))
+
+    def _prepared(self, data):
+        data = keras.utils.unpack_x_y_sample_weight(data)
+        if self._expected_batch_size is not None:
+            data = _padded(data, self._expected_batch_size)
+        return data
+
+    def _make_train_function(self, force=False):
+        model = self._model
+        if model.train_function is not None and not force:
+            return
+        step = self._step
+        if not model.run_eagerly and model.jit_compile:
+            step = jax.jit(step, donate_argnums=(0, 1))
+
+        def one_step(state, data):
+            sigma = self._sigma
+            try:
+                logs, state, self._state = step(
+                    state, self._state, self._settings(),
+                    self._prepared(data))
+            except Exception:
+                model.train_function = None  # the next fit starts clean
+                raise
+            self._steps += 1
+            self._record(sigma)
+            return logs, state
+
+        model.train_function = model._make_function(one_step)
+
+    def compute_gradients(self, x, y, sample_weight=None):
+        """The noised, averaged DP-SGD gradient for one batch, recorded in
+        the ledger like a step (the noised gradient is a release) but not
+        counted in :attr:`steps_taken`. Returns ``(gradients, y_pred)``."""
+        model = self._model
+        if not model.built:
+            model(x)
+        batch = self._prepared((x, y, sample_weight))
+        state = ([v.value for v in model.trainable_variables],
+                 [v.value for v in model.non_trainable_variables])
+        sigma = self._sigma
+
+        def gradients(state, engine_state, settings, batch):
+            grads, total, engine_state = self._noised(
+                state, engine_state, settings, batch)
+            return grads, total.y_pred, engine_state
+
+        if self._gradients is None:  # one compilation per input shape
+            self._gradients = jax.jit(gradients)
+        grads, y_pred, self._state = self._gradients(
+            state, self._state, self._settings(), batch)
+        self._record(sigma)
+        return grads, y_pred
+

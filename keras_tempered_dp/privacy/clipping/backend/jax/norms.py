@@ -1,0 +1,127 @@
+"""Per-group squared gradient norms from a unit's inputs and ``dz``.
+
+Written in ``keras.ops``. A layer whose weight gradient is a sum of outer
+products over positions, ``grad_W = sum_p a_p^T g_p`` (Dense, Conv2D from
+its input patches), gets the cheaper of two exact forms (Bu et al. 2022,
+as :mod:`...norms.outer_products` chooses them):
+
+* materialized: ``||sum_p a_p^T g_p||^2`` from the ``[G, D_in, D_out]``
+  per-group gradients;
+* ghost (Goodfellow 2015, Li et al. 2022): ``sum_{p,q} (a_p . a_q)(g_p .
+  g_q)``, two Gram matrices, no per-group gradient.
+
+An Embedding's norm is ``sum_{p,q: id_p == id_q} g_p . g_q``. Groups:
+``num_groups`` None (one example each) or G dividing the batch; a group's
+gradient is that of its *mean* loss, so ``g`` is divided by its size.
+
+Each function returns ``[G]`` squared norms, or None where it does not
+apply (frozen weights, LoRA, other data formats): the unit then takes the
+exact vectorized route of :mod:`.step`.
+"""
+
+import keras
+from keras import ops
+
+from keras_tempered_dp.privacy.clipping.norms.outer_products import (
+    uses_ghost,
+)
+
+
+def _grouped(tensor, num_groups, scale=False):
+    """``[B, P, D] -> [G, (B / G) * P, D]``; ``scale``: divided by B / G."""
+    if num_groups is None:
+        return tensor
+    rows = tensor.shape[0]
+    out = ops.reshape(tensor, (num_groups, -1, tensor.shape[-1]))
+    return out / (rows // num_groups) if scale else out
+
+
+def _positions(tensor):
+    """``[B, ..., D] -> [B, P, D]``."""
+    return ops.reshape(tensor, (tensor.shape[0], -1, tensor.shape[-1]))
+
+
+def outer_product_sq_norms(a, g, num_groups, bias):
+    """``[G]`` squared norms of ``sum_p a_p^T g_p`` (and of ``sum_p g_p``
+    with ``bias``), ``a``: ``[B, P, D_in]``, ``g``: ``[B, P, D_out]``."""
+    g = _grouped(g, num_groups, scale=True)
+    a = _grouped(ops.cast(a, g.dtype), num_groups)
+    positions, d_in, d_out = a.shape[1], a.shape[-1], g.shape[-1]
+    if positions == 1:
+        norms = (ops.sum(ops.square(a), axis=(1, 2))
+                 * ops.sum(ops.square(g), axis=(1, 2)))
+    elif uses_ghost(positions, d_in, d_out):
+        gram_a = ops.einsum("bpi,bqi->bpq", a, a)
+        gram_g = ops.einsum("bpo,bqo->bpq", g, g)
+        norms = ops.sum(gram_a * gram_g, axis=(1, 2))
+    else:
+        per_group = ops.einsum("bpi,bpo->bio", a, g)
+        norms = ops.sum(ops.square(per_group), axis=(1, 2))
+    if bias:
+        norms = norms + ops.sum(ops.square(ops.sum(g, axis=1)), axis=1)
+    return norms
+
+
+def _all_trained(layer, trained):
+    return all(id(w) in trained for w in layer.weights) and not getattr(
+        layer, "lora_enabled", False)
+
+
+def dense_sq_norms(layer, inputs, dz, num_groups, trained):
+    if not _all_trained(layer, trained) or not keras.ops.is_tensor(inputs):
+        return None
+    return outer_product_sq_norms(_positions(inputs), _positions(dz),
+                                  num_groups, layer.use_bias)
+
+
+def _same_padding(size, out, kernel, stride, dilation):
+    """TensorFlow's "same" padding of one axis: ``(before, after)``."""
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def conv2d_patches(layer, x, out_shape):
+    """``[B, H', W', kh * kw * C]``: the input patch under every output
+    position, by ``kh * kw`` strided slices (only copies: an identity
+    convolution would cost ``(kh * kw * C)^2`` per position)."""
+    (kh, kw), (sh, sw) = layer.kernel_size, layer.strides
+    dh, dw = layer.dilation_rate
+    out_h, out_w = out_shape[1], out_shape[2]
+    if layer.padding == "same":
+        x = ops.pad(x, [(0, 0),
+                        _same_padding(x.shape[1], out_h, kh, sh, dh),
+                        _same_padding(x.shape[2], out_w, kw, sw, dw),
+                        (0, 0)])
+    slices = [x[:, i * dh:i * dh + (out_h - 1) * sh + 1:sh,
+                j * dw:j * dw + (out_w - 1) * sw + 1:sw, :]
+              for i in range(kh) for j in range(kw)]
+    return ops.concatenate(slices, axis=-1)
+
+
+def conv2d_sq_norms(layer, inputs, dz, num_groups, trained):
+    """Conv2D, channels_last, one convolution group: input patches, then
+    :func:`outer_product_sq_norms`."""
+    if (not _all_trained(layer, trained) or layer.groups != 1
+            or layer.data_format != "channels_last"
+            or layer.padding not in ("same", "valid")):
+        return None
+    patches = conv2d_patches(layer, ops.cast(inputs, dz.dtype), dz.shape)
+    return outer_product_sq_norms(_positions(patches), _positions(dz),
+                                  num_groups, layer.use_bias)
+
+
+def embedding_sq_norms(layer, inputs, dz, num_groups, trained):
+    if not _all_trained(layer, trained):
+        return None
+    g = _grouped(_positions(dz), num_groups, scale=True)
+    ids = ops.reshape(ops.cast(inputs, "int32"), (g.shape[0], -1))
+    same = ops.cast(ops.equal(ids[:, :, None], ids[:, None, :]), g.dtype)
+    return ops.sum(same * ops.einsum("bpd,bqd->bpq", g, g), axis=(1, 2))
+
+
+# Exact classes, as in the registry (Conv2DTranspose is no Conv2D here).
+NORM_FNS = {
+    keras.layers.Dense: dense_sq_norms,
+    keras.layers.Conv2D: conv2d_sq_norms,
+    keras.layers.Embedding: embedding_sq_norms,
+}

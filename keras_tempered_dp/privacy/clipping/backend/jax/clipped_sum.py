@@ -16,9 +16,10 @@ written as a pure function of the model's state (Keras' stateless
    group's rows (cross terms between calls included);
 3. clip factors ``C / max(||g_m||, C)`` ("clip") or ``C / (||g_m|| +
    gamma)`` ("normalize");
-4. each unit's clipped sum: the vector-Jacobian product of the replay of
-   its calls on the whole batch with ``dz`` re-weighted per row by
-   ``factor_m / |group m|``.
+4. each unit's clipped sum: where step 2 materialized the per-group
+   gradients, their factor-weighted sum; otherwise the vector-Jacobian
+   product of the replay of its calls on the whole batch with ``dz``
+   re-weighted per row by ``factor_m / |group m|``.
 
 A group whose loss, unit inputs, other batched arguments or output
 gradients hold a NaN or an infinity, or whose norm is not finite, gets
@@ -38,6 +39,7 @@ from keras_tempered_dp.privacy.clipping.backend.jax.recording import (
     recording,
     split_arrays,
 )
+from keras_tempered_dp.privacy.clipping.norm_contract import NormResult
 
 
 class ClippedSum(NamedTuple):
@@ -182,14 +184,17 @@ def _vectorized_sq_norms(tap, weights, calls, num_groups):
     return jax.vmap(one_group, in_axes=(axes,))(grouped)
 
 
-def _unit_sq_norms(tap, weights, calls, num_groups, trained):
+def _unit_norms(tap, weights, calls, num_groups, trained):
+    """The unit's :class:`NormResult` (its clipped sum None: the
+    replay's)."""
     fn = NORM_FNS.get(type(tap.layer))
     if fn is not None and len(calls) == 1:
         inputs = calls[0].rebuild(calls[0].arguments)[0]
-        norms = fn(tap.layer, inputs, calls[0].dz, num_groups, trained)
-        if norms is not None:
-            return norms
-    return _vectorized_sq_norms(tap, weights, calls, num_groups)
+        result = fn(tap.layer, inputs, calls[0].dz, num_groups, trained)
+        if result is not None:
+            return result
+    return NormResult(_vectorized_sq_norms(tap, weights, calls,
+                                           num_groups))
 
 
 def _unit_sum(tap, weights, calls, row_weights):
@@ -232,10 +237,12 @@ def clipped_sum(model, taps, loss_fn, state, batch, num_groups, clip,
     for index, tap in enumerate(taps):
         unit_calls = [c for c in calls if c.unit == index]
         weights = [trainable[position[id(w)]] for w in tap.weights]
+        result = None
         if unit_calls:
-            total = total + _unit_sq_norms(tap, weights, unit_calls,
-                                           num_groups, trained)
-        per_unit.append((tap, weights, unit_calls))
+            result = _unit_norms(tap, weights, unit_calls, num_groups,
+                                 trained)
+            total = total + result.sq_norms
+        per_unit.append((tap, weights, unit_calls, result))
     norms = jnp.sqrt(total)
     groups = norms.shape[0]
     bad_groups = _regroup(bad, num_groups)[:, 0]
@@ -246,11 +253,13 @@ def clipped_sum(model, taps, loss_fn, state, batch, num_groups, clip,
     per_group = rows // groups
     row_weights = jnp.repeat(factors / per_group, per_group)
     sums = [jnp.zeros_like(v) for v in trainable]
-    for tap, weights, unit_calls in per_unit:
+    for tap, weights, unit_calls, result in per_unit:
         if not unit_calls:
             continue  # not called in this pass: gradient 0
-        for w, g in zip(tap.weights, _unit_sum(tap, weights, unit_calls,
-                                               row_weights)):
+        unit_sums = (_unit_sum(tap, weights, unit_calls, row_weights)
+                     if result.clipped_sum is None
+                     else result.clipped_sum(factors))
+        for w, g in zip(tap.weights, unit_sums):
             sums[position[id(w)]] = g
     counted = rows_with_weight(batch[2], rows)
     weighted_groups = jnp.any(_regroup(counted, num_groups) > 0, axis=1)

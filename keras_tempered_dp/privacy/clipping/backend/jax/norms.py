@@ -14,14 +14,17 @@ An Embedding's norm is ``sum_{p,q: id_p == id_q} g_p . g_q``. Groups:
 ``num_groups`` None (one example each) or G dividing the batch; a group's
 gradient is that of its *mean* loss, so ``g`` is divided by its size.
 
-Each function returns ``[G]`` squared norms, or None where it does not
-apply (frozen weights, LoRA, other data formats): the unit then takes the
-exact vectorized route of :mod:`.step`.
+Each function returns a :class:`NormResult` (the engine's norm contract:
+``[G]`` squared norms, and the clipped sum where it is cheaper than the
+replay's), or None where it does not apply (frozen weights, LoRA, other
+data formats): the unit then takes the exact vectorized route of
+:mod:`.clipped_sum`.
 """
 
 import keras
 from keras import ops
 
+from keras_tempered_dp.privacy.clipping.norm_contract import NormResult
 from keras_tempered_dp.privacy.clipping.norms.outer_products import (
     uses_ghost,
 )
@@ -41,9 +44,13 @@ def _positions(tensor):
     return ops.reshape(tensor, (tensor.shape[0], -1, tensor.shape[-1]))
 
 
-def outer_product_sq_norms(a, g, num_groups, bias):
-    """``[G]`` squared norms of ``sum_p a_p^T g_p`` (and of ``sum_p g_p``
-    with ``bias``), ``a``: ``[B, P, D_in]``, ``g``: ``[B, P, D_out]``."""
+def outer_product_sq_norms(layer, a, g, num_groups, bias):
+    """The :class:`~...norm_contract.NormResult` of ``sum_p a_p^T g_p``
+    (and of ``sum_p g_p`` with ``bias``), ``a``: ``[B, P, D_in]``, ``g``:
+    ``[B, P, D_out]``: ``[G]`` squared norms, and where the per-group
+    gradients were materialized, their factor-weighted sum (cheaper than
+    the replay's weight gradient); the ghost forms leave the sum to the
+    replay (None)."""
     g = _grouped(g, num_groups, scale=True)
     a = _grouped(ops.cast(a, g.dtype), num_groups)
     positions, d_in, d_out = a.shape[1], a.shape[-1], g.shape[-1]
@@ -55,11 +62,24 @@ def outer_product_sq_norms(a, g, num_groups, bias):
         gram_g = ops.einsum("bpo,bqo->bpq", g, g)
         norms = ops.sum(gram_a * gram_g, axis=(1, 2))
     else:
-        per_group = ops.einsum("bpi,bpo->bio", a, g)
+        per_group = ops.matmul(ops.transpose(a, (0, 2, 1)), g)
         norms = ops.sum(ops.square(per_group), axis=(1, 2))
+    bias_grads = ops.sum(g, axis=1) if bias else None
     if bias:
-        norms = norms + ops.sum(ops.square(ops.sum(g, axis=1)), axis=1)
-    return norms
+        norms = norms + ops.sum(ops.square(bias_grads), axis=1)
+    if positions == 1 or uses_ghost(positions, d_in, d_out):
+        return NormResult(norms)
+
+    def clipped_sum(factors):
+        # In the layer's weight order (kernel, bias), kernel reshaped: the
+        # patches' features run (row, column, channel), the kernel's layout.
+        grads = [ops.reshape(ops.tensordot(factors, per_group, axes=1),
+                             layer.kernel.shape)]
+        if bias:
+            grads.append(ops.tensordot(factors, bias_grads, axes=1))
+        return grads
+
+    return NormResult(norms, clipped_sum)
 
 
 def _all_trained(layer, trained):
@@ -70,8 +90,8 @@ def _all_trained(layer, trained):
 def dense_sq_norms(layer, inputs, dz, num_groups, trained):
     if not _all_trained(layer, trained) or not keras.ops.is_tensor(inputs):
         return None
-    return outer_product_sq_norms(_positions(inputs), _positions(dz),
-                                  num_groups, layer.use_bias)
+    return outer_product_sq_norms(layer, _positions(inputs),
+                                  _positions(dz), num_groups, layer.use_bias)
 
 
 def _same_padding(size, out, kernel, stride, dilation):
@@ -106,8 +126,8 @@ def conv2d_sq_norms(layer, inputs, dz, num_groups, trained):
             or layer.padding not in ("same", "valid")):
         return None
     patches = conv2d_patches(layer, ops.cast(inputs, dz.dtype), dz.shape)
-    return outer_product_sq_norms(_positions(patches), _positions(dz),
-                                  num_groups, layer.use_bias)
+    return outer_product_sq_norms(layer, _positions(patches),
+                                  _positions(dz), num_groups, layer.use_bias)
 
 
 def embedding_sq_norms(layer, inputs, dz, num_groups, trained):
@@ -116,7 +136,8 @@ def embedding_sq_norms(layer, inputs, dz, num_groups, trained):
     g = _grouped(_positions(dz), num_groups, scale=True)
     ids = ops.reshape(ops.cast(inputs, "int32"), (g.shape[0], -1))
     same = ops.cast(ops.equal(ids[:, :, None], ids[:, None, :]), g.dtype)
-    return ops.sum(same * ops.einsum("bpd,bqd->bpq", g, g), axis=(1, 2))
+    return NormResult(ops.sum(same * ops.einsum("bpd,bqd->bpq", g, g),
+                              axis=(1, 2)))
 
 
 # Exact classes, as in the registry (Conv2DTranspose is no Conv2D here).

@@ -22,9 +22,10 @@ def check_installable(model):
     check_dp_trainable(model)
 
 
-def refuse_regularization_losses(model):
-    """Raises if the model has losses that are not per-example losses."""
-    if model.losses:
+def refuse_regularization_losses(model, losses=None):
+    """Raises if the model has losses that are not per-example losses
+    (``losses``: those a stateless call returned, on JAX)."""
+    if model.losses if losses is None else losses:
         raise ValueError(
             "The model has regularization losses (kernel_regularizer, "
             "activity_regularizer or add_loss). Their gradients are not "

@@ -60,6 +60,9 @@ def test_compile_dp_builds_the_jax_engine_and_fit_logs_epsilon():
                learning_rate=0.1)
     engine = get_dp_state(model).engine
     assert type(engine).__name__ == "JaxClippingEngine"
+    # The class users construct builds the JAX engine too.
+    from keras_tempered_dp.privacy.clipping import ClippingEngine
+    assert type(ClippingEngine(1.0, 1.1, seed=3)) is type(engine)
     history = model.fit(x, y, batch_size=20, epochs=3, verbose=0,
                         callbacks=[EpsilonCallback(num_examples=100,
                                                    batch_size=20,
@@ -105,6 +108,19 @@ def test_seeded_noise_repeats_and_os_seeded_noise_differs():
 
     np.testing.assert_array_equal(draw(7), draw(7))
     assert not np.allclose(draw(None), draw(None))
+    # Seeds that differ above their 32 low bits draw different noise.
+    assert not np.allclose(draw(2 ** 40), draw(2 ** 41))
+
+
+def test_os_seeded_keys_carry_64_bits():
+    """Both words of the OS-seeded key vary (jax.random.PRNGKey would keep
+    32 bits of a large seed without 64-bit mode)."""
+    from keras_tempered_dp.privacy.clipping.backend.jax.engine import (
+        noise_key,
+    )
+    keys = np.array([np.asarray(noise_key()) for _ in range(16)])
+    assert keys.dtype == np.uint32
+    assert len(set(keys[:, 0])) > 8 and len(set(keys[:, 1])) > 8
 
 
 @pytest.mark.parametrize("clipping", ["clip", "normalize"])
@@ -155,15 +171,42 @@ def test_options_without_a_jax_step_are_refused_by_name(options, name):
                    learning_rate=0.1, **options)
 
 
+class _AddsLoss(L.Layer):
+    """A layer whose call adds a loss: no example's, so never clipped."""
+
+    def call(self, x):
+        self.add_loss(keras.ops.sum(x))
+        return x
+
+
+def test_losses_added_in_call_are_refused_before_a_step():
+    x, y = _data(8)
+    model = keras.Sequential([keras.Input((6,)), L.Dense(4), _AddsLoss(),
+                              L.Dense(3)])
+    compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.0,
+               learning_rate=0.1)
+    before = [np.asarray(w) for w in model.get_weights()]
+    with pytest.raises(ValueError, match="regularization losses"):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert int(get_dp_state(model).engine.steps_taken) == 0
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, np.asarray(b))
+
+
 def test_microbatches_that_do_not_divide_the_batch_are_refused():
     x, y = _data(10)
     model = _model()
     compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.0,
                learning_rate=0.1, num_microbatches=4)
+    before = [np.asarray(w) for w in model.get_weights()]
     with pytest.raises(ValueError, match="num_microbatches=4 does not "
                                          "divide"):
         model.fit(x, y, batch_size=10, epochs=1, verbose=0)
     assert int(get_dp_state(model).engine.steps_taken) == 0
+    # The refused fit leaves the model as it was (Keras' JAX fit had taken
+    # the values out of the variables).
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, np.asarray(b))
 
 
 def test_poisson_batches_are_padded_and_counted_exactly():

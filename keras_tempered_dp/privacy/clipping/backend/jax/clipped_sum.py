@@ -39,6 +39,9 @@ from keras_tempered_dp.privacy.clipping.backend.jax.recording import (
     recording,
     split_arrays,
 )
+from keras_tempered_dp.privacy.clipping.installation import (
+    refuse_regularization_losses,
+)
 from keras_tempered_dp.privacy.clipping.norm_contract import NormResult
 
 
@@ -69,8 +72,9 @@ class _Call(NamedTuple):
 def _forward(model, taps, trainable, non_trainable, x, perturbations):
     kwargs = {"training": True} if model._call_has_training_arg else {}
     with recording(taps, perturbations) as recorder:
-        y_pred, non_trainable = model.stateless_call(
-            trainable, non_trainable, x, **kwargs)
+        y_pred, non_trainable, losses = model.stateless_call(
+            trainable, non_trainable, x, return_losses=True, **kwargs)
+    refuse_regularization_losses(model, losses)  # when traced: no step ran
     return y_pred, non_trainable, recorder.calls
 
 

@@ -73,6 +73,21 @@ def refuse_options(options):
             "for these options, or leave them out.")
 
 
+def noise_key(seed=None):
+    """The noise's raw threefry key, ``uint32[2]``: 64 bits from the
+    operating system (``secrets``), or the 64 low bits of ``seed``.
+
+    Not ``jax.random.PRNGKey(seed)``: without 64-bit mode JAX keeps only a
+    seed's low 32 bits there (``PRNGKey(2**40)`` is ``PRNGKey(0)``), which
+    would leave 2^32 possible noise streams, few enough to search.
+
+    >>> [int(w) for w in noise_key(2**40 + 5)]
+    [256, 5]
+    """
+    bits = secrets.randbits(64) if seed is None else int(seed) % 2 ** 64
+    return jnp.asarray([bits >> 32, bits & 0xFFFFFFFF], jnp.uint32)
+
+
 def noise_stddev(sigma, clip):
     """``sigma * C`` in float64, rounded up to float32 (never below what
     the accountant assumes)."""
@@ -105,6 +120,23 @@ def _padded(batch, expected):
                                        jnp.asarray(t).dtype)])
     return (jax.tree_util.tree_map(pad, x), jax.tree_util.tree_map(pad, y),
             pad(weight))
+
+
+def _give_back(model, state):
+    """Puts ``state`` back into the model's variables after a step that
+    raised (a refusal when the step was traced): Keras' JAX ``fit`` takes
+    the values out of the variables before the first step and puts them
+    back only after one succeeded, so the model would be left without
+    weights. Nothing to do where the values were already given to a step
+    that ran (donated)."""
+    names = ("trainable_variables", "non_trainable_variables",
+             "optimizer_variables", "metrics_variables")
+    model._jax_state = dict(zip(names, state))
+    model._jax_state_synced = False
+    try:
+        model.jax_state_sync()
+    except Exception:  # donated buffers: the step's own error says more
+        pass
 
 
 class JaxClippingEngine:
@@ -156,10 +188,8 @@ class JaxClippingEngine:
         self._seed = config.noise_seed
         self._clip = float(config.l2_norm_clip)
         self._sigma = float(config.noise_multiplier)
-        seed = (config.noise_seed if config.noise_seed is not None
-                else secrets.randbits(63))
         self._state = {
-            "key": jax.random.PRNGKey(seed),
+            "key": noise_key(config.noise_seed),
             "examples": jnp.zeros([], jnp.int32),
             "nonfinite": jnp.zeros([], jnp.int32),
             "max_examples": jnp.zeros([], jnp.int32),
@@ -353,6 +383,7 @@ class JaxClippingEngine:
                     self._prepared(data))
             except Exception:
                 model.train_function = None  # the next fit starts clean
+                _give_back(model, state)
                 raise
             self._steps += 1
             self._record(sigma)

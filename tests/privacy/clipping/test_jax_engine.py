@@ -347,3 +347,20 @@ def test_data_parallel_adds_the_noise_once_per_global_step(data_parallel):
     keras.distribution.set_distribution(None)
     step = np.asarray(model.get_weights()[0]) - before
     np.testing.assert_allclose(step.std(), 1.5 * 2.0 / 8, rtol=0.03)
+
+
+@pytest.mark.parametrize("num_groups", [None, 3])
+def test_transformer_encoder_matches_per_example_reference(num_groups):
+    """The package's encoder: token embedding, learned positions, attention
+    (EinsumDense), LayerNormalization and the Dense MLP, each by its own
+    norm function on JAX."""
+    from keras_tempered_dp import models
+    from tests.privacy.clipping.support import _assert_matches_reference
+
+    keras.utils.set_random_seed(0)
+    model = models.transformer_encoder(sequence_length=5, vocabulary_size=7,
+                                       num_classes=3, width=8, depth=1,
+                                       heads=2)
+    ids = np.random.default_rng(0).integers(0, 7, (6, 5)).astype("int32")
+    _assert_matches_reference(model, ids, (np.arange(6) % 3).astype("int32"),
+                              num_groups, floor=1e-2)

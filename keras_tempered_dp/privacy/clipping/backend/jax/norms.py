@@ -10,7 +10,10 @@ as :mod:`...norms.outer_products` chooses them):
 * ghost (Goodfellow 2015, Li et al. 2022): ``sum_{p,q} (a_p . a_q)(g_p .
   g_q)``, two Gram matrices, no per-group gradient.
 
-An Embedding's norm is ``sum_{p,q: id_p == id_q} g_p . g_q``. Groups:
+An Embedding's norm is ``sum_{p,q: id_p == id_q} g_p . g_q``.
+EinsumDense, LayerNormalization and AddPositionEmbedding form each
+example's gradient outright (:func:`materialized`), as their TensorFlow
+norm functions do. Groups:
 ``num_groups`` None (one example each) or G dividing the batch; a group's
 gradient is that of its *mean* loss, so ``g`` is divided by its size.
 
@@ -24,7 +27,11 @@ data formats): the unit then takes the exact vectorized route of
 import keras
 from keras import ops
 
+from keras_tempered_dp.layers.position_embedding import AddPositionEmbedding
 from keras_tempered_dp.privacy.clipping.norm_contract import NormResult
+from keras_tempered_dp.privacy.clipping.norms.einsum_dense import (
+    explicit_equation,
+)
 from keras_tempered_dp.privacy.clipping.norms.outer_products import (
     uses_ghost,
 )
@@ -140,9 +147,82 @@ def embedding_sq_norms(layer, inputs, dz, num_groups, trained):
                               axis=(1, 2)))
 
 
+def materialized(per_example, num_groups):
+    """The :class:`NormResult` of per-example gradients given outright
+    (one ``[B, *weight_shape]`` tensor per weight, in the layer's order):
+    each group's mean, its squared norm, and the factor-weighted sum."""
+    grouped = [g if num_groups is None else ops.mean(
+        ops.reshape(g, (num_groups, -1) + tuple(g.shape[1:])), axis=1)
+        for g in per_example]
+    norms = sum(ops.sum(ops.reshape(ops.square(g), (g.shape[0], -1)),
+                        axis=1) for g in grouped)
+    return NormResult(norms, lambda factors: [
+        ops.tensordot(factors, g, axes=1) for g in grouped])
+
+
+def einsum_dense_sq_norms(layer, inputs, dz, num_groups, trained):
+    """EinsumDense: each example's kernel gradient is the layer's own
+    contraction with the roles turned round (:mod:`...norms.einsum_dense`
+    gives the derivation), its bias gradient ``dz`` summed over the axes
+    the bias is broadcast along."""
+    if not _all_trained(layer, trained):
+        return None
+    x_spec, kernel_spec, output_spec = explicit_equation(
+        layer.equation, len(inputs.shape))
+    batch = x_spec[0]
+    if batch not in output_spec or batch in kernel_spec:
+        return None  # the replay route says what is wrong, if anything
+    grads = {id(layer.kernel): ops.einsum(
+        f"{x_spec},{output_spec}->{batch}{kernel_spec}",
+        ops.cast(inputs, dz.dtype), dz)}
+    if layer.bias is not None:
+        lead = len(dz.shape) - len(layer.bias.shape)
+        g = ops.sum(dz, axis=tuple(range(1, lead))) if lead > 1 else dz
+        for axis, size in enumerate(layer.bias.shape, start=1):
+            if size == 1 and g.shape[axis] != 1:
+                g = ops.sum(g, axis=axis, keepdims=True)
+        grads[id(layer.bias)] = g
+    return materialized([grads[id(w)] for w in layer.weights], num_groups)
+
+
+def layer_norm_sq_norms(layer, inputs, dz, num_groups, trained):
+    """LayerNormalization, ``z = gamma * xhat + beta``: per example ``sum
+    dz * xhat`` and ``sum dz`` over the axes the weights are broadcast
+    along (``rms_scaling`` takes the replay route)."""
+    if not _all_trained(layer, trained) or getattr(layer, "rms_scaling",
+                                                   False):
+        return None
+    x = ops.cast(inputs, "float32")
+    rank = len(x.shape)
+    axis = layer.axis if isinstance(layer.axis, (list, tuple)) \
+        else [layer.axis]
+    axes = tuple(sorted(a % rank for a in axis))
+    mean, variance = ops.moments(x, axes, keepdims=True)
+    xhat = (x - mean) * ops.rsqrt(variance + layer.epsilon)
+    dz = ops.cast(dz, "float32")
+    summed = tuple(a for a in range(1, rank) if a not in axes)
+    wanted = {}
+    if layer.scale:
+        wanted[id(layer.gamma)] = ops.sum(dz * xhat, axis=summed)
+    if layer.center:
+        wanted[id(layer.beta)] = ops.sum(dz, axis=summed)
+    return materialized([wanted[id(w)] for w in layer.weights], num_groups)
+
+
+def position_embedding_sq_norms(layer, inputs, dz, num_groups, trained):
+    """AddPositionEmbedding, ``z = x + E``: example b's gradient is
+    ``dz_b``."""
+    if not _all_trained(layer, trained):
+        return None
+    return materialized([ops.cast(dz, "float32")], num_groups)
+
+
 # Exact classes, as in the registry (Conv2DTranspose is no Conv2D here).
 NORM_FNS = {
     keras.layers.Dense: dense_sq_norms,
     keras.layers.Conv2D: conv2d_sq_norms,
     keras.layers.Embedding: embedding_sq_norms,
+    keras.layers.EinsumDense: einsum_dense_sq_norms,
+    keras.layers.LayerNormalization: layer_norm_sq_norms,
+    AddPositionEmbedding: position_embedding_sq_norms,
 }

@@ -92,7 +92,59 @@ def _check_combination(options, num_microbatches, expected_batch_size):
                          "(num_microbatches=None).")
 
 
-class ClippingEngine:
+def checked_settings(config, expected_batch_size, options):
+    """``(options, expected_batch_size)`` validated, alone and together
+    with ``config``'s microbatches (both backends' engines)."""
+    options = check_type(
+        "options", EngineOptions() if options is None else options,
+        EngineOptions, "an EngineOptions",
+        hint="EngineOptions.from_flat(...) builds one from keyword names.")
+    expected_batch_size = check_number(
+        "expected_batch_size", expected_batch_size, low=0, low_open=True,
+        allow_none=True)
+    _check_combination(options, config.num_microbatches, expected_batch_size)
+    return options, expected_batch_size
+
+
+class EngineBase:
+    """Construction, shared by both backends' engines: from the arguments
+    or from a validated :class:`~keras_tempered_dp.privacy.config.DPConfig`;
+    a subclass validates and keeps the settings in ``_setup``."""
+
+    def __init__(self, l2_norm_clip, noise_multiplier, *,
+                 num_microbatches=None, expected_batch_size=None, seed=None,
+                 options=None):
+        self._setup(DPConfig(l2_norm_clip=l2_norm_clip,
+                             noise_multiplier=noise_multiplier,
+                             learning_rate=None,
+                             num_microbatches=num_microbatches,
+                             noise_seed=seed),
+                    expected_batch_size, options)
+
+    @classmethod
+    def from_config(cls, config, *, expected_batch_size=None, options=None):
+        check_type("config", config, DPConfig, "a DPConfig")
+        engine = object.__new__(cls)
+        engine._setup(config, expected_batch_size, options)
+        return engine
+
+    def _setup(self, config, expected_batch_size, options):
+        raise NotImplementedError
+
+    def _attach(self, model, config):
+        """Records ``config`` (by default this engine's settings) and the
+        engine in the model's DPState; returns the model."""
+        if config is None:
+            config = DPConfig(
+                l2_norm_clip=self.l2_norm_clip,
+                noise_multiplier=self.noise_multiplier, learning_rate=None,
+                num_microbatches=self.num_microbatches, optimizer="fast",
+                noise_seed=self.seed)
+        attach(model, config, engine=self)
+        return model
+
+
+class ClippingEngine(EngineBase):
     """Runs DP-SGD steps for one Keras model; install with :meth:`install`.
 
     The settings are read-only once validated. Two values change on
@@ -148,43 +200,23 @@ class ClippingEngine:
             return engine_class()(*args, **kwargs)
         return super().__new__(cls)
 
-    def __init__(self, l2_norm_clip, noise_multiplier, *,
-                 num_microbatches=None, expected_batch_size=None, seed=None,
-                 options=None):
-        self._setup(DPConfig(l2_norm_clip=l2_norm_clip,
-                             noise_multiplier=noise_multiplier,
-                             learning_rate=None,
-                             num_microbatches=num_microbatches,
-                             noise_seed=seed),
-                    expected_batch_size, options)
-
     @classmethod
     def from_config(cls, config, *, expected_batch_size=None, options=None):
         """The engine of a :class:`~keras_tempered_dp.privacy.config.
         DPConfig`, already validated where it was made (compile_dp's and
         make_private's path): its clip, noise, microbatches and seed."""
-        check_type("config", config, DPConfig, "a DPConfig")
         if cls is ClippingEngine and engine_class() is not ClippingEngine:
             return engine_class().from_config(
                 config, expected_batch_size=expected_batch_size,
                 options=options)
-        engine = object.__new__(cls)
-        engine._setup(config, expected_batch_size, options)
-        return engine
+        return super().from_config(config, expected_batch_size=
+                                   expected_batch_size, options=options)
 
     def _setup(self, config, expected_batch_size, options):
-        options = check_type(
-            "options", EngineOptions() if options is None else options,
-            EngineOptions, "an EngineOptions",
-            hint="EngineOptions.from_flat(...) builds one from keyword "
-            "names.")
-        self._options = options
+        self._options, self._expected_batch_size = checked_settings(
+            config, expected_batch_size, options)
         self._num_microbatches = config.num_microbatches
-        self._expected_batch_size = check_number(
-            "expected_batch_size", expected_batch_size, low=0,
-            low_open=True, allow_none=True)
-        _check_combination(options, self._num_microbatches,
-                           self._expected_batch_size)
+        options = self._options
         self._count_stddev = (
             options.quantile.count_stddev_for(self._expected_batch_size)
             if options.clipping == "quantile" else None)
@@ -365,14 +397,7 @@ class ClippingEngine:
         if self._options.physical_batch_size is not None:
             installation.without_xla(model)
         installation.replace_train_step(model, self.train_step)
-        if config is None:
-            config = DPConfig(
-                l2_norm_clip=self.l2_norm_clip,
-                noise_multiplier=self.noise_multiplier, learning_rate=None,
-                num_microbatches=self.num_microbatches, optimizer="fast",
-                noise_seed=self.seed)
-        attach(model, config, engine=self)
-        return model
+        return self._attach(model, config)
 
     # -- one step ---------------------------------------------------------
     def _chunk_sum(self, batch):

@@ -64,16 +64,20 @@ class Tap:
         finally:
             self.layer.activation = activation
 
-    @tf.autograph.experimental.do_not_convert
-    def recording_call(self, inputs, *args, **kwargs):
-        z = self.linear_call(inputs, *args, **kwargs)
-        if not tf.is_tensor(z):
+    def refuse_several_outputs(self, one_tensor):
+        """Raises unless the call returned ``one_tensor``."""
+        if not one_tensor:
             raise ValueError(
                 f"Layer {self.layer.name!r} ({type(self.layer).__name__}) "
                 "returns several tensors (e.g. return_state=True). The "
                 "clipping engine records one output tensor per call of a "
                 "layer it clips: use the layer with one output (for a "
                 "recurrent layer, return_state=False).")
+
+    @tf.autograph.experimental.do_not_convert
+    def recording_call(self, inputs, *args, **kwargs):
+        z = self.linear_call(inputs, *args, **kwargs)
+        self.refuse_several_outputs(tf.is_tensor(z))
         self.records.append(TapRecord(inputs, args, kwargs, z))
         activation = self.layer.activation if self.strips_activation else None
         return z if activation is None else activation(z)

@@ -43,17 +43,18 @@ from keras_tempered_dp.privacy.clipping.backend.jax.recording import (
     Recorder,
     RecordingTap,
 )
-from keras_tempered_dp.privacy.clipping.engine import _check_combination
+from keras_tempered_dp.privacy.clipping.engine import (
+    EngineBase,
+    checked_settings,
+)
 from keras_tempered_dp.privacy.clipping.installation import (
     check_installable,
 )
 from keras_tempered_dp.privacy.clipping.noise import round_up_to_float32
 from keras_tempered_dp.privacy.clipping.step_record import Drained
 from keras_tempered_dp.privacy.clipping.tap import find_taps
-from keras_tempered_dp.privacy.config import DPConfig, EngineOptions
 from keras_tempered_dp.privacy.losses import per_example_loss
-from keras_tempered_dp.privacy.state import attach
-from keras_tempered_dp.validation import check_number, check_type
+from keras_tempered_dp.validation import check_number
 
 
 def refuse_options(options):
@@ -139,7 +140,7 @@ def _give_back(model, state):
         pass
 
 
-class JaxClippingEngine:
+class JaxClippingEngine(EngineBase):
     """Runs DP-SGD steps for one Keras model on the JAX backend.
 
     The same arguments, settings and counters as
@@ -154,37 +155,11 @@ class JaxClippingEngine:
     >>> model.fit(x, y, batch_size=64)           # doctest: +SKIP
     """
 
-    def __init__(self, l2_norm_clip, noise_multiplier, *,
-                 num_microbatches=None, expected_batch_size=None, seed=None,
-                 options=None):
-        self._setup(DPConfig(l2_norm_clip=l2_norm_clip,
-                             noise_multiplier=noise_multiplier,
-                             learning_rate=None,
-                             num_microbatches=num_microbatches,
-                             noise_seed=seed),
-                    expected_batch_size, options)
-
-    @classmethod
-    def from_config(cls, config, *, expected_batch_size=None, options=None):
-        check_type("config", config, DPConfig, "a DPConfig")
-        engine = cls.__new__(cls)
-        engine._setup(config, expected_batch_size, options)
-        return engine
-
     def _setup(self, config, expected_batch_size, options):
-        options = check_type(
-            "options", EngineOptions() if options is None else options,
-            EngineOptions, "an EngineOptions",
-            hint="EngineOptions.from_flat(...) builds one from keyword "
-            "names.")
-        self._options = options
+        self._options, self._expected_batch_size = checked_settings(
+            config, expected_batch_size, options)
         self._num_microbatches = config.num_microbatches
-        self._expected_batch_size = check_number(
-            "expected_batch_size", expected_batch_size, low=0,
-            low_open=True, allow_none=True)
-        _check_combination(options, self._num_microbatches,
-                           self._expected_batch_size)
-        refuse_options(options)
+        refuse_options(self._options)
         self._seed = config.noise_seed
         self._clip = float(config.l2_norm_clip)
         self._sigma = float(config.noise_multiplier)
@@ -273,14 +248,7 @@ class JaxClippingEngine:
         self._gradients = None
         model.make_train_function = self._make_train_function
         model.train_function = None
-        if config is None:
-            config = DPConfig(
-                l2_norm_clip=self.l2_norm_clip,
-                noise_multiplier=self.noise_multiplier, learning_rate=None,
-                num_microbatches=self.num_microbatches, optimizer="fast",
-                noise_seed=self.seed)
-        attach(model, config, engine=self)
-        return model
+        return self._attach(model, config)
 
     def _recording_taps(self):
         """The taps, found and checked again whenever a step is traced

@@ -63,13 +63,7 @@ class RecordingTap(Tap):
 
     def recording_call(self, inputs, *args, **kwargs):
         z = self.linear_call(inputs, *args, **kwargs)
-        if not keras.ops.is_tensor(z):
-            raise ValueError(
-                f"Layer {self.layer.name!r} ({type(self.layer).__name__}) "
-                "returns several tensors (e.g. return_state=True). The "
-                "clipping engine records one output tensor per call of a "
-                "layer it clips: use the layer with one output (for a "
-                "recurrent layer, return_state=False).")
+        self.refuse_several_outputs(keras.ops.is_tensor(z))
         recorder = self.recorder
         if recorder.perturbations is not None:
             z = z + recorder.perturbations[len(recorder.calls)]

@@ -19,6 +19,8 @@ import os
 
 import tensorflow as tf
 
+from keras_tempered_dp import stack
+
 
 def make_strategy(settings):
     """The strategy of a :class:`~.config.DistributeConfig`; None for
@@ -33,6 +35,14 @@ def make_strategy(settings):
     """
     if settings.strategy == "none":
         return None
+    if stack.backend() != "tensorflow":
+        raise ValueError(
+            f"strategy={settings.strategy!r} is a tf.distribute strategy, "
+            f"which runs on the TensorFlow backend; Keras runs on "
+            f"{stack.backend()!r}. Set KERAS_BACKEND=tensorflow, or on JAX "
+            "train with strategy='none' (several JAX devices: "
+            "keras.distribution.DataParallel around compile_dp and fit, "
+            "docs/engine.md).")
     if settings.strategy == "multi_worker":
         _check_tf_config()
         return tf.distribute.MultiWorkerMirroredStrategy()

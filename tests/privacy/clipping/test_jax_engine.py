@@ -364,3 +364,14 @@ def test_transformer_encoder_matches_per_example_reference(num_groups):
     ids = np.random.default_rng(0).integers(0, 7, (6, 5)).astype("int32")
     _assert_matches_reference(model, ids, (np.arange(6) % 3).astype("int32"),
                               num_groups, floor=1e-2)
+
+
+@pytest.mark.parametrize("strategy", ["mirrored", "multi_worker"])
+def test_tf_distribute_strategies_are_refused_on_jax(strategy):
+    """``train --strategy=...`` names the backend instead of failing inside
+    TensorFlow's runtime."""
+    from keras_tempered_dp.training.config import DistributeConfig
+    from keras_tempered_dp.training.distribute import make_strategy
+    with pytest.raises(ValueError, match="tf.distribute strategy.*"
+                                         "KERAS_BACKEND=tensorflow"):
+        make_strategy(DistributeConfig(strategy=strategy, cpu_devices=2))

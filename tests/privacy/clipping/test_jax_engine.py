@@ -375,3 +375,76 @@ def test_tf_distribute_strategies_are_refused_on_jax(strategy):
     with pytest.raises(ValueError, match="tf.distribute strategy.*"
                                          "KERAS_BACKEND=tensorflow"):
         make_strategy(DistributeConfig(strategy=strategy, cpu_devices=2))
+
+
+class _GatedDropout(L.Layer):
+    """A unit with a weight of its own and a Dropout inside it."""
+
+    def build(self, shape):
+        self.gate = self.add_weight(name="gate", shape=shape[-1:],
+                                    initializer="ones")
+        self.drop = L.Dropout(0.5)
+
+    def call(self, x, training=None):
+        return self.drop(x * self.gate, training=training)
+
+
+class _DrawsNoise(L.Layer):
+    """A unit drawing from its own SeedGenerator: no known random layer,
+    so only the replay check can see it."""
+
+    def build(self, shape):
+        self.w = self.add_weight(name="w", shape=shape[-1:],
+                                 initializer="ones")
+        self.seed = keras.random.SeedGenerator(1)
+
+    def call(self, x):
+        return x * self.w + keras.random.normal(keras.ops.shape(x),
+                                                seed=self.seed)
+
+
+@pytest.mark.parametrize("body, name", [
+    (lambda: L.LSTM(3, dropout=0.2), "dropout=0.2"),
+    (lambda: L.GRU(3, recurrent_dropout=0.1), "recurrent_dropout=0.1"),
+    (lambda: _GatedDropout(), "Dropout"),
+])
+def test_units_that_draw_random_numbers_are_refused(body, name):
+    """Such a unit's replays per group cannot reproduce its draws: refused
+    by name before any step (a Dropout layer between units is fine)."""
+    inputs = keras.Input((5, 6))
+    h = body()(inputs)
+    model = keras.Model(inputs, L.Dense(3)(L.Flatten()(L.Dropout(0.3)(h))))
+    with pytest.raises(ValueError, match=f"draws random numbers.*{name}"):
+        compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.0,
+                   learning_rate=0.1)
+
+
+def test_a_replay_that_differs_releases_only_noise_and_stops():
+    x, y = _data(6)
+    model = keras.Sequential([keras.Input((6,)), _DrawsNoise(), L.Dense(3)])
+    _compile(model)
+    make_private(model, l2_norm_clip=1.0, noise_multiplier=0.0)
+    engine = get_dp_state(model).engine
+    with pytest.raises(RuntimeError, match="gave different outputs"):
+        engine.compute_gradients(x, y)
+    # Noise 0: what that release held was exactly nothing.
+    grads = engine._gradients(
+        ([v.value for v in model.trainable_variables],
+         [v.value for v in model.non_trainable_variables]),
+        engine._state, engine._settings(), (x, y, None))[0]
+    assert all(not np.asarray(g).any() for g in grads)
+    # The release that raised is in the record, to be accounted.
+    with pytest.warns(RuntimeWarning, match="did not reproduce"):
+        assert engine.drain_record().steps == 1
+
+
+def test_negative_embedding_ids_match_per_example_reference():
+    """JAX's take reads id - V for a negative id: the same row, so the
+    same cross term in the ghost norm."""
+    from tests.privacy.clipping.support import _assert_matches_reference
+    model = keras.Sequential([keras.Input((5,), dtype="int32"),
+                              L.Embedding(7, 4), L.Flatten(), L.Dense(3)])
+    ids = np.array([[1, -6, 1, 0, -7], [3, -4, 3, 3, 3], [0, 1, 2, 3, 4],
+                    [6, -1, 6, 5, -1], [2, 2, 0, 0, 1], [4, -3, 4, 1, 1]],
+                   "int32")
+    _assert_matches_reference(model, ids, (np.arange(6) % 3).astype("int32"))

@@ -49,13 +49,15 @@ class ClippedSum(NamedTuple):
     """``sums`` (in the order of ``model.trainable_variables``), the
     outputs, the new non-trainable values, ``counted`` (rows of weight >
     0) and ``nonfinite`` (groups of weight > 0 left out), as on
-    TensorFlow."""
+    TensorFlow, and ``mismatch``: a replay did not reproduce its recorded
+    call, and ``sums`` are zero."""
 
     sums: list
     y_pred: object
     non_trainable: list
     counted: object
     nonfinite: object
+    mismatch: object  # bool: a replay differed; sums are zero
 
 
 class _Call(NamedTuple):
@@ -67,6 +69,8 @@ class _Call(NamedTuple):
     batched: list  # bool per argument leaf: has the batch axis
     state: tuple
     dz: object
+    outputs: object  # the recorded z, to check replays against
+    good: object = None  # [B] bool: rows whose replay must match
 
 
 def _forward(model, taps, trainable, non_trainable, x, perturbations):
@@ -96,7 +100,7 @@ def _record(model, taps, loss_fn, state, batch):
         for call in calls:
             leaves, rebuild = split_arrays(call.arguments)
             rebuilds.append((call.unit, rebuild))
-            arrays.append((leaves, call.state))
+            arrays.append((leaves, call.state, call.outputs))
         return jnp.sum(losses), (losses, y_pred, new_state, arrays)
 
     zeros = [jnp.zeros(s.shape, s.dtype) for s in shapes]
@@ -104,8 +108,8 @@ def _record(model, taps, loss_fn, state, batch):
         loss_of, has_aux=True)(zeros)
     rows = losses.shape[0]
     calls = [_Call(unit, leaves, rebuild,
-                   [_has_rows(t, rows) for t in leaves], state, dz)
-             for (unit, rebuild), (leaves, state), dz
+                   [_has_rows(t, rows) for t in leaves], state, dz, z)
+             for (unit, rebuild), (leaves, state, z), dz
              in zip(rebuilds, arrays, dzs)]
     return losses, y_pred, new_state, calls
 
@@ -151,7 +155,26 @@ def _sanitized(calls, bad):
     return [c._replace(
         arguments=[_zero_rows(bad, t) if b else t
                    for t, b in zip(c.arguments, c.batched)],
-        dz=_zero_rows(bad, c.dz)) for c in calls]
+        dz=_zero_rows(bad, c.dz), good=~bad) for c in calls]
+
+
+# A replay may differ from the recorded outputs by round-off only (the same
+# operations, batched differently), relative to the largest output.
+_RELATIVE_TOLERANCE = 1e-4
+
+
+def _replays_match(zs, calls):
+    """Whether every replayed output equals the recorded one on the rows
+    that were not zeroed, within round-off: a scalar bool."""
+    ok = jnp.array(True)
+    for z, call in zip(zs, calls):
+        recorded = call.outputs.astype(jnp.float32)
+        mask = jnp.reshape(call.good, (-1,) + (1,) * (recorded.ndim - 1))
+        deviation = jnp.max(jnp.where(
+            mask, jnp.abs(z.astype(jnp.float32) - recorded), 0.0))
+        scale = jnp.max(jnp.where(mask, jnp.abs(recorded), 0.0))
+        ok = ok & (deviation <= _RELATIVE_TOLERANCE * scale + 1e-6)
+    return ok
 
 
 def _replay(tap, weights, calls):
@@ -175,37 +198,43 @@ def _vectorized_sq_norms(tap, weights, calls, num_groups):
         calls[0].dz.shape[0] if num_groups is None else num_groups)
     grouped = [([_regroup(t, num_groups) if b else t
                  for t, b in zip(c.arguments, c.batched)],
-                _regroup(c.dz, num_groups) / size) for c in calls]
-    axes = [([0 if b else None for b in c.batched], 0) for c in calls]
+                _regroup(c.dz, num_groups) / size,
+                _regroup(c.outputs, num_groups), _regroup(c.good, num_groups))
+               for c in calls]
+    axes = [([0 if b else None for b in c.batched], 0, 0, 0) for c in calls]
 
     def one_group(group):
-        group_calls = [c._replace(arguments=args)
-                       for c, (args, _) in zip(calls, group)]
-        _, vjp = jax.vjp(lambda w: _replay(tap, w, group_calls), weights)
-        grads = vjp([dz for _, dz in group])[0]
-        return sum(jnp.sum(jnp.square(g)) for g in grads)
+        group_calls = [c._replace(arguments=args, outputs=z, good=good)
+                       for c, (args, _, z, good) in zip(calls, group)]
+        zs, vjp = jax.vjp(lambda w: _replay(tap, w, group_calls), weights)
+        grads = vjp([dz for _, dz, _, _ in group])[0]
+        return (sum(jnp.sum(jnp.square(g)) for g in grads),
+                _replays_match(zs, group_calls))
 
-    return jax.vmap(one_group, in_axes=(axes,))(grouped)
+    norms, matches = jax.vmap(one_group, in_axes=(axes,))(grouped)
+    return norms, jnp.all(matches)
 
 
 def _unit_norms(tap, weights, calls, num_groups, trained):
     """The unit's :class:`NormResult` (its clipped sum None: the
-    replay's)."""
+    replay's), and whether its replays matched the recorded outputs."""
     fn = NORM_FNS.get(type(tap.layer))
     if fn is not None and len(calls) == 1:
         inputs = calls[0].rebuild(calls[0].arguments)[0]
         result = fn(tap.layer, inputs, calls[0].dz, num_groups, trained)
         if result is not None:
-            return result
-    return NormResult(_vectorized_sq_norms(tap, weights, calls,
-                                           num_groups))
+            return result, jnp.array(True)
+    norms, match = _vectorized_sq_norms(tap, weights, calls, num_groups)
+    return NormResult(norms), match
 
 
 def _unit_sum(tap, weights, calls, row_weights):
-    _, vjp = jax.vjp(lambda w: _replay(tap, w, calls), weights)
+    """The replay's weight gradient with re-weighted ``dz``, and whether
+    the replay matched the recorded outputs."""
+    zs, vjp = jax.vjp(lambda w: _replay(tap, w, calls), weights)
     scaled = [c.dz * jnp.reshape(row_weights, (-1,) + (1,) * (c.dz.ndim - 1))
               .astype(c.dz.dtype) for c in calls]
-    return vjp(scaled)[0]
+    return vjp(scaled)[0], _replays_match(zs, calls)
 
 
 def clip_factors(norms, clip, clipping, gamma):
@@ -237,15 +266,17 @@ def clipped_sum(model, taps, loss_fn, state, batch, num_groups, clip,
     position = {id(v): i for i, v in enumerate(model.trainable_variables)}
     trained = set(position)
     per_unit = []
+    matched = jnp.array(True)
     total = jnp.zeros([rows if num_groups is None else num_groups])
     for index, tap in enumerate(taps):
         unit_calls = [c for c in calls if c.unit == index]
         weights = [trainable[position[id(w)]] for w in tap.weights]
         result = None
         if unit_calls:
-            result = _unit_norms(tap, weights, unit_calls, num_groups,
-                                 trained)
+            result, match = _unit_norms(tap, weights, unit_calls,
+                                        num_groups, trained)
             total = total + result.sq_norms
+            matched = matched & match
         per_unit.append((tap, weights, unit_calls, result))
     norms = jnp.sqrt(total)
     groups = norms.shape[0]
@@ -260,12 +291,21 @@ def clipped_sum(model, taps, loss_fn, state, batch, num_groups, clip,
     for tap, weights, unit_calls, result in per_unit:
         if not unit_calls:
             continue  # not called in this pass: gradient 0
-        unit_sums = (_unit_sum(tap, weights, unit_calls, row_weights)
-                     if result.clipped_sum is None
-                     else result.clipped_sum(factors))
+        if result.clipped_sum is None:
+            unit_sums, match = _unit_sum(tap, weights, unit_calls,
+                                         row_weights)
+            matched = matched & match
+        else:
+            unit_sums = result.clipped_sum(factors)
         for w, g in zip(tap.weights, unit_sums):
             sums[position[id(w)]] = g
+    # A replay that did not reproduce its call (a draw of random numbers,
+    # an argument taken for a batched one) could let a contribution exceed
+    # the clip: such a step adds no data at all, only the noise, and is
+    # counted (the engine then refuses to go on: engine.py).
+    sums = [jnp.where(matched, g, jnp.zeros_like(g)) for g in sums]
     counted = rows_with_weight(batch[2], rows)
     weighted_groups = jnp.any(_regroup(counted, num_groups) > 0, axis=1)
     nonfinite = jnp.sum(weighted_groups & ~kept)
-    return ClippedSum(sums, y_pred, new_state, jnp.sum(counted), nonfinite)
+    return ClippedSum(sums, y_pred, new_state, jnp.sum(counted), nonfinite,
+                      ~matched)

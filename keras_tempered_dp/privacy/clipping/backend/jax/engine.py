@@ -30,6 +30,7 @@ Options that have no JAX step yet are refused by name
 """
 
 import secrets
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -72,6 +73,54 @@ def refuse_options(options):
             "(clipping='clip' or 'normalize', num_microbatches and "
             "expected_batch_size are). Train with KERAS_BACKEND=tensorflow "
             "for these options, or leave them out.")
+
+
+# Layers whose call draws random numbers when their rate is above 0.
+_RANDOM = {"Dropout": "rate", "SpatialDropout1D": "rate",
+           "SpatialDropout2D": "rate", "SpatialDropout3D": "rate",
+           "GaussianDropout": "rate", "AlphaDropout": "rate",
+           "GaussianNoise": "stddev"}
+
+
+def _draws(layer):
+    """Why ``layer`` itself draws random numbers in ``call``, or None."""
+    name = type(layer).__name__
+    if name in _RANDOM and getattr(layer, _RANDOM[name], 0):
+        return f"{name}({_RANDOM[name]}={getattr(layer, _RANDOM[name])})"
+    for attribute in ("dropout", "recurrent_dropout"):  # RNN cells
+        if getattr(layer, attribute, 0) and isinstance(
+                getattr(layer, attribute), (int, float)):
+            return f"{attribute}={getattr(layer, attribute)}"
+    return None
+
+
+def refuse_random_units(taps):
+    """Raises for a clip unit that draws random numbers in its call, in
+    itself or in a layer nested in it (a recurrent layer with dropout, a
+    custom layer holding a Dropout).
+
+    The engine computes such a unit's norm and clipped sum by replaying
+    its calls, on each group's rows and on the whole batch; on JAX each
+    replay draws its own numbers (the draw depends on the shape), so the
+    norm would belong to another function than the sum, and an example's
+    contribution could exceed the clip. Dropout as a layer of its own,
+    between units, is fine: it is no unit.
+    """
+    for tap in taps:
+        for layer in [tap.layer] + list(tap.layer._flatten_layers(
+                include_self=False, recursive=True)):
+            why = _draws(layer)
+            if why is not None:
+                raise ValueError(
+                    f"Layer {tap.layer.name!r} "
+                    f"({type(tap.layer).__name__}) draws random numbers in "
+                    f"its call ({layer.name!r}: {why}). On the JAX backend "
+                    "the engine recomputes this layer per group of examples "
+                    "and cannot reproduce its draws, so the clip would not "
+                    "bound what is summed. Set the rate to 0 and put a "
+                    "keras.layers.Dropout between layers instead, or train "
+                    "with KERAS_BACKEND=tensorflow (whose engine checks "
+                    "each recomputation).")
 
 
 def noise_key(seed=None):
@@ -168,6 +217,7 @@ class JaxClippingEngine(EngineBase):
             "examples": jnp.zeros([], jnp.int32),
             "nonfinite": jnp.zeros([], jnp.int32),
             "max_examples": jnp.zeros([], jnp.int32),
+            "mismatch": jnp.zeros([], jnp.bool_),
         }
         self._steps = self._examples = self._nonfinite = 0
         self._runs = []  # [(sigma, steps)] since the last drain
@@ -228,6 +278,11 @@ class JaxClippingEngine(EngineBase):
         drained = Drained(tuple(self._runs), int(state["max_examples"]), 0)
         self._examples += int(state["examples"])
         self._nonfinite += int(state["nonfinite"])
+        if bool(state["mismatch"]):
+            warnings.warn(
+                "A recomputed layer did not reproduce its call: the step "
+                "added only noise (accounted here); the next step raises.",
+                RuntimeWarning, stacklevel=2)
         self._state = dict(state,
                            examples=jnp.zeros([], jnp.int32),
                            nonfinite=jnp.zeros([], jnp.int32),
@@ -240,8 +295,16 @@ class JaxClippingEngine(EngineBase):
         """Makes ``model.fit`` and ``train_on_batch`` run this engine's
         step; see the TensorFlow engine's :meth:`install`."""
         check_installable(model)
+        if jax.process_count() > 1:
+            raise ValueError(
+                f"{jax.process_count()} JAX processes: the JAX engine draws "
+                "its noise key on one host and has no multi-host test yet "
+                "(each process would add its own noise to the same sum). "
+                "Train on one host (its devices: keras.distribution."
+                "DataParallel), or with KERAS_BACKEND=tensorflow's "
+                "multi-worker strategy.")
         if model.built:
-            find_taps(model)  # refuses untappable models now
+            refuse_random_units(find_taps(model))
         self._model = model
         self._loss_fn = per_example_loss(model.loss)
         self._installed_loss = model.loss
@@ -260,8 +323,10 @@ class JaxClippingEngine(EngineBase):
             self._installed_loss = model.loss
         recorder = Recorder()
         trained = {id(w) for w in model.trainable_variables}
+        taps = find_taps(model)
+        refuse_random_units(taps)
         return [RecordingTap(tap.layer, i, recorder, trained)
-                for i, tap in enumerate(find_taps(model))]
+                for i, tap in enumerate(taps)]
 
     # -- one step -------------------------------------------------------------
     def _noised(self, model_state, engine_state, settings, batch):
@@ -279,8 +344,10 @@ class JaxClippingEngine(EngineBase):
         seen = total.counted.astype(jnp.int32)
         # Every release counts for the ledger's largest step; the counters
         # count optimizer steps only (:meth:`_step`).
-        engine_state = dict(engine_state, key=key, max_examples=jnp.maximum(
-            engine_state["max_examples"], seen))
+        engine_state = dict(
+            engine_state, key=key,
+            max_examples=jnp.maximum(engine_state["max_examples"], seen),
+            mismatch=engine_state["mismatch"] | total.mismatch)
         return grads, total, engine_state
 
     def _groups(self, batch):
@@ -326,8 +393,11 @@ class JaxClippingEngine(EngineBase):
                       metrics_vars), engine_state
 
     def _settings(self):
-        return (jnp.float32(self._clip),
-                jnp.float32(noise_stddev(self._sigma, self._clip)))
+        # One float32 C for the clip bound and the noise: the std is
+        # computed from the C the factors use, not from its float64.
+        clip = float(np.float32(self._clip))
+        return (jnp.float32(clip),
+                jnp.float32(noise_stddev(self._sigma, clip)))
 
     def _prepared(self, data):
         data = keras.utils.unpack_x_y_sample_weight(data)
@@ -346,6 +416,7 @@ class JaxClippingEngine(EngineBase):
         def one_step(state, data):
             sigma = self._sigma
             try:
+                self.refuse_after_mismatch()
                 logs, state, self._state = step(
                     state, self._state, self._settings(),
                     self._prepared(data))
@@ -358,6 +429,21 @@ class JaxClippingEngine(EngineBase):
             return logs, state
 
         model.train_function = model._make_function(one_step)
+
+    def refuse_after_mismatch(self):
+        """Raises once a step's replay did not reproduce its recorded call
+        (that step released only noise, and is accounted)."""
+        if bool(self._state["mismatch"]):
+            raise RuntimeError(
+                "A layer the engine recomputes gave different outputs than "
+                "in the forward pass (its call draws random numbers, or "
+                "takes an argument whose first axis has the batch's size "
+                "without being batched). The clip could not bound such a "
+                "layer's contribution, so the last step added only noise "
+                "(it is accounted), and training stops here. Register a "
+                "norm function for the layer, move the randomness into a "
+                "layer of its own, or train with KERAS_BACKEND=tensorflow "
+                "(its engine names the layer).")
 
     def compute_gradients(self, x, y, sample_weight=None):
         """The noised, averaged DP-SGD gradient for one batch, recorded in
@@ -381,5 +467,6 @@ class JaxClippingEngine(EngineBase):
         grads, y_pred, self._state = self._gradients(
             state, self._state, self._settings(), batch)
         self._record(sigma)
+        self.refuse_after_mismatch()
         return grads, y_pred
 

@@ -80,10 +80,10 @@ def outer_product_sq_norms(layer, a, g, num_groups, bias):
     def clipped_sum(factors):
         # In the layer's weight order (kernel, bias), kernel reshaped: the
         # patches' features run (row, column, channel), the kernel's layout.
-        grads = [ops.reshape(ops.tensordot(factors, per_group, axes=1),
+        grads = [ops.reshape(weighted_sum(factors, per_group),
                              layer.kernel.shape)]
         if bias:
-            grads.append(ops.tensordot(factors, bias_grads, axes=1))
+            grads.append(weighted_sum(factors, bias_grads))
         return grads
 
     return NormResult(norms, clipped_sum)
@@ -142,6 +142,9 @@ def embedding_sq_norms(layer, inputs, dz, num_groups, trained):
         return None
     g = _grouped(_positions(dz), num_groups, scale=True)
     ids = ops.reshape(ops.cast(inputs, "int32"), (g.shape[0], -1))
+    # JAX's take wraps a negative id to id + V: the same row, so the same
+    # cross term (ids beyond [-V, V) give NaN outputs: a group left out).
+    ids = ops.where(ids < 0, ids + layer.input_dim, ids)
     same = ops.cast(ops.equal(ids[:, :, None], ids[:, None, :]), g.dtype)
     return NormResult(ops.sum(same * ops.einsum("bpd,bqd->bpq", g, g),
                               axis=(1, 2)))
@@ -157,7 +160,15 @@ def materialized(per_example, num_groups):
     norms = sum(ops.sum(ops.reshape(ops.square(g), (g.shape[0], -1)),
                         axis=1) for g in grouped)
     return NormResult(norms, lambda factors: [
-        ops.tensordot(factors, g, axes=1) for g in grouped])
+        weighted_sum(factors, g) for g in grouped])
+
+
+def weighted_sum(factors, per_group):
+    """``sum_m factors[m] * per_group[m]``, a group of factor 0 adding
+    exactly 0 even where its gradient overflowed (``0 * inf`` is NaN)."""
+    kept = ops.reshape(factors != 0, (-1,) + (1,) * (len(per_group.shape)
+                                                     - 1))
+    return ops.tensordot(factors, ops.where(kept, per_group, 0.0), axes=1)
 
 
 def einsum_dense_sq_norms(layer, inputs, dz, num_groups, trained):

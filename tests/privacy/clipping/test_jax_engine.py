@@ -193,6 +193,16 @@ def test_losses_added_in_call_are_refused_before_a_step():
         np.testing.assert_array_equal(a, np.asarray(b))
 
 
+def test_gradient_canaries_are_refused_by_name():
+    model = _model()
+    compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.0,
+               learning_rate=0.1)
+    engine = get_dp_state(model).engine
+    with pytest.raises(ValueError, match="canaries.*TensorFlow"):
+        engine.canaries = object()
+    assert engine.canaries is None
+
+
 def test_microbatches_that_do_not_divide_the_batch_are_refused():
     x, y = _data(10)
     model = _model()

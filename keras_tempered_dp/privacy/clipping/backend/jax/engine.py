@@ -231,7 +231,20 @@ class JaxClippingEngine(EngineBase):
     expected_batch_size = property(lambda self: self._expected_batch_size)
     seed = property(lambda self: self._seed)
     model = property(lambda self: self._model)
-    canaries = property(lambda self: None)
+
+    @property
+    def canaries(self):
+        """None: gradient canaries (the audit) are the TensorFlow
+        engine's."""
+        return None
+
+    @canaries.setter
+    def canaries(self, canaries):
+        if canaries is not None:
+            raise ValueError(
+                "Gradient canaries (keras_tempered_dp.audit) run on the "
+                "TensorFlow engine only so far: audit with "
+                "KERAS_BACKEND=tensorflow.")
     steps_taken = property(lambda self: np.int64(self._steps))
 
     @property

@@ -14,7 +14,6 @@ import weakref
 from collections.abc import Sequence
 
 import keras
-import numpy as np
 
 from keras_tempered_dp.privacy import accounting, recording
 from keras_tempered_dp.privacy.accounting import Segment, compose_epsilon
@@ -35,6 +34,13 @@ from keras_tempered_dp.privacy.step_checks import (
     check_fit_steps,
     check_recorded_steps,
 )
+
+
+def _to_int(value):
+    """A counter as an int: a TensorFlow variable or tensor (its
+    ``numpy()``; under a tf.distribute strategy ``np.asarray`` fails on
+    it) or the JAX engine's NumPy integer."""
+    return int(value.numpy() if hasattr(value, "numpy") else value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,7 +368,7 @@ class EpsilonCallback(keras.callbacks.Callback):
                         self.batch_size)
         self._engine = training.engine
         count = getattr(self._engine, "nonfinite_examples", None)
-        self._nonfinite = 0 if count is None else int(np.asarray(count))
+        self._nonfinite = 0 if count is None else _to_int(count)
         micro = bool(self.used_microbatching) or self._microbatching(
             training)
         expected = getattr(self._engine, "expected_batch_size", None)
@@ -460,7 +466,7 @@ class EpsilonCallback(keras.callbacks.Callback):
     def _optimizer_iterations(self):
         iterations = getattr(getattr(self.model, "optimizer", None),
                              "iterations", None)
-        return None if iterations is None else int(np.asarray(iterations))
+        return None if iterations is None else _to_int(iterations)
 
     def _record_tf_privacy(self, epoch, ran):
         """A TF Privacy optimizer: its steps, checked against its own
@@ -500,7 +506,7 @@ class EpsilonCallback(keras.callbacks.Callback):
         count = getattr(self._engine, "nonfinite_examples", None)
         if count is None:
             return
-        count, before = int(np.asarray(count)), getattr(self, "_nonfinite", 0)
+        count, before = _to_int(count), getattr(self, "_nonfinite", 0)
         self._nonfinite = count
         if count > before:
             warnings.warn(
@@ -517,7 +523,7 @@ class EpsilonCallback(keras.callbacks.Callback):
         examples = getattr(engine, "examples_seen", None)
         if steps is None or examples is None:
             return None  # an engine without counters, or TF Privacy
-        return int(np.asarray(steps)), int(np.asarray(examples))
+        return _to_int(steps), _to_int(examples)
 
     def _check_schedule(self):
         state = get_dp_state(self.model)

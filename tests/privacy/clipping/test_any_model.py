@@ -122,7 +122,9 @@ class _Gated(L.Layer):
                                     initializer="ones")
 
     def call(self, x):
-        return self.inner(x) * keras.ops.tanh(self.gate)
+        # keras.ops on Keras 3 (any backend), tf on Keras 2
+        tanh = keras.ops.tanh if hasattr(keras, "ops") else tf.tanh
+        return self.inner(x) * tanh(self.gate)
 
 
 def composite(x):

@@ -21,6 +21,16 @@ def round_up_to_float32(value):
     return stored
 
 
+def host_noise_stddev(sigma, clip):
+    """:func:`noise_stddev` on the host, for numbers: ``sigma * C`` in
+    float64, rounded up to float32 (the JAX engine's).
+
+    >>> float(host_noise_stddev(1.1, 0.1)) >= 1.1 * 0.1
+    True
+    """
+    return round_up_to_float32(float(np.float64(sigma) * np.float64(clip)))
+
+
 def round_up_float32_tensor(exact):
     """A float64 tensor as the smallest float32 tensor >= it, elementwise.
 

@@ -51,7 +51,7 @@ from keras_tempered_dp.privacy.clipping.engine import (
 from keras_tempered_dp.privacy.clipping.installation import (
     check_installable,
 )
-from keras_tempered_dp.privacy.clipping.noise import round_up_to_float32
+from keras_tempered_dp.privacy.clipping.noise import host_noise_stddev
 from keras_tempered_dp.privacy.clipping.step_record import Drained
 from keras_tempered_dp.privacy.clipping.tap import find_taps
 from keras_tempered_dp.privacy.losses import per_example_loss
@@ -138,12 +138,6 @@ def noise_key(seed=None):
     return jnp.asarray([bits >> 32, bits & 0xFFFFFFFF], jnp.uint32)
 
 
-def noise_stddev(sigma, clip):
-    """``sigma * C`` in float64, rounded up to float32 (never below what
-    the accountant assumes)."""
-    return round_up_to_float32(float(np.float64(sigma) * np.float64(clip)))
-
-
 def _bucket(rows, expected):
     """Rows padded to a multiple of a quarter of the expected batch size
     (at least 8)."""
@@ -170,6 +164,11 @@ def _padded(batch, expected):
                                        jnp.asarray(t).dtype)])
     return (jax.tree_util.tree_map(pad, x), jax.tree_util.tree_map(pad, y),
             pad(weight))
+
+
+def _rows(batch):
+    """The batch's rows (its inputs' first axis, static on JAX)."""
+    return int(jax.tree_util.tree_leaves(batch[0])[0].shape[0])
 
 
 def _give_back(model, state):
@@ -245,6 +244,7 @@ class JaxClippingEngine(EngineBase):
                 "Gradient canaries (keras_tempered_dp.audit) run on the "
                 "TensorFlow engine only so far: audit with "
                 "KERAS_BACKEND=tensorflow.")
+
     steps_taken = property(lambda self: np.int64(self._steps))
 
     @property
@@ -364,7 +364,7 @@ class JaxClippingEngine(EngineBase):
         return grads, total, engine_state
 
     def _groups(self, batch):
-        rows = int(jax.tree_util.tree_leaves(batch[0])[0].shape[0])
+        rows = _rows(batch)
         groups = self._num_microbatches
         if groups is not None and rows % groups:
             raise ValueError(
@@ -378,13 +378,13 @@ class JaxClippingEngine(EngineBase):
             return jnp.float32(self._expected_batch_size)
         if self._num_microbatches:
             return jnp.float32(self._num_microbatches)
-        return jnp.float32(jax.tree_util.tree_leaves(batch[0])[0].shape[0])
+        return jnp.float32(_rows(batch))
 
-    def _step(self, state, engine_state, settings, data):
+    def _step(self, state, engine_state, settings, batch):
+        """One step on a :meth:`_prepared` ``(x, y, sample_weight)``."""
         model = self._model
         trainable, non_trainable, optimizer_vars, metrics_vars = state
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        batch = (x, y, sample_weight)
+        x, y, sample_weight = batch
         grads, total, engine_state = self._noised(
             (trainable, non_trainable), engine_state, settings, batch)
         engine_state = dict(
@@ -410,7 +410,7 @@ class JaxClippingEngine(EngineBase):
         # computed from the C the factors use, not from its float64.
         clip = float(np.float32(self._clip))
         return (jnp.float32(clip),
-                jnp.float32(noise_stddev(self._sigma, clip)))
+                jnp.float32(host_noise_stddev(self._sigma, clip)))
 
     def _prepared(self, data):
         data = keras.utils.unpack_x_y_sample_weight(data)

@@ -124,7 +124,7 @@ def use_generic_route_for_recurrent_layers():
     import keras
 
     from keras_tempered_dp.privacy.clipping import register_norm_fn
-    from keras_tempered_dp.privacy.clipping.norms.generic import (
+    from keras_tempered_dp.privacy.clipping.backend.tensorflow.norms.generic import (
         generic_sq_norms,
     )
     for layer_class in (keras.layers.LSTM, keras.layers.GRU,

@@ -6,7 +6,7 @@
 For the convolution shapes of the package's models (MNIST CNN, CIFAR-10 CNN,
 WRN-16-4), the norm and clipped-sum computation of one layer
 (``conv2d_sq_norms`` with the route forced: ``patches`` and ``filter``, see
-``keras_tempered_dp/privacy/clipping/norms/conv_cost.py``), beside the
+``keras_tempered_dp/privacy/clipping/core/conv_cost.py``), beside the
 layer's ordinary filter gradient (what non-private training computes for
 it). The last column is the route the rule picks. Medians of 9 calls of a
 ``tf.function`` each. It measures and prints; it asserts nothing: rerun it
@@ -25,8 +25,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.clipping.norms import conv_cost
-from keras_tempered_dp.privacy.clipping.norms.conv import (
+from keras_tempered_dp.privacy.clipping.core import conv_cost
+from keras_tempered_dp.privacy.clipping.backend.tensorflow.norms.conv import (
     conv2d_sq_norms,
 )
 

@@ -1,7 +1,7 @@
 """Keras callbacks: the privacy budget spent, written into the logs.
 
 :class:`EpsilonCallback` is a thin reporter: the steps are recorded by the
-model's step (:mod:`keras_tempered_dp.privacy.clipping.step_record`), kept
+model's step (:mod:`keras_tempered_dp.privacy.clipping.backend.tensorflow.step_record`), kept
 in the model's ledger (:mod:`keras_tempered_dp.privacy.ledger`), checked by
 pure functions (:mod:`keras_tempered_dp.privacy.step_checks`); the callback
 declares each ``fit``'s data and writes the ledger's epsilon into the logs.

@@ -4,7 +4,7 @@ For inputs ``x`` of shape ``[B, S, D]`` and a table ``E`` of shape
 ``[S, D]`` the layer computes ``z = x + E`` (ViT's and BERT's learned
 positions). One example's gradient with respect to ``E`` is its output
 gradient ``dz_b`` itself, so the clipping engine's norm is exact and cheap
-(:mod:`keras_tempered_dp.privacy.clipping.norms.position`).
+(:mod:`keras_tempered_dp.privacy.clipping.backend.tensorflow.norms.position`).
 """
 
 import keras

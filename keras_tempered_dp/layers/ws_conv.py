@@ -8,7 +8,7 @@ per output channel c, with the mean and variance over the kernel's
 
 The layer computes ``conv(x, W_hat) + b``. It treats examples independently,
 and the clipping engine computes its per-example gradient norms exactly
-(:mod:`keras_tempered_dp.privacy.clipping.norms.standardized_conv`).
+(:mod:`keras_tempered_dp.privacy.clipping.backend.tensorflow.norms.standardized_conv`).
 """
 
 import keras

@@ -18,7 +18,8 @@ from keras_tempered_dp.privacy.checks import (
     check_dp_trainable,
     check_microbatches,
 )
-from keras_tempered_dp.privacy.clipping import ClippingEngine, installation
+from keras_tempered_dp.privacy.clipping import ClippingEngine
+from keras_tempered_dp.privacy.clipping.backend.tensorflow import installation
 from keras_tempered_dp.privacy.config import (
     ENGINE_OPTIONS,
     DPConfig,

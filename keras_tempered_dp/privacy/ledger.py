@@ -20,7 +20,7 @@ unknown and guessing them could understate what was spent.
 This module is pure Python: no Keras, no TensorFlow. Where a ledger lives
 (on the model, in a checkpoint, in a saved ``.keras`` file) is
 :mod:`keras_tempered_dp.privacy.state` and :mod:`.saving`; how the engine
-records its steps is :mod:`keras_tempered_dp.privacy.clipping.step_record`.
+records its steps is :mod:`keras_tempered_dp.privacy.clipping.backend.tensorflow.step_record`.
 
 Example:
 

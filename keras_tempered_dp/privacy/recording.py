@@ -1,7 +1,7 @@
 """Moving what the steps recorded into the model's ledger.
 
 The engine's step writes the sigma of every step it runs
-(:mod:`~keras_tempered_dp.privacy.clipping.step_record`); the data those
+(:mod:`~keras_tempered_dp.privacy.clipping.backend.tensorflow.step_record`); the data those
 steps sampled (N, B, the sampling scheme) is what an
 :class:`~keras_tempered_dp.callbacks.EpsilonCallback` declares for its
 ``fit`` (a :class:`FitContext`, checked against ``fit``'s data). Draining
@@ -80,7 +80,7 @@ def drain(model, check=None):
             but not as declared) and the error propagates.
 
     Returns:
-        The :class:`~keras_tempered_dp.privacy.clipping.step_record.
+        The :class:`~keras_tempered_dp.privacy.clipping.backend.tensorflow.step_record.
         Drained` content, or None for a model without the engine.
     """
     state = get_dp_state(model)

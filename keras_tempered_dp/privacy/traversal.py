@@ -99,7 +99,7 @@ def clip_units(model):
     """
     # Imported here: the registry's package imports the engine, whose taps
     # import this module.
-    from keras_tempered_dp.privacy.clipping.registry import lookup_norm_fn
+    from keras_tempered_dp.privacy.clipping.core.registry import lookup_norm_fn
     seen = set()
     # What the model trains: Keras 3 trains a trainable variable under a
     # layer set trainable=False (KerasHub's enable_lora freezes every layer,

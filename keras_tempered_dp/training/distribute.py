@@ -8,7 +8,7 @@
   worker runs the same command.
 
 The DP step is the same in all three (noise once per global step, see
-:mod:`keras_tempered_dp.privacy.clipping.replicas`), and so is epsilon: the
+:mod:`keras_tempered_dp.privacy.clipping.backend.tensorflow.replicas`), and so is epsilon: the
 global batch is what the accountant sees. Only the chief writes the run's
 folder; the other workers write to a temporary folder removed at the end.
 """

@@ -25,7 +25,9 @@ from keras_tempered_dp.audit.canaries import (
 )
 from keras_tempered_dp.audit.gradient_canaries import GradientCanaries
 from keras_tempered_dp.audit.job import AuditConfig, audit
-from keras_tempered_dp.privacy.clipping import noise as noise_module
+from keras_tempered_dp.privacy.clipping.backend.tensorflow import (
+    noise as noise_module,
+)
 
 
 def _audit(tmp_path, **kwargs):

@@ -9,8 +9,10 @@ import tensorflow as tf
 from keras_tempered_dp.augmentation import RandomCropFlip
 from keras_tempered_dp.models import mnist_cnn
 from keras_tempered_dp.privacy.clipping import ClippingEngine
-from keras_tempered_dp.privacy.clipping.noise import round_up_to_float32
-from keras_tempered_dp.privacy.clipping.norms import conv_cost
+from keras_tempered_dp.privacy.clipping.core.noise_std import (
+    round_up_to_float32,
+)
+from keras_tempered_dp.privacy.clipping.core import conv_cost
 from keras_tempered_dp.privacy.compile import make_private
 from keras_tempered_dp.privacy.config import EngineOptions
 from keras_tempered_dp.privacy.losses import per_example_loss
@@ -411,7 +413,10 @@ def test_counters_count_steps_and_weighted_examples_in_fit(options):
 def test_noise_scale_is_never_rounded_below_the_accounted_one():
     """float32 products round to nearest; the engine's noise scale (and the
     quantile split's sigma_g) must round up instead."""
-    from keras_tempered_dp.privacy.clipping import noise, quantile
+    from keras_tempered_dp.privacy.clipping.backend.tensorflow import (
+        noise,
+        quantile,
+    )
     rng = np.random.default_rng(11)
     sigmas = rng.uniform(0.3, 5.0, size=400)
     clips = rng.uniform(0.01, 3.0, size=400)

@@ -11,10 +11,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.clipping.accumulation import accumulated
-from keras_tempered_dp.privacy.clipping.clipped_sum import clipped_sum
-from keras_tempered_dp.privacy.clipping.groups import Batch
-from keras_tempered_dp.privacy.clipping.tap import find_taps
+from keras_tempered_dp.privacy.clipping.backend.tensorflow.accumulation import (
+    accumulated,
+)
+from keras_tempered_dp.privacy.clipping.backend.tensorflow.clipped_sum import (
+    clipped_sum,
+)
+from keras_tempered_dp.privacy.clipping.backend.tensorflow.batches import Batch
+from keras_tempered_dp.privacy.clipping.backend.tensorflow.tap import find_taps
 from keras_tempered_dp.privacy.compile import compile_dp, make_private
 from keras_tempered_dp.privacy.config import EngineOptions
 from keras_tempered_dp.privacy.losses import per_example_loss

@@ -178,7 +178,9 @@ def test_quantile_clipping_run_logs_its_clip(tmp_path):
 
 def test_seeded_resume_does_not_replay_noise(tmp_path, monkeypatch):
     """With noise_seed set, the resumed part draws new noise and batches."""
-    from keras_tempered_dp.privacy.clipping import engine as engine_module
+    from keras_tempered_dp.privacy.clipping.backend.tensorflow import (
+        engine as engine_module,
+    )
     seeds = []
     original = engine_module.ClippingEngine._setup
 

@@ -8,43 +8,30 @@ import keras
 
 from keras_tempered_dp.layers.position_embedding import AddPositionEmbedding
 from keras_tempered_dp.layers.ws_conv import WSConv2D
-from keras_tempered_dp.privacy.clipping.engine import ClippingEngine
-from keras_tempered_dp.privacy.clipping.norm_contract import (
-    NormFn,
-    NormResult,
-)
-from keras_tempered_dp.privacy.clipping.norms.conv import conv2d_sq_norms
-from keras_tempered_dp.privacy.clipping.norms.dense import dense_sq_norms
-from keras_tempered_dp.privacy.clipping.norms.einsum_dense import (
-    einsum_dense_sq_norms,
-)
-from keras_tempered_dp.privacy.clipping.norms.embedding import (
-    embedding_sq_norms,
-)
-from keras_tempered_dp.privacy.clipping.norms.normalization import (
+from keras_tempered_dp.privacy.config import EngineOptions, QuantileClipping
+from .backend.tensorflow.engine import ClippingEngine
+from .backend.tensorflow.norms import keras_hub as _keras_hub
+from .backend.tensorflow.norms.conv import conv2d_sq_norms
+from .backend.tensorflow.norms.dense import dense_sq_norms
+from .backend.tensorflow.norms.einsum_dense import einsum_dense_sq_norms
+from .backend.tensorflow.norms.embedding import embedding_sq_norms
+from .backend.tensorflow.norms.normalization import (
     group_norm_sq_norms,
     layer_norm_sq_norms,
 )
-from keras_tempered_dp.privacy.clipping.norms.position import (
-    position_embedding_sq_norms,
-)
-from keras_tempered_dp.privacy.clipping.norms import keras_hub as _keras_hub
-from keras_tempered_dp.privacy.clipping.norms.recurrent import (
-    recurrent_sq_norms,
-)
-from keras_tempered_dp.privacy.clipping.norms.standardized_conv import (
-    ws_conv2d_sq_norms,
-)
-from keras_tempered_dp.privacy.clipping.norms.reversible_embedding import (
+from .backend.tensorflow.norms.position import position_embedding_sq_norms
+from .backend.tensorflow.norms.recurrent import recurrent_sq_norms
+from .backend.tensorflow.norms.reversible_embedding import (
     reversible_embedding_sq_norms,
 )
-from keras_tempered_dp.privacy.clipping.registry import (
+from .backend.tensorflow.norms.standardized_conv import ws_conv2d_sq_norms
+from .core.norm_contract import NormFn, NormResult
+from .core.registry import (
     lookup_norm_fn,
     register_norm_fn,
     register_provider,
     registered_classes,
 )
-from keras_tempered_dp.privacy.config import EngineOptions, QuantileClipping
 
 __all__ = [
     "ClippingEngine", "EngineOptions", "NormFn", "NormResult",

@@ -271,7 +271,9 @@ def test_time_step_route_checks_its_recomputation(monkeypatch):
     """The unrolled recomputation is compared with the recorded outputs: a
     cell whose arithmetic differed from the route's formulas would fail
     the step, not be clipped with another function's norms."""
-    from keras_tempered_dp.privacy.clipping.norms import recurrent
+    from keras_tempered_dp.privacy.clipping.backend.tensorflow.norms import (
+        recurrent,
+    )
 
     def forget_gate_swapped(cell, x_proj, h_proj, state):
         i, f, g, o = tf.split(x_proj + h_proj, 4, axis=-1)

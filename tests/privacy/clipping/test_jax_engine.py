@@ -115,9 +115,7 @@ def test_seeded_noise_repeats_and_os_seeded_noise_differs():
 def test_os_seeded_keys_carry_64_bits():
     """Both words of the OS-seeded key vary (jax.random.PRNGKey would keep
     32 bits of a large seed without 64-bit mode)."""
-    from keras_tempered_dp.privacy.clipping.backend.jax.engine import (
-        noise_key,
-    )
+    from keras_tempered_dp.privacy.clipping.backend.jax.engine import noise_key
     keys = np.array([np.asarray(noise_key()) for _ in range(16)])
     assert keys.dtype == np.uint32
     assert len(set(keys[:, 0])) > 8 and len(set(keys[:, 1])) > 8

@@ -213,7 +213,7 @@ def test_position_embedding_norms_with_unknown_sequence_length():
     padded per batch) gives each example's ``||dz_b||^2``."""
     import tensorflow as tf
 
-    from keras_tempered_dp.privacy.clipping.norms.keras_hub import (
+    from keras_tempered_dp.privacy.clipping.backend.tensorflow.norms.keras_hub import (
         position_table_sq_norms,
     )
 

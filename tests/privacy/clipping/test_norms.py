@@ -8,16 +8,14 @@ import tensorflow as tf
 
 from keras_tempered_dp import stack
 from keras_tempered_dp.layers import TemperedSigmoid
-from keras_tempered_dp.privacy.clipping import (
-    register_norm_fn,
-    registry,
-)
-from keras_tempered_dp.privacy.clipping.norms import (
+from keras_tempered_dp.privacy.clipping import register_norm_fn
+from keras_tempered_dp.privacy.clipping.core import registry
+from keras_tempered_dp.privacy.clipping.backend.tensorflow.norms import (
     conv,
-    conv_cost,
     conv_filter,
     outer_products,
 )
+from keras_tempered_dp.privacy.clipping.core import conv_cost
 from tests.privacy.clipping.support import (
     CONV_CASES,
     WS_CASES,
@@ -222,7 +220,9 @@ def test_weight_standardized_conv_computes_the_standardized_convolution():
 @pytest.mark.parametrize("channels", [1, 2, 8])
 def test_conv2d_patches_equal_extract_patches(conv, channels):
     """Both patch routes (one-hot convolution, extract_patches) are exact."""
-    from keras_tempered_dp.privacy.clipping.norms.conv import conv2d_patches
+    from keras_tempered_dp.privacy.clipping.backend.tensorflow.norms.conv import (
+        conv2d_patches,
+    )
     layer = L.Conv2D(**conv)
     x = tf.constant(_images((9, 8, channels), 3))
     layer(x)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.clipping import replicas
+from keras_tempered_dp.privacy.clipping.backend.tensorflow import replicas
 
 
 def test_shares_never_add_up_to_less_variance():

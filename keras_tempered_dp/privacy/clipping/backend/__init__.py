@@ -24,5 +24,7 @@ def engine_class():
             JaxClippingEngine,
         )
         return JaxClippingEngine
-    from keras_tempered_dp.privacy.clipping.engine import ClippingEngine
+    from keras_tempered_dp.privacy.clipping.backend.tensorflow.engine import (
+        ClippingEngine,
+    )
     return ClippingEngine

@@ -34,15 +34,10 @@ import jax
 import jax.numpy as jnp
 import keras
 
-from keras_tempered_dp.privacy.clipping.backend.jax.norms import NORM_FNS
-from keras_tempered_dp.privacy.clipping.backend.jax.recording import (
-    recording,
-    split_arrays,
-)
-from keras_tempered_dp.privacy.clipping.installation import (
-    refuse_regularization_losses,
-)
-from keras_tempered_dp.privacy.clipping.norm_contract import NormResult
+from ...core.norm_contract import NormResult
+from ..tensorflow.installation import refuse_regularization_losses
+from .norms import NORM_FNS
+from .recording import recording, split_arrays
 
 
 class ClippedSum(NamedTuple):

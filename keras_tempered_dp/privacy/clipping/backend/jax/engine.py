@@ -37,25 +37,15 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
-from keras_tempered_dp.privacy.clipping.backend.jax.clipped_sum import (
-    clipped_sum,
-)
-from keras_tempered_dp.privacy.clipping.backend.jax.recording import (
-    Recorder,
-    RecordingTap,
-)
-from keras_tempered_dp.privacy.clipping.engine import (
-    EngineBase,
-    checked_settings,
-)
-from keras_tempered_dp.privacy.clipping.installation import (
-    check_installable,
-)
-from keras_tempered_dp.privacy.clipping.noise import host_noise_stddev
-from keras_tempered_dp.privacy.clipping.step_record import Drained
-from keras_tempered_dp.privacy.clipping.tap import find_taps
 from keras_tempered_dp.privacy.losses import per_example_loss
 from keras_tempered_dp.validation import check_number
+from ...core.engine_base import checked_settings, EngineBase
+from ...core.noise_std import host_noise_stddev
+from ..tensorflow.installation import check_installable
+from ..tensorflow.step_record import Drained
+from ..tensorflow.tap import find_taps
+from .clipped_sum import clipped_sum
+from .recording import Recorder, RecordingTap
 
 
 def refuse_options(options):
@@ -192,7 +182,7 @@ class JaxClippingEngine(EngineBase):
     """Runs DP-SGD steps for one Keras model on the JAX backend.
 
     The same arguments, settings and counters as
-    :class:`~keras_tempered_dp.privacy.clipping.engine.ClippingEngine`
+    :class:`~keras_tempered_dp.privacy.clipping.backend.tensorflow.engine.ClippingEngine`
     (which builds this class on JAX); see the module docstring for what
     differs inside.
 

@@ -28,13 +28,9 @@ import keras
 from keras import ops
 
 from keras_tempered_dp.layers.position_embedding import AddPositionEmbedding
-from keras_tempered_dp.privacy.clipping.norm_contract import NormResult
-from keras_tempered_dp.privacy.clipping.norms.einsum_dense import (
-    explicit_equation,
-)
-from keras_tempered_dp.privacy.clipping.norms.outer_products import (
-    uses_ghost,
-)
+from ...core.norm_contract import NormResult
+from ..tensorflow.norms.einsum_dense import explicit_equation
+from ..tensorflow.norms.outer_products import uses_ghost
 
 
 def _grouped(tensor, num_groups, scale=False):

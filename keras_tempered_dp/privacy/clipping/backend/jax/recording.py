@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import jax
 import keras
 
-from keras_tempered_dp.privacy.clipping.tap import Tap
+from ..tensorflow.tap import Tap
 
 
 class Call(NamedTuple):

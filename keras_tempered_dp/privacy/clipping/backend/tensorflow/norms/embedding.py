@@ -2,11 +2,8 @@
 
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.clipping.norm_contract import NormResult
-from keras_tempered_dp.privacy.clipping.norms.outer_products import (
-    flatten_positions,
-    grouped_mean_grads,
-)
+from ....core.norm_contract import NormResult
+from .outer_products import flatten_positions, grouped_mean_grads
 
 
 def embedding_sq_norms(layer, inputs, grad_outputs, num_groups, call):

@@ -7,8 +7,8 @@ exact route.
 
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.clipping.groups import regroup
-from keras_tempered_dp.privacy.clipping.norm_contract import NormResult
+from ....core.groups import regroup
+from ....core.norm_contract import NormResult
 
 
 def materialized_sq_norms(per_example_grads, num_groups):

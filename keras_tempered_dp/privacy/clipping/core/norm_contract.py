@@ -6,7 +6,7 @@ from typing import NamedTuple, Protocol
 import keras
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.clipping.groups import Groups
+from .groups import Groups
 
 # ``factors [G] -> grads``: for each trainable weight of the layer, in
 # order, ``sum_m factors[m] * grad_m`` over the groups m.

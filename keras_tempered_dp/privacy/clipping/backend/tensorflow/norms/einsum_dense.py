@@ -21,14 +21,8 @@ import string
 
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.clipping.norms.lora import (
-    adapter_grads,
-    lora_factors,
-    stored_kernel,
-)
-from keras_tempered_dp.privacy.clipping.norms.materialized import (
-    materialized_sq_norms,
-)
+from .lora import adapter_grads, lora_factors, stored_kernel
+from .materialized import materialized_sq_norms
 
 
 def explicit_equation(equation, input_rank):

@@ -18,11 +18,8 @@ The cheaper one is chosen per layer from the static shapes (Bu et al. 2022,
 
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.clipping.groups import (
-    examples_per_group,
-    merge_positions,
-)
-from keras_tempered_dp.privacy.clipping.norm_contract import NormResult
+from ....core.groups import examples_per_group, merge_positions
+from ....core.norm_contract import NormResult
 
 
 def flatten_positions(tensor):

@@ -18,8 +18,8 @@ the noise split assumes.
 
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.clipping import replicas
-from keras_tempered_dp.privacy.clipping.noise import round_up_to_float32
+from . import replicas
+from ...core.noise_std import round_up_to_float32
 
 
 def check_noise_split(noise_multiplier, count_stddev):

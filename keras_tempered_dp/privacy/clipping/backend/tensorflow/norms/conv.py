@@ -11,18 +11,13 @@ Two exact routes, chosen per layer by :func:`.conv_cost.route`:
 
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.clipping.groups import merge_positions
-from keras_tempered_dp.privacy.clipping.norm_contract import NormResult
-from keras_tempered_dp.privacy.clipping.norms import conv_cost
-from keras_tempered_dp.privacy.clipping.norms.conv_filter import (
-    per_group_kernel_grads,
-    weighted_sums,
-)
-from keras_tempered_dp.privacy.clipping.norms.generic import generic_sq_norms
-from keras_tempered_dp.privacy.clipping.norms.materialized import (
-    materialized_sq_norms,
-)
-from keras_tempered_dp.privacy.clipping.norms.outer_products import (
+from ....core import conv_cost
+from ....core.groups import merge_positions
+from ....core.norm_contract import NormResult
+from .conv_filter import per_group_kernel_grads, weighted_sums
+from .generic import generic_sq_norms
+from .materialized import materialized_sq_norms
+from .outer_products import (
     factored_sq_norms,
     flatten_positions,
     grouped_mean_grads,

@@ -32,7 +32,7 @@ before the sum, so every replica computes the same new clip.
 
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.clipping.noise import round_up_float32_tensor
+from .noise import round_up_float32_tensor
 
 
 def count():

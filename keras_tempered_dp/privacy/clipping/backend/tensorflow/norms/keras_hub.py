@@ -17,14 +17,10 @@ import KerasHub. A ``PositionEmbedding`` called with a ``start_index`` or
 
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.clipping.norm_contract import NormResult
-from keras_tempered_dp.privacy.clipping.norms.generic import generic_sq_norms
-from keras_tempered_dp.privacy.clipping.norms.materialized import (
-    materialized_sq_norms,
-)
-from keras_tempered_dp.privacy.clipping.norms.reversible_embedding import (
-    reversible_embedding_sq_norms,
-)
+from ....core.norm_contract import NormResult
+from .generic import generic_sq_norms
+from .materialized import materialized_sq_norms
+from .reversible_embedding import reversible_embedding_sq_norms
 
 
 def position_table_sq_norms(layer, inputs, grad_outputs, num_groups, call):
@@ -68,7 +64,9 @@ def register():
         RMSNormalization as GemmaRMSNormalization,
     )
 
-    from keras_tempered_dp.privacy.clipping.registry import register_norm_fn
+    from keras_tempered_dp.privacy.clipping.core.registry import (
+        register_norm_fn,
+    )
 
     register_norm_fn(keras_hub.layers.ReversibleEmbedding,
                      reversible_embedding_sq_norms, all_calls=True)

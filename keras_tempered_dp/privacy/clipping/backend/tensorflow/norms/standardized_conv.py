@@ -20,20 +20,13 @@ the backward pass of a normalization, computed for all groups at once on
 
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.clipping.groups import merge_positions
-from keras_tempered_dp.privacy.clipping.norms import conv_cost
-from keras_tempered_dp.privacy.clipping.norms.conv import conv2d_patches
-from keras_tempered_dp.privacy.clipping.norms.conv_filter import (
-    per_group_kernel_grads,
-)
-from keras_tempered_dp.privacy.clipping.norms.generic import generic_sq_norms
-from keras_tempered_dp.privacy.clipping.norms.materialized import (
-    materialized_sq_norms,
-)
-from keras_tempered_dp.privacy.clipping.norms.outer_products import (
-    flatten_positions,
-    grouped_mean_grads,
-)
+from ....core import conv_cost
+from ....core.groups import merge_positions
+from .conv import conv2d_patches
+from .conv_filter import per_group_kernel_grads
+from .generic import generic_sq_norms
+from .materialized import materialized_sq_norms
+from .outer_products import flatten_positions, grouped_mean_grads
 
 
 def ws_conv2d_sq_norms(layer, inputs, grad_outputs, num_groups, call):

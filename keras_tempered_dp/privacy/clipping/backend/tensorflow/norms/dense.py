@@ -8,18 +8,9 @@ A LoRA-enabled layer (frozen ``W``, trainable adapters) is handled by
 
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.clipping.norms.lora import (
-    combined,
-    lora_factors,
-    stored_kernel,
-)
-from keras_tempered_dp.privacy.clipping.norms.materialized import (
-    materialized_sq_norms,
-)
-from keras_tempered_dp.privacy.clipping.norms.outer_products import (
-    factored_sq_norms,
-    flatten_positions,
-)
+from .lora import combined, lora_factors, stored_kernel
+from .materialized import materialized_sq_norms
+from .outer_products import factored_sq_norms, flatten_positions
 
 
 def dense_sq_norms(layer, inputs, grad_outputs, num_groups, call):

@@ -22,7 +22,7 @@ kh * kw * C_in``: 300 MB for the CIFAR-10 CNN's 32x32x32 layer at batch
 
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.clipping.groups import rows_per_group
+from ..batches import rows_per_group
 
 
 def _groups_in_channels(t, rows):

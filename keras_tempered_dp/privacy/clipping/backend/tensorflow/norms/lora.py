@@ -26,7 +26,7 @@ functions share.
 
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.clipping.norm_contract import NormResult
+from ....core.norm_contract import NormResult
 
 
 def lora_factors(layer):

@@ -19,8 +19,8 @@ from typing import Any, NamedTuple
 import keras
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.clipping.variables import variable_name
 from keras_tempered_dp.privacy.traversal import clip_units
+from .variables import variable_name
 
 _LINEAR = keras.activations.linear
 

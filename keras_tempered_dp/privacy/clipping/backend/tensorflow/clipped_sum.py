@@ -26,25 +26,20 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.clipping import groups as grouping
-from keras_tempered_dp.privacy.clipping.quantile import count_below
-from keras_tempered_dp.privacy.clipping.recompute import (
-    Recompute,
+from . import batches
+from ...core import groups as grouping
+from ...core.norm_contract import NormResult
+from ...core.registry import norm_fn_for, takes_all_calls
+from ...core.routes import announce_generic
+from .norms.generic import calls_sq_norms, generic_sq_norms
+from .quantile import count_below
+from .recompute import (
     batched_args,
     check_same_outputs,
     deviation,
     map_batched_args,
+    Recompute,
 )
-from keras_tempered_dp.privacy.clipping.norm_contract import NormResult
-from keras_tempered_dp.privacy.clipping.norms.generic import (
-    calls_sq_norms,
-    generic_sq_norms,
-)
-from keras_tempered_dp.privacy.clipping.registry import (
-    norm_fn_for,
-    takes_all_calls,
-)
-from keras_tempered_dp.privacy.clipping.routes import announce_generic
 
 
 class ClippedSum(NamedTuple):
@@ -262,7 +257,7 @@ def clipped_sum(model, taps, loss_fn, batch, num_groups, clip, options):
         unconnected_gradients=tf.UnconnectedGradients.ZERO)
     sample_weight = batch.sample_weight
     if isinstance(num_groups, int):
-        records, grad_outputs = grouping.checked_microbatches(
+        records, grad_outputs = batches.checked_microbatches(
             losses, records, grad_outputs, num_groups)
         # Everything regrouped below waits for the check, the losses and
         # weights too: a reshape must not fail first, with a raw message.
@@ -271,7 +266,7 @@ def clipped_sum(model, taps, loss_fn, batch, num_groups, clip, options):
             if sample_weight is not None:
                 sample_weight = tf.identity(sample_weight)
     rows = tf.shape(losses)[0]
-    per_group = grouping.rows_per_group(rows, num_groups)
+    per_group = batches.rows_per_group(rows, num_groups)
     bad = _nonfinite_groups(losses, records, grad_outputs, rows, num_groups)
     records, grad_outputs = _sanitized(call_taps, records, grad_outputs,
                                        tf.repeat(bad, per_group))
@@ -289,7 +284,7 @@ def clipped_sum(model, taps, loss_fn, batch, num_groups, clip, options):
                        / tf.cast(per_group, tf.float32))
     sums = _variable_sums(taps, call_taps, records, grad_outputs,
                           layer_norms, factors, example_weights)
-    weighted = grouping.groups_with_weight(sample_weight, rows, num_groups)
+    weighted = batches.groups_with_weight(sample_weight, rows, num_groups)
     # A group left out counts as above the clip (its norm is not <= C):
     # each group still moves the count by at most 1/2.
     below, counted = count_below(

@@ -11,16 +11,10 @@ times the number of groups.
 
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.clipping.groups import (
-    examples_per_group,
-    regroup,
-)
-from keras_tempered_dp.privacy.clipping.norm_contract import NormResult
-from keras_tempered_dp.privacy.clipping.recompute import (
-    check_same_outputs,
-    deviation,
-)
-from keras_tempered_dp.privacy.clipping.variables import tf_variables
+from ....core.groups import examples_per_group, regroup
+from ....core.norm_contract import NormResult
+from ..recompute import check_same_outputs, deviation
+from ..variables import tf_variables
 
 
 def generic_sq_norms(layer, inputs, grad_outputs, num_groups, call):

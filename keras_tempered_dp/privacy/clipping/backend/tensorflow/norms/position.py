@@ -7,9 +7,7 @@ output gradient, which the engine holds anyway).
 
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.clipping.norms.materialized import (
-    materialized_sq_norms,
-)
+from .materialized import materialized_sq_norms
 
 
 def position_embedding_sq_norms(layer, inputs, grad_outputs, num_groups,

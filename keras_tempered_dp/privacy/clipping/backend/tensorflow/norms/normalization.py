@@ -7,10 +7,8 @@ so each example's gradients are ``sum dz * xhat`` (gamma) and ``sum dz``
 
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.clipping.norms.generic import generic_sq_norms
-from keras_tempered_dp.privacy.clipping.norms.materialized import (
-    materialized_sq_norms,
-)
+from .generic import generic_sq_norms
+from .materialized import materialized_sq_norms
 
 
 def _weight_grads(layer, xhat, dz, param_axes):

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from keras_tempered_dp import stack
 from keras_tempered_dp.privacy.checks import check_dp_trainable
-from keras_tempered_dp.privacy.clipping import strategies
+from . import strategies
 
 
 def is_compiled(model):

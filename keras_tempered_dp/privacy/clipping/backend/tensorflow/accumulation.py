@@ -7,8 +7,8 @@ update equals the one-batch update.
 
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.clipping.clipped_sum import ClippedSum
-from keras_tempered_dp.privacy.clipping.groups import Batch
+from .batches import Batch
+from .clipped_sum import ClippedSum
 
 
 def _chunk(tensor, i, size):

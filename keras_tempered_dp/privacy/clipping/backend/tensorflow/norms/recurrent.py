@@ -33,19 +33,12 @@ exact generic route.
 import keras
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.clipping.norms.generic import generic_sq_norms
-from keras_tempered_dp.privacy.clipping.norms.lora import combined
-from keras_tempered_dp.privacy.clipping.norms.materialized import (
-    materialized_sq_norms,
-)
-from keras_tempered_dp.privacy.clipping.norms.outer_products import (
-    factored_sq_norms,
-)
-from keras_tempered_dp.privacy.clipping.recompute import (
-    check_same_outputs,
-    deviation,
-)
-from keras_tempered_dp.privacy.clipping.routes import announce_generic
+from ....core.routes import announce_generic
+from ..recompute import check_same_outputs, deviation
+from .generic import generic_sq_norms
+from .lora import combined
+from .materialized import materialized_sq_norms
+from .outer_products import factored_sq_norms
 
 
 def _lstm_step(cell, x_proj, h_proj, state):
@@ -220,7 +213,7 @@ def recurrent_sq_norms(layer, inputs, grad_outputs, num_groups, call):
             "time-step recomputation differs from the layer's own outputs "
             "by more than round-off, so its formulas do not fit this "
             "layer (a subclass or an option the route does not know). "
-            "Register keras_tempered_dp.privacy.clipping.norms.generic."
+            "Register keras_tempered_dp.privacy.clipping.backend.tensorflow.norms.generic."
             "generic_sq_norms for its class to take the exact generic "
             "route. Maximum difference (then the allowed one):"))
     with tf.control_dependencies([checked]):

@@ -25,13 +25,9 @@ KerasHub is in use (:mod:`.norms.keras_hub`).
 """
 
 
-from keras_tempered_dp.privacy.clipping.groups import regroup  # noqa: F401
-from keras_tempered_dp.privacy.clipping.norm_contract import (  # noqa: F401
-    ClippedSumFn,
-    NormFn,
-    NormResult,
-)
-from keras_tempered_dp.privacy.clipping.norms.generic import generic_sq_norms
+from ..backend.tensorflow.norms.generic import generic_sq_norms
+from .groups import regroup  # noqa: F401
+from .norm_contract import ClippedSumFn, NormFn, NormResult
 
 # regroup, NormFn, NormResult and ClippedSumFn are re-exported: what a user
 # writing a norm function needs, in one import.

@@ -22,13 +22,13 @@ either kind.
 
 import tensorflow as tf
 
-from keras_tempered_dp.privacy.clipping.norm_contract import NormResult
-from keras_tempered_dp.privacy.clipping.norms.outer_products import (
+from ....core.groups import merge_positions
+from ....core.norm_contract import NormResult
+from .outer_products import (
     factored_sq_norms,
     flatten_positions,
     grouped_mean_grads,
 )
-from keras_tempered_dp.privacy.clipping.groups import merge_positions
 
 
 def _table(layer):

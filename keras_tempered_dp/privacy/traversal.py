@@ -99,7 +99,7 @@ def clip_units(model):
     """
     # Imported here: the registry's package imports the engine, whose taps
     # import this module.
-    from keras_tempered_dp.privacy.clipping.core.registry import lookup_norm_fn
+    from keras_tempered_dp.privacy.clipping.core.registry import has_norm_fn
     seen = set()
     # What the model trains: Keras 3 trains a trainable variable under a
     # layer set trainable=False (KerasHub's enable_lora freezes every layer,
@@ -113,7 +113,7 @@ def clip_units(model):
             return
         seen.add(id(layer))
         children = sublayers(layer)
-        if (lookup_norm_fn(layer) is not None
+        if (has_norm_fn(layer)
                 or isinstance(layer, _LOOPING) or not children
                 or own_trainable_weights(layer)):
             yield layer

@@ -12,19 +12,22 @@ Norm functions receive ``num_groups``, one of:
   quantity is the mean gradient over the copies.
 
 In every case a group's gradient is the gradient of its *mean* loss.
-:func:`regroup` and :func:`examples_per_group` handle all three.
+:func:`regroup` and :func:`examples_per_group` handle all three, in
+:mod:`.ops` (both backends; the batch size may be unknown while
+TensorFlow traces).
 """
 
 from typing import Union
 
-import tensorflow as tf
+from . import ops
 
 
 class GroupsOf:
     """Groups of ``size`` consecutive rows of the batch.
 
-    >>> regroup(tf.zeros([6, 5]), GroupsOf(3)).shape
-    TensorShape([2, 3, 5])
+    >>> import numpy as np
+    >>> tuple(regroup(np.zeros([6, 5], "float32"), GroupsOf(3)).shape)
+    (2, 3, 5)
     """
 
     def __init__(self, size):
@@ -43,21 +46,16 @@ Groups = Union[None, int, GroupsOf]
 def regroup(tensor, num_groups):
     """``[B, *rest] -> [G, B / G, *rest]``; None: ``[B, 1, *rest]``.
 
-    >>> regroup(tf.zeros([6, 5]), 2).shape.as_list()
-    [2, 3, 5]
+    >>> import numpy as np
+    >>> tuple(regroup(np.zeros([6, 5], "float32"), 2).shape)
+    (2, 3, 5)
     """
-    rest = tf.shape(tensor)[1:]
     if num_groups is None:
-        return tf.expand_dims(tensor, 1)
+        return ops.expand_dims(tensor, 1)
+    rest = tuple(ops.shape(tensor)[1:])
     if isinstance(num_groups, GroupsOf):
-        shape = tf.concat([[-1, num_groups.size], rest], axis=0)
-        out = tf.reshape(tensor, shape)
-        out.set_shape([None, num_groups.size] + tensor.shape[1:].as_list())
-        return out
-    out = tf.reshape(tensor, tf.concat([[num_groups, -1], rest], axis=0))
-    out.set_shape([num_groups if isinstance(num_groups, int) else None,
-                   None] + tensor.shape[1:].as_list())
-    return out
+        return ops.reshape(tensor, (-1, num_groups.size) + rest)
+    return ops.reshape(tensor, (num_groups, -1) + rest)
 
 
 def merge_positions(tensor, num_groups):
@@ -70,17 +68,17 @@ def merge_positions(tensor, num_groups):
     positions, depth = tensor.shape[1], tensor.shape[-1]
     if isinstance(num_groups, GroupsOf):
         if positions is not None:
-            return tf.reshape(tensor, [-1, num_groups.size * positions,
-                                       depth])
-        return tf.reshape(tensor, [tf.shape(tensor)[0] // num_groups.size,
-                                   -1, depth])
-    return tf.reshape(tensor, [num_groups, -1, depth])
+            return ops.reshape(tensor, (-1, num_groups.size * positions,
+                                        depth))
+        return ops.reshape(tensor, (ops.shape(tensor)[0] // num_groups.size,
+                                    -1, depth))
+    return ops.reshape(tensor, (num_groups, -1, depth))
 
 
 def examples_per_group(tensor, num_groups):
     """``B / G`` as a scalar of ``tensor``'s dtype (B: ``tensor``'s rows)."""
     if num_groups is None:
-        return tf.ones([], tensor.dtype)
+        return ops.cast(1, tensor.dtype)
     if isinstance(num_groups, GroupsOf):
-        return tf.constant(num_groups.size, tensor.dtype)
-    return tf.cast(tf.shape(tensor)[0] // num_groups, tensor.dtype)
+        return ops.cast(num_groups.size, tensor.dtype)
+    return ops.cast(ops.shape(tensor)[0] // num_groups, tensor.dtype)

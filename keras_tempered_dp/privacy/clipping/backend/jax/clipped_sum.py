@@ -8,18 +8,19 @@ written as a pure function of the model's state (Keras' stateless
    its outputs perturbed by zeros (:mod:`.recording`); the gradient of the
    summed per-example loss with respect to the perturbations is every
    call's ``dz``;
-2. per-group squared norms unit by unit: the ghost or materialized norms of
-   :mod:`.norms` for Dense, Conv2D and Embedding, and for every other unit
-   (attention's EinsumDense, LayerNormalization, LSTM, a layer called
-   several times) the exact vectorized route: ``jax.vmap`` over groups of
-   the vector-Jacobian product of a replay of the unit's calls on the
-   group's rows (cross terms between calls included);
-3. clip factors ``C / max(||g_m||, C)`` ("clip") or ``C / (||g_m|| +
-   gamma)`` ("normalize");
-4. each unit's clipped sum: where step 2 materialized the per-group
-   gradients, their factor-weighted sum; otherwise the vector-Jacobian
-   product of the replay of its calls on the whole batch with ``dz``
-   re-weighted per row by ``factor_m / |group m|``.
+2. per-group squared norms unit by unit: the registry's norm function for
+   JAX where the unit's class has one (the shared ``keras.ops`` functions
+   of :mod:`...core.norms`: Dense, EinsumDense, Conv2D from patches,
+   Embedding, LayerNormalization, AddPositionEmbedding), and for every
+   other unit (LSTM, a layer called several times, a LoRA layer, your own)
+   the exact vectorized route: ``jax.vmap`` over groups of the
+   vector-Jacobian product of a replay of the unit's calls on the group's
+   rows (cross terms between calls included);
+3. clip factors (:mod:`...core.factors`);
+4. each unit's clipped sum: its norm function's where it gives one;
+   otherwise the vector-Jacobian product of the replay of its calls on
+   the whole batch with ``dz`` re-weighted per row by ``factor_m / |group
+   m|``.
 
 A group whose loss, unit inputs, other batched arguments or output
 gradients hold a NaN or an infinity, or whose norm is not finite, gets
@@ -34,9 +35,10 @@ import jax
 import jax.numpy as jnp
 import keras
 
+from ...core.factors import clip_factors
 from ...core.norm_contract import NormResult
+from ...core.registry import norm_fn_for, takes_all_calls
 from ..tensorflow.installation import refuse_regularization_losses
-from .norms import NORM_FNS
 from .recording import recording, split_arrays
 
 
@@ -210,13 +212,17 @@ def _vectorized_sq_norms(tap, weights, calls, num_groups):
     return norms, jnp.all(matches)
 
 
-def _unit_norms(tap, weights, calls, num_groups, trained):
+def _unit_norms(tap, weights, calls, num_groups):
     """The unit's :class:`NormResult` (its clipped sum None: the
-    replay's), and whether its replays matched the recorded outputs."""
-    fn = NORM_FNS.get(type(tap.layer))
-    if fn is not None and len(calls) == 1:
+    replay's), and whether its replays matched the recorded outputs: its
+    norm function's for one call (the registry's, for JAX), else the
+    vectorized replay's."""
+    fn = norm_fn_for(tap.layer)
+    if fn is not None and len(calls) == 1 and not takes_all_calls(
+            tap.layer):
         inputs = calls[0].rebuild(calls[0].arguments)[0]
-        result = fn(tap.layer, inputs, calls[0].dz, num_groups, trained)
+        result = (fn(tap.layer, inputs, calls[0].dz, num_groups, None)
+                  if keras.ops.is_tensor(inputs) else None)
         if result is not None:
             return result, jnp.array(True)
     norms, match = _vectorized_sq_norms(tap, weights, calls, num_groups)
@@ -230,13 +236,6 @@ def _unit_sum(tap, weights, calls, row_weights):
     scaled = [c.dz * jnp.reshape(row_weights, (-1,) + (1,) * (c.dz.ndim - 1))
               .astype(c.dz.dtype) for c in calls]
     return vjp(scaled)[0], _replays_match(zs, calls)
-
-
-def clip_factors(norms, clip, clipping, gamma):
-    """``C / max(||g||, C)`` ("clip") or ``C / (||g|| + gamma)``."""
-    if clipping == "normalize":
-        return clip / (norms + gamma)
-    return clip / jnp.maximum(norms, clip)
 
 
 def rows_with_weight(sample_weight, rows):
@@ -259,7 +258,6 @@ def clipped_sum(model, taps, loss_fn, state, batch, num_groups, clip,
     bad = _bad_rows(losses, calls, num_groups)
     calls = _sanitized(calls, bad)
     position = {id(v): i for i, v in enumerate(model.trainable_variables)}
-    trained = set(position)
     per_unit = []
     matched = jnp.array(True)
     total = jnp.zeros([rows if num_groups is None else num_groups])
@@ -269,7 +267,7 @@ def clipped_sum(model, taps, loss_fn, state, batch, num_groups, clip,
         result = None
         if unit_calls:
             result, match = _unit_norms(tap, weights, unit_calls,
-                                        num_groups, trained)
+                                        num_groups)
             total = total + result.sq_norms
             matched = matched & match
         per_unit.append((tap, weights, unit_calls, result))

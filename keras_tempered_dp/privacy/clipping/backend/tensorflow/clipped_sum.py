@@ -29,6 +29,7 @@ import tensorflow as tf
 from . import batches
 from ...core import groups as grouping
 from ...core.norm_contract import NormResult
+from ...core.factors import clip_factors
 from ...core.registry import norm_fn_for, takes_all_calls
 from ...core.routes import announce_generic
 from .norms.generic import calls_sq_norms, generic_sq_norms
@@ -74,14 +75,6 @@ class LayerNorms(NamedTuple):
     clipped_sums: list
 
 
-def clip_factors(norms, clip, clipping, gamma):
-    """``C / max(||g||, C)`` ("clip", "quantile") or ``C / (||g|| +
-    gamma)`` ("normalize")."""
-    if clipping == "normalize":
-        return clip / (norms + gamma)
-    return clip / tf.maximum(norms, clip)
-
-
 def _forward(model, taps, x):
     """The model's outputs, and each call of each tap: ``(call_taps,
     records)``, one entry per call (a unit called k times has k)."""
@@ -113,10 +106,15 @@ def _unit_norms(tap, records, grad_outputs, num_groups):
             for record, dz in zip(records, grad_outputs)], num_groups)
     if len(records) == 1:
         fn = norm_fn_for(tap.layer)
-        if fn is generic_sq_norms:
-            announce_generic(tap.layer, 1)
-        return fn(tap.layer, records[0].inputs, grad_outputs[0], num_groups,
-                  Recompute(tap, records[0]))
+        args = (tap.layer, records[0].inputs, grad_outputs[0], num_groups,
+                Recompute(tap, records[0]))
+        result = None if fn is None else fn(*args)
+        if result is None:  # no function, or one that does not apply
+            announce_generic(tap.layer, 1, None if fn is None else
+                             "its norm function does not cover this "
+                             "layer's options")
+            result = generic_sq_norms(*args)
+        return result
     announce_generic(tap.layer, len(records))
     return calls_sq_norms(tap.layer, [
         (record.inputs, dz, Recompute(tap, record))

@@ -16,8 +16,8 @@ from ....core.groups import merge_positions
 from ....core.norm_contract import NormResult
 from .conv_filter import per_group_kernel_grads, weighted_sums
 from .generic import generic_sq_norms
-from .materialized import materialized_sq_norms
-from .outer_products import (
+from ....core.norms.materialized import materialized_sq_norms
+from ....core.norms.outer_products import (
     factored_sq_norms,
     flatten_positions,
     grouped_mean_grads,

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from ....core.norm_contract import NormResult
 from .generic import generic_sq_norms
-from .materialized import materialized_sq_norms
+from ....core.norms.materialized import materialized_sq_norms
 from .reversible_embedding import reversible_embedding_sq_norms
 
 
@@ -68,12 +68,15 @@ def register():
         register_norm_fn,
     )
 
+    # TensorFlow code: on JAX these layers take the replay route.
     register_norm_fn(keras_hub.layers.ReversibleEmbedding,
-                     reversible_embedding_sq_norms, all_calls=True)
+                     reversible_embedding_sq_norms, all_calls=True,
+                     backends="tensorflow")
     register_norm_fn(keras_hub.layers.PositionEmbedding,
-                     position_table_sq_norms)
-    register_norm_fn(GemmaRMSNormalization, rms_norm_sq_norms)
+                     position_table_sq_norms, backends="tensorflow")
+    register_norm_fn(GemmaRMSNormalization, rms_norm_sq_norms,
+                     backends="tensorflow")
     rms = getattr(keras_hub.layers, "RMSNormalization", None)
     if rms is not None:
-        register_norm_fn(rms, rms_norm_sq_norms)
+        register_norm_fn(rms, rms_norm_sq_norms, backends="tensorflow")
 

@@ -36,9 +36,9 @@ import tensorflow as tf
 from ....core.routes import announce_generic
 from ..recompute import check_same_outputs, deviation
 from .generic import generic_sq_norms
-from .lora import combined
-from .materialized import materialized_sq_norms
-from .outer_products import factored_sq_norms
+from ....core.norms.lora import combined
+from ....core.norms.materialized import materialized_sq_norms
+from ....core.norms.outer_products import factored_sq_norms
 
 
 def _lstm_step(cell, x_proj, h_proj, state):

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from ....core.groups import merge_positions
 from ....core.norm_contract import NormResult
-from .outer_products import (
+from ....core.norms.outer_products import (
     factored_sq_norms,
     flatten_positions,
     grouped_mean_grads,

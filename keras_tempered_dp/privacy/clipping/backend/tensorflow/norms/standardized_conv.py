@@ -25,8 +25,8 @@ from ....core.groups import merge_positions
 from .conv import conv2d_patches
 from .conv_filter import per_group_kernel_grads
 from .generic import generic_sq_norms
-from .materialized import materialized_sq_norms
-from .outer_products import flatten_positions, grouped_mean_grads
+from ....core.norms.materialized import materialized_sq_norms
+from ....core.norms.outer_products import flatten_positions, grouped_mean_grads
 
 
 def ws_conv2d_sq_norms(layer, inputs, grad_outputs, num_groups, call):

@@ -5,12 +5,11 @@
 output gradient, which the engine holds anyway).
 """
 
-import tensorflow as tf
-
+from .. import ops
 from .materialized import materialized_sq_norms
 
 
 def position_embedding_sq_norms(layer, inputs, grad_outputs, num_groups,
                                 call):
-    return materialized_sq_norms([tf.cast(grad_outputs, tf.float32)],
+    return materialized_sq_norms([ops.cast(grad_outputs, "float32")],
                                  num_groups)

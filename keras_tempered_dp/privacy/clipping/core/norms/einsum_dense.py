@@ -13,13 +13,14 @@ the trailing output axes, so its gradient is ``dz`` summed over the axes the
 bias does not have (or has with size 1). Both are formed outright
 (:mod:`.materialized`): exact for every equation Keras' EinsumDense accepts
 (explicit letters or an ellipsis on either side), at ``B * |W|`` memory.
-Recomputing the layer under ``tf.vectorized_map`` is not an option here:
-on TensorFlow 2.21 ``keras.ops.einsum`` gives wrong values there.
+Recomputing the layer under ``tf.vectorized_map`` is not an option on
+TensorFlow: on TensorFlow 2.21 ``keras.ops.einsum`` gives wrong values
+there.
 """
 
 import string
 
-import tensorflow as tf
+from .. import ops
 
 from .lora import adapter_grads, lora_factors, stored_kernel
 from .materialized import materialized_sq_norms
@@ -46,28 +47,27 @@ def explicit_equation(equation, input_rank):
 def per_example_kernel_grads(equation, inputs, grad_outputs):
     """``[B, *kernel_shape]``: each example's gradient of the kernel."""
     x_spec, kernel_spec, output_spec = explicit_equation(
-        equation, inputs.shape.rank)
+        equation, len(inputs.shape))
     batch = x_spec[0]
     if batch not in output_spec or batch in kernel_spec:
         raise ValueError(
             f"EinsumDense equation {equation!r}: its first input axis (the "
             "batch) must reach the output and not the kernel, or examples "
             "would share terms and their gradients could not be separated.")
-    return tf.einsum(f"{x_spec},{output_spec}->{batch}{kernel_spec}",
-                     tf.cast(inputs, grad_outputs.dtype), grad_outputs)
+    return ops.einsum(f"{x_spec},{output_spec}->{batch}{kernel_spec}",
+                      ops.cast(inputs, grad_outputs.dtype), grad_outputs)
 
 
 def per_example_bias_grads(bias_shape, grad_outputs):
     """``[B, *bias_shape]``: ``dz`` summed over the axes the bias is
     broadcast along (it is aligned with the trailing output axes)."""
-    rank = grad_outputs.shape.rank
-    lead = rank - len(bias_shape)
+    lead = len(grad_outputs.shape) - len(bias_shape)
     g = grad_outputs
     if lead > 1:
-        g = tf.reduce_sum(g, axis=list(range(1, lead)))
+        g = ops.sum(g, axis=tuple(range(1, lead)))
     for axis, size in enumerate(bias_shape, start=1):
         if size == 1 and g.shape[axis] != 1:
-            g = tf.reduce_sum(g, axis=axis, keepdims=True)
+            g = ops.sum(g, axis=axis, keepdims=True)
     return g
 
 

@@ -16,30 +16,31 @@ The cheaper one is chosen per layer from the static shapes (Bu et al. 2022,
 "mixed ghost clipping").
 """
 
-import tensorflow as tf
+import math
 
-from ....core.groups import examples_per_group, merge_positions
-from ....core.norm_contract import NormResult
+from .. import ops
+from ..groups import examples_per_group, merge_positions
+from ..norm_contract import NormResult
+from .materialized import weighted_sum
 
 
 def flatten_positions(tensor):
     """``[B, ..., D] -> [B, P, D]``, with P static whenever it is known.
 
     A static P is what lets the norm code pick the cheaper method when the
-    batch size is unknown at tracing time (as in ``fit``).
+    batch size is unknown at tracing time (as in TensorFlow's ``fit``).
     """
-    inner = tensor.shape[1:-1]
-    if inner.is_fully_defined():
-        positions = 1
-        for size in inner:
-            positions *= size
-        return tf.reshape(tensor, [-1, positions, tensor.shape[-1]])
-    return tf.reshape(tensor, [tf.shape(tensor)[0], -1, tensor.shape[-1]])
+    inner = tuple(tensor.shape[1:-1])
+    if all(size is not None for size in inner):
+        return ops.reshape(tensor, (-1, math.prod(inner), tensor.shape[-1]))
+    return ops.reshape(tensor, (ops.shape(tensor)[0], -1, tensor.shape[-1]))
 
 
 def grouped_mean_grads(grad_outputs, num_groups):
     """``[B, P, D] -> [G, (B / G) * P, D]``, divided by the group's size:
     the output gradients of each group's *mean* loss."""
+    if num_groups is None:
+        return grad_outputs
     return (merge_positions(grad_outputs, num_groups)
             / examples_per_group(grad_outputs, num_groups))
 
@@ -57,8 +58,8 @@ def factored_sq_norms(a, g, num_groups, bias=False):
     Args:
         a: ``[B, P, D_in]`` layer inputs per position.
         g: ``[B, P, D_out]`` gradients of the summed loss wrt the outputs.
-        num_groups: G dividing B; each group's gradient is the mean of its
-            examples' gradients. None: one group per example.
+        num_groups: see :mod:`..groups`; each group's gradient is the mean
+            of its examples' gradients.
         bias: include the bias gradient ``sum_p g_p``.
 
     Returns:
@@ -68,40 +69,37 @@ def factored_sq_norms(a, g, num_groups, bias=False):
     """
     d_in, d_out = a.shape[-1], g.shape[-1]
     g = grouped_mean_grads(g, num_groups)
-    a = merge_positions(a, num_groups)
+    a = merge_positions(ops.cast(a, g.dtype), num_groups)
     positions = a.shape[1]  # per group; static when B / G is static
-    bias_grads = tf.reduce_sum(g, axis=1) if bias else None
+    bias_grads = ops.sum(g, axis=1) if bias else None
 
     if uses_ghost(positions, d_in, d_out):
         if positions == 1:
-            norms = (tf.reduce_sum(tf.square(a), axis=[1, 2])
-                     * tf.reduce_sum(tf.square(g), axis=[1, 2]))
+            norms = (ops.sum(ops.square(a), axis=(1, 2))
+                     * ops.sum(ops.square(g), axis=(1, 2)))
         else:
-            gram_a = tf.matmul(a, a, transpose_b=True)
-            gram_g = tf.matmul(g, g, transpose_b=True)
-            norms = tf.reduce_sum(gram_a * gram_g, axis=[1, 2])
+            gram_a = ops.einsum("bpi,bqi->bpq", a, a)
+            gram_g = ops.einsum("bpo,bqo->bpq", g, g)
+            norms = ops.sum(gram_a * gram_g, axis=(1, 2))
 
         def kernel_sum(factors):
-            scaled = g * tf.cast(factors, g.dtype)[:, None, None]
-            return tf.matmul(tf.reshape(a, [-1, d_in]),
-                             tf.reshape(scaled, [-1, d_out]),
-                             transpose_a=True)
+            scaled = g * ops.cast(factors, g.dtype)[:, None, None]
+            return ops.einsum("pi,po->io", ops.reshape(a, (-1, d_in)),
+                              ops.reshape(scaled, (-1, d_out)))
     else:
-        per_example = tf.matmul(a, g, transpose_a=True)  # [G, D_in, D_out]
-        norms = tf.reduce_sum(tf.square(per_example), axis=[1, 2])
+        per_group = ops.einsum("bpi,bpo->bio", a, g)  # [G, D_in, D_out]
+        norms = ops.sum(ops.square(per_group), axis=(1, 2))
 
         def kernel_sum(factors):
-            return tf.tensordot(tf.cast(factors, per_example.dtype),
-                                per_example, axes=1)
+            return weighted_sum(factors, per_group)
 
     if bias:
-        norms += tf.reduce_sum(tf.square(bias_grads), axis=1)
+        norms = norms + ops.sum(ops.square(bias_grads), axis=1)
 
     def clipped_sum(factors):
         grads = [kernel_sum(factors)]
         if bias:
-            grads.append(tf.tensordot(tf.cast(factors, bias_grads.dtype),
-                                      bias_grads, axes=1))
+            grads.append(weighted_sum(factors, bias_grads))
         return grads
 
     return NormResult(norms, clipped_sum)

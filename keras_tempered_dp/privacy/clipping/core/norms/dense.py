@@ -6,8 +6,7 @@ A LoRA-enabled layer (frozen ``W``, trainable adapters) is handled by
 :mod:`.lora`: its adapters' gradients are sums of outer products too.
 """
 
-import tensorflow as tf
-
+from .. import ops
 from .lora import combined, lora_factors, stored_kernel
 from .materialized import materialized_sq_norms
 from .outer_products import factored_sq_norms, flatten_positions
@@ -16,7 +15,7 @@ from .outer_products import factored_sq_norms, flatten_positions
 def dense_sq_norms(layer, inputs, grad_outputs, num_groups, call):
     """Dense on ``[B, D_in]`` or ``[B, ..., D_in]`` (a sequence); any of
     its weights may be frozen (LoRA: the kernel)."""
-    a = flatten_positions(tf.cast(inputs, grad_outputs.dtype))
+    a = flatten_positions(ops.cast(inputs, grad_outputs.dtype))
     g = flatten_positions(grad_outputs)
     trainable = {id(w) for w in layer.trainable_weights}
     lora = lora_factors(layer)
@@ -25,14 +24,14 @@ def dense_sq_norms(layer, inputs, grad_outputs, num_groups, call):
     terms = {id(stored_kernel(layer)): factored_sq_norms(a, g, num_groups)}
     if layer.use_bias:
         terms[id(layer.bias)] = materialized_sq_norms(
-            [tf.reduce_sum(g, axis=1)], num_groups)
+            [ops.sum(g, axis=1)], num_groups)
     if lora is not None:
         lora_a, lora_b, scale = lora
         terms[id(lora_a)] = factored_sq_norms(
-            a, scale * tf.einsum("bpo,ro->bpr", g,
-                                 tf.cast(lora_b, g.dtype)), num_groups)
+            a, scale * ops.einsum("bpo,ro->bpr", g,
+                                  ops.cast(lora_b, g.dtype)), num_groups)
         terms[id(lora_b)] = factored_sq_norms(
-            scale * tf.einsum("bpi,ir->bpr", a, tf.cast(lora_a, a.dtype)),
+            scale * ops.einsum("bpi,ir->bpr", a, ops.cast(lora_a, a.dtype)),
             g, num_groups)
     # Only the trainable weights' terms are used (and so computed).
     return combined(layer, terms)

@@ -24,9 +24,9 @@ nothing. This module holds the pieces the Dense and EinsumDense norm
 functions share.
 """
 
-import tensorflow as tf
+from .. import ops
 
-from ....core.norm_contract import NormResult
+from ..norm_contract import NormResult
 
 
 def lora_factors(layer):
@@ -47,13 +47,14 @@ def stored_kernel(layer):
 def adapter_grads(kernel_grads, a, b, scale):
     """Per-example ``(dA, dB)`` from per-example merged-kernel gradients
     ``[B, *W.shape]`` (the module's formulas)."""
-    d_a = scale * tf.einsum("n...o,ro->n...r", kernel_grads,
-                            tf.cast(b, kernel_grads.dtype))
+    d_a = scale * ops.einsum("n...o,ro->n...r", kernel_grads,
+                             ops.cast(b, kernel_grads.dtype))
     # A^T @ G: A as [K, r], G as [B, K, o] (K: the axes both share)
     rank, out = b.shape
-    d_b = scale * tf.einsum(
-        "kr,nko->nro", tf.reshape(tf.cast(a, kernel_grads.dtype), [-1, rank]),
-        tf.reshape(kernel_grads, [tf.shape(kernel_grads)[0], -1, out]))
+    d_b = scale * ops.einsum(
+        "kr,nko->nro",
+        ops.reshape(ops.cast(a, kernel_grads.dtype), (-1, rank)),
+        ops.reshape(kernel_grads, (ops.shape(kernel_grads)[0], -1, out)))
     return d_a, d_b
 
 
@@ -69,7 +70,9 @@ def combined(layer, terms):
     """
     weights = layer.trainable_weights
     results = [terms[id(w)] for w in weights]
-    norms = tf.add_n([tf.cast(r.sq_norms, tf.float32) for r in results])
+    norms = 0.0
+    for result in results:
+        norms = norms + ops.cast(result.sq_norms, "float32")
 
     def clipped_sum(factors):
         return [r.clipped_sum(factors)[0] for r in results]

@@ -1,0 +1,58 @@
+"""The tensor operations the shared norm math is written in.
+
+On Keras 3 they are ``keras.ops``, which run on TensorFlow (inside the
+TensorFlow engine's ``tf.function``, batch size unknown) and on JAX
+(inside the JAX engine's jitted step). Keras 2, the legacy stack TF
+Privacy needs, has no ``keras.ops``: there the same names are TensorFlow's
+operations with ``keras.ops``' signatures (:mod:`._keras2_ops`), for the
+few the core uses. ``shape(x)`` gives each axis as an int where it is
+static and as a scalar tensor where it is not (TensorFlow's unknown batch
+size), as ``keras.ops.shape`` does.
+"""
+
+from keras_tempered_dp import stack
+
+__all__ = [
+    "cast", "concatenate", "einsum", "equal", "expand_dims", "maximum", "mean",
+    "moments", "pad", "reshape", "rsqrt", "shape", "square", "sum",
+    "tensordot", "where",
+]
+
+if stack.KERAS_3:
+    from keras.ops import (
+        cast,
+        concatenate,
+        einsum,
+        equal,
+        expand_dims,
+        maximum,
+        mean,
+        moments,
+        pad,
+        reshape,
+        rsqrt,
+        shape,
+        square,
+        sum,
+        tensordot,
+        where,
+    )
+else:
+    from ._keras2_ops import (
+        cast,
+        concatenate,
+        einsum,
+        equal,
+        expand_dims,
+        maximum,
+        mean,
+        moments,
+        pad,
+        reshape,
+        rsqrt,
+        shape,
+        square,
+        sum,
+        tensordot,
+        where,
+    )

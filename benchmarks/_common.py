@@ -15,11 +15,16 @@ import subprocess
 import sys
 
 
-def add_run_arguments(parser):
-    """``--stacks`` and ``--repeats``, as every benchmark takes them."""
+def add_run_arguments(parser, backends=False):
+    """``--stacks`` and ``--repeats``, as every benchmark takes them (and
+    ``--backends``, for those that run on both Keras 3 backends)."""
     parser.add_argument("--stacks", default=None,
                         help="name=python,... : run every child under each "
                         "interpreter (a virtualenv with the package)")
+    if backends:
+        parser.add_argument("--backends", default=None,
+                            help="tensorflow,jax: run every child under "
+                            "each Keras backend (default: KERAS_BACKEND's)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="child processes per row, interleaved; the "
                         "table shows medians")
@@ -33,6 +38,22 @@ def stacks(spec):
     if any(len(pair) != 2 for pair in pairs):
         raise SystemExit(f"--stacks={spec!r}: expected name=python,...")
     return dict(pairs)
+
+
+def stacks_and_backends(args):
+    """{row name: (python, backend or None)}: every ``--stacks``
+    interpreter under every ``--backends`` backend ("stack/backend" names
+    the rows), or under KERAS_BACKEND's without ``--backends``."""
+    found = stacks(args.stacks)
+    if not getattr(args, "backends", None):
+        return {name: (python, None) for name, python in found.items()}
+    chosen = args.backends.split(",")
+    unknown = [b for b in chosen if b not in ("tensorflow", "jax")]
+    if unknown:
+        raise SystemExit(f"--backends: {', '.join(unknown)}: expected "
+                         "tensorflow and/or jax")
+    return {f"{name}/{backend}": (python, backend)
+            for name, python in found.items() for backend in chosen}
 
 
 def describe(python):

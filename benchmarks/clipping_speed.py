@@ -69,9 +69,9 @@ from _common import (
     median,
     rss_kib,
     run_child,
+    stacks_and_backends,
     use_generic_route_for_recurrent_layers,
 )
-from _common import stacks as parse_stacks
 
 CONFIGS = [("mnist_cnn", 256), ("mnist_cnn", 1024), ("cifar10_cnn", 256),
            ("wrn16_4", 64), ("encoder", 64), ("lstm", 256), ("vit", 256)]
@@ -248,22 +248,13 @@ def main():
     parser.add_argument("--slow_steps", type=int, default=3,
                         help="timed steps for TF Privacy's methods and the "
                         "generic route (each takes seconds to minutes)")
-    parser.add_argument("--backends", default=None,
-                        help="tensorflow,jax: run every method under each "
-                        "Keras backend (default: KERAS_BACKEND's)")
-    add_run_arguments(parser)
+    add_run_arguments(parser, backends=True)
     args = parser.parse_args()
     if args.child:
         name, batch, method, steps = args.child
         print(json.dumps(measure(name, int(batch), method, int(steps))))
         return
-    stacks = parse_stacks(args.stacks)
-    if args.backends:  # "stack/backend" names the rows
-        stacks = {f"{name}/{backend}": (python, backend)
-                  for name, python in stacks.items()
-                  for backend in args.backends.split(",")}
-    else:
-        stacks = {name: (python, None) for name, python in stacks.items()}
+    stacks = stacks_and_backends(args)
     print(f"# {machine()}; median of {args.repeats} "
           "interleaved process(es) per row")
     for stack, (python, _) in stacks.items():

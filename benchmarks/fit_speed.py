@@ -5,6 +5,9 @@
     # two stacks side by side, 3 interleaved repeats, medians:
     python benchmarks/fit_speed.py --repeats=3 \
         --stacks=current=.venv/bin/python,legacy=.venv-legacy/bin/python
+    # the digits job on both Keras 3 backends (the JAX engine, issue 27):
+    python benchmarks/fit_speed.py --jobs=digits --backends=tensorflow,jax \
+        --repeats=3
     # also the paper's Fashion-MNIST row (tanh and ReLU, 40 epochs each):
     python benchmarks/fit_speed.py --jobs= --paper_row
 
@@ -45,6 +48,12 @@ times ``keras-tempered-dp reproduce --dataset=fashion_mnist`` (the library
 call, into a temporary folder) once per stack; ``--paper_epochs`` shortens
 it for a check of the code path.
 
+With ``--backends=tensorflow,jax`` every (stack, job, method) also runs
+under each Keras backend (``KERAS_BACKEND`` set in the child): "dp" is the
+TensorFlow engine on TensorFlow and the JAX engine on JAX, each ratio is to
+ordinary training on the same backend. ``--paper_row`` runs on the
+backend Keras picks.
+
 It measures and prints; it asserts nothing.
 """
 
@@ -63,8 +72,8 @@ from _common import (
     median,
     run_child,
     spread,
+    stacks_and_backends,
 )
-from _common import stacks as parse_stacks
 
 JOBS = ("fashion_mnist", "digits")
 METHODS = ("ordinary", "dp")
@@ -127,7 +136,14 @@ def _build(config, input_shape, num_classes):
 
 
 def _device(model):
-    """Where TensorFlow placed the model's first variable, and the GPUs."""
+    """Where the model's first variable lives, and the accelerators."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return (f"{jax.devices()[0]} ({jax.device_count()} JAX device(s), "
+                f"{jax.default_backend()})")
     import tensorflow as tf
 
     variable = model.trainable_variables[0]
@@ -242,9 +258,10 @@ def _child(arguments):
     return measure(job, kind, epochs)
 
 
-def _timed_child(python, arguments):
+def _timed_child(python, arguments, backend=None):
     start = time.perf_counter()
-    result = run_child(python, __file__, ["--child"] + arguments)
+    result = run_child(python, __file__, ["--child"] + arguments,
+                       backend=backend)
     result["process_s"] = time.perf_counter() - start
     return result
 
@@ -300,9 +317,9 @@ def _print_paper_rows(stacks, epochs):
     print(f"\n## The paper's Fashion-MNIST row ({label})\n")
     print("| stack | run | wall time (s) | test accuracy (%) | epsilon |")
     print("|---|---|---|---|---|")
-    for stack, python in stacks.items():
+    for stack, (python, backend) in stacks.items():
         found = _timed_child(python, ["paper_row", "fashion_mnist",
-                                      epochs or "default"])
+                                      epochs or "default"], backend)
         if "error" in found:
             print(f"| {stack} | failed: {found['error']} | | | |")
             continue
@@ -321,7 +338,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs of every job (default: fashion_mnist "
                         "4, digits train's 15)")
-    add_run_arguments(parser)
+    add_run_arguments(parser, backends=True)
     parser.add_argument("--paper_row", action="store_true",
                         help="also time reproduce --dataset=fashion_mnist "
                         "(tanh and ReLU, 40 epochs each: most of an hour "
@@ -333,7 +350,7 @@ def main():
     if args.child:
         print(json.dumps(_child(args.child)))
         return
-    stacks = parse_stacks(args.stacks)
+    stacks = stacks_and_backends(args)
     jobs = [job for job in args.jobs.split(",") if job]
     unknown = [job for job in jobs if job not in JOBS]
     if unknown:
@@ -341,14 +358,14 @@ def main():
                          f"{', '.join(JOBS)}")
     print(f"# {machine()}; median of {args.repeats} interleaved "
           "process(es) per row")
-    for stack, python in stacks.items():
+    for stack, (python, _) in stacks.items():
         print(f"# {stack}: {describe(python)}")
     print(f"# command: {command_line()}")
     if jobs:
         epochs = args.epochs or "default"
         keys = [(s, j, m) for j in jobs for m in METHODS for s in stacks]
         results = interleaved(args.repeats, keys, lambda key: _timed_child(
-            stacks[key[0]], [key[2], key[1], epochs]))
+            stacks[key[0]][0], [key[2], key[1], epochs], stacks[key[0]][1]))
         _print_table(stacks, jobs, results)
         _print_notes(stacks, jobs, results)
     if args.paper_row:

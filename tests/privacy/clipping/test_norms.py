@@ -8,7 +8,13 @@ import tensorflow as tf
 
 from keras_tempered_dp import stack
 from keras_tempered_dp.layers import TemperedSigmoid
-from keras_tempered_dp.privacy.clipping import register_norm_fn
+from keras_tempered_dp.privacy.clipping import (
+    NormResult,
+    lookup_norm_fn,
+    register_norm_fn,
+)
+from keras_tempered_dp.privacy.clipping.core import ops
+from keras_tempered_dp.privacy.clipping.core.groups import regroup
 from keras_tempered_dp.privacy.clipping.backend.tensorflow import clipped_sum
 from keras_tempered_dp.privacy.clipping.backend.tensorflow.norms import (
     conv,
@@ -171,6 +177,69 @@ def test_partly_trainable_layer_takes_the_exact_generic_route(monkeypatch):
         _assert_matches_reference(  # all trainable: the registered one
             _head(_Affine(train_b=True), input_shape=(5,)), _images((5,)),
             _labels())
+
+
+class _Scale(L.Layer):
+    """``y = x * w``, ``w`` one weight per feature."""
+
+    def build(self, shape):
+        self.w = self.add_weight(name="w", shape=shape[-1:],
+                                 initializer="ones")
+
+    def call(self, x):
+        return x * self.w
+
+
+def _scale_sq_norms(layer, inputs, grad_outputs, num_groups, call):
+    """``_Scale``'s norms in the shared ops (both backends): example m's
+    gradient is ``x_m * dz_m``; the clipped sum is left to the engine."""
+    per_example = ops.cast(inputs, "float32") * grad_outputs  # [B, D]
+    grouped = ops.mean(regroup(per_example, num_groups), axis=1)
+    return NormResult(ops.sum(ops.square(grouped), axis=1))
+
+
+@pytest.mark.parametrize("num_groups", [None, 2])
+@pytest.mark.jax_backend
+def test_a_norm_fn_for_both_backends_runs_on_this_one(num_groups):
+    class Scale(_Scale):  # a class of its own: the registry is global
+        pass
+
+    used = []
+
+    def counting(layer, *args):
+        used.append(layer.name)
+        return _scale_sq_norms(layer, *args)
+
+    register_norm_fn(Scale, counting, backends=("tensorflow", "jax"))
+    model = _head(Scale(name="scale"), L.Dense(4, activation="tanh"),
+                  input_shape=(5,))
+    _assert_matches_reference(model, _images((5,)), _labels(),
+                              num_groups=num_groups)
+    assert used and set(used) == {"scale"}
+
+
+@pytest.mark.jax_backend
+def test_a_norm_fn_for_the_other_backend_is_not_used():
+    class Scale(_Scale):
+        pass
+
+    def refusing(layer, *args):
+        raise AssertionError("registered for the other backend")
+
+    other = "jax" if stack.backend() == "tensorflow" else "tensorflow"
+    register_norm_fn(Scale, refusing, backends=other)
+    assert lookup_norm_fn(Scale()) is None
+    model = _head(Scale(), L.Dense(4, activation="tanh"), input_shape=(5,))
+    # The exact fallback (TensorFlow: generic; JAX: the replay) clips it.
+    _assert_matches_reference(model, _images((5,)), _labels())
+
+
+def test_register_norm_fn_names_the_backends_it_knows():
+    with pytest.raises(ValueError, match=r"backends=\('torch',\).*jax"):
+        register_norm_fn(_Scale, _scale_sq_norms, backends="torch")
+    with pytest.raises(ValueError, match="backends="):
+        register_norm_fn(_Scale, _scale_sq_norms, backends=())
+    assert lookup_norm_fn(_Scale()) is None
 
 
 @pytest.mark.parametrize("conv", WS_CASES, ids=lambda c: str(c))

@@ -246,3 +246,16 @@ class _Added(L.Layer):
 
     def call(self, x):
         return x + self.positions(x)
+
+
+@pytest.mark.jax_backend
+@pytest.mark.parametrize("make, head", CASES,
+                         ids=lambda f: getattr(f, "__name__", ""))
+def test_lora_backbone_matches_per_example_reference_on_jax(make, head):
+    """The LoRA cases on JAX, in microbatches (the shared Dense and
+    EinsumDense functions for the adapted layers, the replay for the rest:
+    KerasHub's own layers are TensorFlow-registered)."""
+    if keras.backend.backend() != "jax":
+        pytest.skip("on TensorFlow: test_backbone_matches_per_example_"
+                    "reference[...-lora]")
+    test_backbone_matches_per_example_reference(make, head, 3, True)

@@ -12,47 +12,17 @@ size), as ``keras.ops.shape`` does.
 
 from keras_tempered_dp import stack
 
-__all__ = [
+OPERATIONS = [  # what the core may use
     "cast", "concatenate", "einsum", "equal", "expand_dims", "maximum", "mean",
     "moments", "pad", "reshape", "rsqrt", "shape", "square", "sum",
     "tensordot", "where",
 ]
 
 if stack.KERAS_3:
-    from keras.ops import (
-        cast,
-        concatenate,
-        einsum,
-        equal,
-        expand_dims,
-        maximum,
-        mean,
-        moments,
-        pad,
-        reshape,
-        rsqrt,
-        shape,
-        square,
-        sum,
-        tensordot,
-        where,
-    )
+    from keras import ops as _source
 else:
-    from ._keras2_ops import (
-        cast,
-        concatenate,
-        einsum,
-        equal,
-        expand_dims,
-        maximum,
-        mean,
-        moments,
-        pad,
-        reshape,
-        rsqrt,
-        shape,
-        square,
-        sum,
-        tensordot,
-        where,
-    )
+    from . import _keras2_ops as _source
+
+# One name per operation, bound once: ``ops.einsum`` is keras.ops.einsum
+# on Keras 3 (no wrapper in the traced step), TensorFlow's on Keras 2.
+globals().update({name: getattr(_source, name) for name in OPERATIONS})

@@ -144,9 +144,9 @@ def use_generic_route_for_recurrent_layers():
     time-step route."""
     import keras
 
-    from keras_tempered_dp.privacy.clipping import register_norm_fn
-    from keras_tempered_dp.privacy.clipping.backend.tensorflow.norms.generic import (
+    from keras_tempered_dp.privacy.clipping import (
         generic_sq_norms,
+        register_norm_fn,
     )
     for layer_class in (keras.layers.LSTM, keras.layers.GRU,
                         keras.layers.SimpleRNN):

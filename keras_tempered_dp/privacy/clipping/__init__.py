@@ -14,6 +14,7 @@ from keras_tempered_dp.privacy.config import EngineOptions, QuantileClipping
 from .backend.tensorflow.engine import ClippingEngine
 from .backend.tensorflow.norms import keras_hub as _keras_hub
 from .backend.tensorflow.norms.conv import conv2d_sq_norms
+from .backend.tensorflow.norms.generic import generic_sq_norms
 from .backend.tensorflow.norms.normalization import group_norm_sq_norms
 from .backend.tensorflow.norms.recurrent import recurrent_sq_norms
 from .backend.tensorflow.norms.reversible_embedding import (
@@ -35,10 +36,12 @@ from .core.registry import (
     registered_classes,
 )
 
+# generic_sq_norms: registered for a class, it sends the class to the
+# TensorFlow engine's exact generic route.
 __all__ = [
     "ClippingEngine", "EngineOptions", "NormFn", "NormResult",
-    "QuantileClipping", "lookup_norm_fn", "register_norm_fn",
-    "registered_classes",
+    "QuantileClipping", "generic_sq_norms", "lookup_norm_fn",
+    "register_norm_fn", "registered_classes",
 ]
 
 # Written in keras.ops: the same functions on TensorFlow and on JAX.

@@ -181,10 +181,10 @@ def _give_back(model, state):
 class JaxClippingEngine(EngineBase):
     """Runs DP-SGD steps for one Keras model on the JAX backend.
 
-    The same arguments, settings and counters as
-    :class:`~keras_tempered_dp.privacy.clipping.backend.tensorflow.engine.ClippingEngine`
-    (which builds this class on JAX); see the module docstring for what
-    differs inside.
+    The same arguments, settings and counters as the TensorFlow engine,
+    :class:`~keras_tempered_dp.privacy.clipping.ClippingEngine` (which
+    builds this class on JAX); see the module docstring for what differs
+    inside.
 
     Example:
 

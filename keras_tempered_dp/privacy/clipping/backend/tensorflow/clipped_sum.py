@@ -2,8 +2,9 @@
 
 One forward pass with every clip unit tapped (:mod:`.tap`), one backward
 pass to the outputs of each unit's calls, per-group squared norms unit by
-unit (:mod:`.registry`; a unit called k times by exact recomputation of its
-k calls together, :func:`.norms.generic.calls_sq_norms`), clip factors,
+unit (:mod:`...core.registry`; a unit called k times by exact
+recomputation of its k calls together,
+:func:`.norms.generic.calls_sq_norms`), clip factors,
 then each unit's share of the clipped sum from its inputs and re-weighted
 output gradients.
 

@@ -6,7 +6,7 @@ microbatches are asked for):
 1. forward pass with every trainable layer tapped (:mod:`.tap`);
 2. one backward pass of the summed per-example loss to the taps' outputs:
    ``dz`` for every layer, no weight gradients yet;
-3. per-group squared gradient norms, layer by layer (:mod:`.registry`),
+3. per-group squared gradient norms, layer by layer (:mod:`...core.registry`),
    summed over layers: ``||g_m||^2`` for the whole model;
 4. clip factors ``c_m = C / max(||g_m||, C)``, exactly TF Privacy's
    ``clip_by_global_norm``;
@@ -21,8 +21,8 @@ of one backward pass per example.
 Beyond the paper (De et al. 2022; a sound Auto DP-SGD):
 
 * ``augmentation_multiplicity=K``: each example is repeated K times and
-  augmented; the K copies form one group (:mod:`.groups`), so step 4 clips
-  the *mean* gradient over an example's copies and the sensitivity is
+  augmented; the K copies form one group (:mod:`...core.groups`), so step
+  4 clips the *mean* gradient over an example's copies and the sensitivity is
   unchanged;
 * ``clipping="normalize"``: factors ``C / (||g_m|| + gamma)`` instead of
   ``C / max(||g_m||, C)`` (per-example normalization, Bu et al. 2022): every
@@ -39,8 +39,8 @@ Beyond the paper (De et al. 2022; a sound Auto DP-SGD):
   privacy cost (:mod:`.quantile`).
 
 Where each part lives: :mod:`.clipped_sum` (steps 1 to 5),
-:mod:`.accumulation`, :mod:`.noise`, :mod:`.quantile`, :mod:`.groups`,
-:mod:`.installation`; the settings are
+:mod:`.accumulation`, :mod:`.noise`, :mod:`.quantile`,
+:mod:`...core.groups`, :mod:`.installation`; the settings are
 :class:`~keras_tempered_dp.privacy.config.EngineOptions`.
 """
 

@@ -20,8 +20,8 @@ or materialized, whichever is cheaper), not from a per-example
 recomputation. The norms and the clipped sum both come from this one
 recomputation, so every example's contribution is clipped to C whatever it
 computes; its outputs are still checked against the ones the forward pass
-recorded (to 1e-2 of their size), so that a cell whose arithmetic differs from the formulas above
-fails the step instead of training on another function's gradient.
+recorded (to 1e-2 of their size), so that a cell whose arithmetic differs
+from the formulas above fails the step instead of training on another function's gradient.
 ``go_backwards``
 runs the steps over the reversed sequence; a ``Bidirectional`` unit runs
 both of its layers in one tape and merges them as Keras does. Layers with
@@ -213,8 +213,8 @@ def recurrent_sq_norms(layer, inputs, grad_outputs, num_groups, call):
             "time-step recomputation differs from the layer's own outputs "
             "by more than round-off, so its formulas do not fit this "
             "layer (a subclass or an option the route does not know). "
-            "Register keras_tempered_dp.privacy.clipping.backend.tensorflow.norms.generic."
-            "generic_sq_norms for its class to take the exact generic "
+            "Register keras_tempered_dp.privacy.clipping.generic_sq_norms "
+            "for its class (register_norm_fn) to take the exact generic "
             "route. Maximum difference (then the allowed one):"))
     with tf.control_dependencies([checked]):
         return result._replace(sq_norms=tf.identity(result.sq_norms))

@@ -248,6 +248,60 @@ def test_poisson_batches_are_padded_and_counted_exactly():
         compute_epsilon(200, 20, 1.2, steps=10, delta=1e-4)])
 
 
+def _poisson_data(x, y, batches, dataset_size, expected):
+    import tensorflow as tf
+
+    return mark_sampling(tf.data.Dataset.from_generator(
+        lambda: ((x[i], y[i], np.ones(len(i), "float32")) for i in batches),
+        output_signature=(tf.TensorSpec((None, 6), tf.float32),
+                          tf.TensorSpec((None,), tf.int32),
+                          tf.TensorSpec((None,), tf.float32))),
+        "poisson", dataset_size, expected)
+
+
+def test_poisson_batches_compile_one_shape():
+    """Sizes within ``expected + 3 sqrt(expected)`` share one padded
+    shape: one compilation for the run, not one per new size."""
+    from keras_tempered_dp.privacy.clipping.backend.jax import engine
+
+    x, y = _data(200)
+    sizes = [12, 20, 27, 15, 33, 20, 9]  # expected 20: all <= 33.4
+    batches = [np.arange(n) for n in sizes]
+    model = _model()
+    compile_dp(model, l2_norm_clip=1.0, noise_multiplier=1.2,
+               learning_rate=0.1, expected_batch_size=20)
+    traced = []
+    step = get_dp_state(model).engine._step
+
+    def counting(*args):
+        traced.append(engine._rows(args[3]))
+        return step(*args)
+
+    get_dp_state(model).engine._step = counting
+    model.fit(_poisson_data(x, y, batches, 200, 20), epochs=1, verbose=0,
+              steps_per_epoch=len(sizes))
+    assert traced == [40]  # 20 + 3 * sqrt(20) = 33.4, rounded up to 8
+    # Above it: steps of a quarter of the expected size, at least 8.
+    assert [engine._bucket(n, 20) for n in (1, 40, 41, 48, 49)] == [
+        40, 40, 48, 48, 56]
+
+
+def test_logged_loss_of_a_padded_batch_is_the_batch_as_drawn():
+    """The compiled loss divides by the batch's rows; the padding's rows
+    (weight 0) must not dilute the logged loss."""
+    x, y = _data(200)
+    batch = np.arange(7)
+    model = _model()
+    compile_dp(model, l2_norm_clip=1.0, noise_multiplier=0.0,
+               learning_rate=0.1, expected_batch_size=20)
+    losses = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, reduction=None)(y[batch], model(x[batch]))
+    history = model.fit(_poisson_data(x, y, [batch], 200, 20), epochs=1,
+                        steps_per_epoch=1, verbose=0)
+    np.testing.assert_allclose(history.history["loss"][0],
+                               float(np.mean(losses)), rtol=1e-5)
+
+
 def test_noise_schedule_is_accounted_step_by_step(tmp_path):
     x, y = _data(60)
     model = _model()

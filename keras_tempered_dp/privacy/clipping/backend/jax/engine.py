@@ -21,14 +21,16 @@ count per call of the step: nothing is read back from the device per step.
 
 Poisson batches vary in size, and every new shape is a new compilation on
 JAX; with ``expected_batch_size`` each batch is padded with rows of sample
-weight 0 (no example: zero loss, zero gradient, not counted) up to a
-multiple of a quarter of the expected size, so a run compiles a few
-shapes, not one per step.
+weight 0 (no example: zero loss, zero gradient, not counted) up to one
+size, ``expected + 3 * sqrt(expected)`` rounded up to 8, which all but
+about one batch in 700 fit (:func:`_bucket`), so a run compiles one
+shape, not one per step.
 
 Options that have no JAX step yet are refused by name
 (:func:`refuse_options`).
 """
 
+import math
 import secrets
 import warnings
 
@@ -129,15 +131,29 @@ def noise_key(seed=None):
 
 
 def _bucket(rows, expected):
-    """Rows padded to a multiple of a quarter of the expected batch size
-    (at least 8)."""
+    """The rows a Poisson batch of ``rows`` is padded to.
+
+    Every batch of at most ``expected + 3 * sqrt(expected)`` rows (a
+    Poisson batch's size but for about one step in 700) is padded to that
+    one size, rounded up to 8: a run compiles one step, where padding to
+    nearby sizes compiled a new one (seconds) whenever a size first came
+    up, through the whole run. A larger batch goes to the next multiple
+    of a quarter of the expected size (at least 8) above it.
+
+    >>> [_bucket(rows, 64) for rows in (1, 64, 88, 89, 120)]
+    [88, 88, 88, 104, 120]
+    """
+    main = -(-int(expected + 3 * math.sqrt(expected)) // 8) * 8
+    if rows <= main:
+        return main
     step = max(8, int(expected) // 4)
-    return -(-rows // step) * step
+    return main + -(-(rows - main) // step) * step
 
 
 def _padded(batch, expected):
     """A Poisson batch ``(x, y, sample_weight)`` padded with weight-0
-    rows (module docstring)."""
+    rows (module docstring); on the host where the batch is (NumPy, as
+    ``fit`` hands it over), so the padding is no work for the device."""
     x, y, weight = batch
     if weight is None:
         return batch
@@ -149,11 +165,18 @@ def _padded(batch, expected):
     def pad(t):
         if t is None:
             return None
-        return jnp.concatenate(
-            [jnp.asarray(t), jnp.zeros((extra,) + tuple(t.shape[1:]),
-                                       jnp.asarray(t).dtype)])
+        xp = np if isinstance(t, np.ndarray) else jnp
+        return xp.concatenate(
+            [t, xp.zeros((extra,) + tuple(t.shape[1:]), t.dtype)])
     return (jax.tree_util.tree_map(pad, x), jax.tree_util.tree_map(pad, y),
             pad(weight))
+
+
+def _mean_over_rows(model):
+    """Whether the compiled loss divides its weighted sum by the number of
+    rows (Keras' default reduction), which padding changes."""
+    return getattr(model.loss, "reduction", "sum_over_batch_size") in (
+        "sum_over_batch_size", "mean")
 
 
 def _rows(batch):
@@ -201,6 +224,7 @@ class JaxClippingEngine(EngineBase):
         self._seed = config.noise_seed
         self._clip = float(config.l2_norm_clip)
         self._sigma = float(config.noise_multiplier)
+        self._device_settings = None  # ((C, sigma), their device values)
         self._state = {
             "key": noise_key(config.noise_seed),
             "examples": jnp.zeros([], jnp.int32),
@@ -370,8 +394,9 @@ class JaxClippingEngine(EngineBase):
             return jnp.float32(self._num_microbatches)
         return jnp.float32(_rows(batch))
 
-    def _step(self, state, engine_state, settings, batch):
-        """One step on a :meth:`_prepared` ``(x, y, sample_weight)``."""
+    def _step(self, state, engine_state, settings, batch, rows):
+        """One step on a :meth:`_prepared` ``(x, y, sample_weight)`` of
+        ``rows`` rows before padding."""
         model = self._model
         trainable, non_trainable, optimizer_vars, metrics_vars = state
         x, y, sample_weight = batch
@@ -390,6 +415,10 @@ class JaxClippingEngine(EngineBase):
         loss, (_, _, metrics_vars) = model.stateless_compute_loss(
             trainable, total.non_trainable, metrics_vars, x=x, y=y,
             y_pred=total.y_pred, sample_weight=sample_weight, training=True)
+        if self._expected_batch_size is not None and _mean_over_rows(model):
+            # Keras divides by every row, the padding's too: the loss of
+            # the batch as drawn divides by its own rows.
+            loss = loss * (_rows(batch) / jnp.maximum(rows, 1))
         logs, metrics_vars = model._update_metrics_variables(
             metrics_vars, loss, x, y, total.y_pred, sample_weight)
         return logs, (trainable, total.non_trainable, optimizer_vars,
@@ -397,16 +426,24 @@ class JaxClippingEngine(EngineBase):
 
     def _settings(self):
         # One float32 C for the clip bound and the noise: the std is
-        # computed from the C the factors use, not from its float64.
-        clip = float(np.float32(self._clip))
-        return (jnp.float32(clip),
-                jnp.float32(host_noise_stddev(self._sigma, clip)))
+        # computed from the C the factors use, not from its float64. Kept
+        # on the device until C or sigma changes (no transfer per step).
+        key = (self._clip, self._sigma)
+        if self._device_settings is None or self._device_settings[0] != key:
+            clip = float(np.float32(self._clip))
+            self._device_settings = (key, (
+                jnp.float32(clip),
+                jnp.float32(host_noise_stddev(self._sigma, clip))))
+        return self._device_settings[1]
 
     def _prepared(self, data):
+        """``((x, y, sample_weight), rows)``: the batch, padded if it is a
+        Poisson batch, and its rows before padding."""
         data = keras.utils.unpack_x_y_sample_weight(data)
+        rows = _rows(data)
         if self._expected_batch_size is not None:
             data = _padded(data, self._expected_batch_size)
-        return data
+        return data, rows
 
     def _make_train_function(self, force=False):
         model = self._model
@@ -422,7 +459,7 @@ class JaxClippingEngine(EngineBase):
                 self.refuse_after_mismatch()
                 logs, state, self._state = step(
                     state, self._state, self._settings(),
-                    self._prepared(data))
+                    *self._prepared(data))
             except Exception:
                 model.train_function = None  # the next fit starts clean
                 _give_back(model, state)
@@ -455,7 +492,7 @@ class JaxClippingEngine(EngineBase):
         model = self._model
         if not model.built:
             model(x)
-        batch = self._prepared((x, y, sample_weight))
+        batch, _ = self._prepared((x, y, sample_weight))
         state = ([v.value for v in model.trainable_variables],
                  [v.value for v in model.non_trainable_variables])
         sigma = self._sigma

@@ -17,7 +17,9 @@ arguments of the jitted step, not constants: a noise schedule changes
 sigma without a recompilation. The noise std ``sigma * C`` is computed on
 the host in float64 and rounded *up* to float32. The steps and the sigma
 each ran with are counted on the host, where sigma is known exactly, one
-count per call of the step: nothing is read back from the device per step.
+count per call of the step, not read back from the device; the one value
+read back per step is the replay check's flag (:meth:`JaxClippingEngine.
+refuse_after_mismatch`), so that the step after a failed check raises.
 
 Poisson batches vary in size, and every new shape is a new compilation on
 JAX; with ``expected_batch_size`` each batch is padded with rows of sample

@@ -140,7 +140,7 @@ def _bucket(rows, expected):
     one size, rounded up to 8: a run compiles one step, where padding to
     nearby sizes compiled a new one (seconds) whenever a size first came
     up, through the whole run. A larger batch goes to the next multiple
-    of a quarter of the expected size (at least 8) above it.
+    of a quarter of the expected size above it (rounded up to 8).
 
     >>> [_bucket(rows, 64) for rows in (1, 64, 88, 89, 120)]
     [88, 88, 88, 104, 120]
@@ -148,7 +148,8 @@ def _bucket(rows, expected):
     main = -(-int(expected + 3 * math.sqrt(expected)) // 8) * 8
     if rows <= main:
         return main
-    step = max(8, int(expected) // 4)
+    # Multiples of 8: a batch sharded over 2, 4 or 8 devices splits evenly.
+    step = max(8, -(-(int(expected) // 4) // 8) * 8)
     return main + -(-(rows - main) // step) * step
 
 

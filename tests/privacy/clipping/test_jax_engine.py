@@ -286,20 +286,27 @@ def test_poisson_batches_compile_one_shape():
         40, 40, 48, 48, 56]
 
 
-def test_logged_loss_of_a_padded_batch_is_the_batch_as_drawn():
-    """The compiled loss divides by the batch's rows; the padding's rows
-    (weight 0) must not dilute the logged loss."""
+def test_logged_loss_and_accuracy_of_a_padded_batch_are_the_drawn_ones():
+    """The padding's rows (weight 0) must not dilute the logged loss (the
+    compiled loss divides by the batch's rows) nor count in the accuracy
+    (Keras updates compiled metrics without weights); over an epoch the
+    loss weighs each batch by its drawn rows."""
     x, y = _data(200)
-    batch = np.arange(7)
+    batches = [np.arange(7), np.arange(7, 20)]
     model = _model()
     compile_dp(model, l2_norm_clip=1.0, noise_multiplier=0.0,
-               learning_rate=0.1, expected_batch_size=20)
+               learning_rate=1e-9, expected_batch_size=20)
+    rows = np.concatenate(batches)
+    logits = model(x[rows])
     losses = keras.losses.SparseCategoricalCrossentropy(
-        from_logits=True, reduction=None)(y[batch], model(x[batch]))
-    history = model.fit(_poisson_data(x, y, [batch], 200, 20), epochs=1,
-                        steps_per_epoch=1, verbose=0)
+        from_logits=True, reduction=None)(y[rows], logits)
+    accuracy = np.mean(np.argmax(logits, axis=1) == y[rows])
+    history = model.fit(_poisson_data(x, y, batches, 200, 20), epochs=1,
+                        steps_per_epoch=2, verbose=0)
     np.testing.assert_allclose(history.history["loss"][0],
-                               float(np.mean(losses)), rtol=1e-5)
+                               float(np.mean(losses)), rtol=1e-4)
+    np.testing.assert_allclose(history.history["accuracy"][0], accuracy,
+                               rtol=1e-6)
 
 
 def test_noise_schedule_is_accounted_step_by_step(tmp_path):

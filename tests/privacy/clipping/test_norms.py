@@ -234,6 +234,34 @@ def test_a_norm_fn_for_the_other_backend_is_not_used():
     _assert_matches_reference(model, _images((5,)), _labels())
 
 
+def test_a_norm_fn_returning_none_takes_the_exact_fallback():
+    """None from a norm function means "not for this layer": the unit is
+    clipped by the exact fallback, for one call and for several calls of
+    an ``all_calls`` function."""
+    class Scale(_Scale):
+        pass
+
+    class Shared(_Scale):
+        pass
+
+    declined = []
+
+    def declining(layer, *args):
+        declined.append(layer.name)
+        return None
+
+    register_norm_fn(Scale, declining, backends=("tensorflow", "jax"))
+    register_norm_fn(Shared, declining, all_calls=True)
+    model = _head(Scale(name="scale"), L.Dense(4, activation="tanh"),
+                  input_shape=(5,))
+    _assert_matches_reference(model, _images((5,)), _labels())
+    shared = Shared(name="shared")
+    inputs = keras.Input((5,))
+    twice = keras.Model(inputs, L.Dense(3)(shared(shared(inputs))))
+    _assert_matches_reference(twice, _images((5,)), _labels())
+    assert set(declined) == {"scale", "shared"}
+
+
 def test_register_norm_fn_names_the_backends_it_knows():
     with pytest.raises(ValueError, match=r"backends=\('torch',\).*jax"):
         register_norm_fn(_Scale, _scale_sq_norms, backends="torch")

@@ -12,7 +12,7 @@ written as a pure function of the model's state (Keras' stateless
    JAX where the unit's class has one (the shared ``keras.ops`` functions
    of :mod:`...core.norms`: Dense, EinsumDense, Conv2D from patches,
    Embedding, LayerNormalization, AddPositionEmbedding), and for every
-   other unit (LSTM, a layer called several times, a LoRA layer, your own)
+   other unit (LSTM, a layer called several times, your own)
    the exact vectorized route: ``jax.vmap`` over groups of the
    vector-Jacobian product of a replay of the unit's calls on the group's
    rows (cross terms between calls included);

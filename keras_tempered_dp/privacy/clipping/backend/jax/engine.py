@@ -182,6 +182,42 @@ def _mean_over_rows(model):
         "sum_over_batch_size", "mean")
 
 
+def _padded_batch_metrics(model, metrics_vars, loss, data, padded, rows):
+    """``(logs, metrics_vars)`` of a padded Poisson batch ``data = (x, y,
+    y_pred, sample_weight)``, as of the ``rows`` drawn: Keras' mean loss
+    divides by every row, so it is scaled back; the padding's rows (weight
+    0, no example) are masked out of the metrics Keras updates without
+    weights; the loss tracker weighs the batch by ``rows``, as
+    TensorFlow's step does. A model with its own ``compute_metrics`` gets
+    the scaled loss and Keras' metrics (padding included)."""
+    x, y, y_pred, sample_weight = data
+    if _mean_over_rows(model):
+        loss = loss * (padded / jnp.maximum(rows, 1))
+    compiled = getattr(model, "_compile_metrics", None)
+    if (type(model).compute_metrics is not keras.Model.compute_metrics
+            or (compiled is not None and not compiled.built)):
+        return model._update_metrics_variables(
+            metrics_vars, loss, x, y, y_pred, sample_weight)
+    mask = (jnp.arange(padded) < rows).astype("float32")
+    with keras.StatelessScope(state_mapping=list(
+            zip(model.metrics_variables, metrics_vars))) as scope:
+        model._loss_tracker.update_state(loss, sample_weight=rows)
+        if compiled is not None:
+            ys, preds = compiled._flatten_y(y), compiled._flatten_y(y_pred)
+            for metric, y_t, y_p in zip(compiled._flat_metrics, ys, preds):
+                if metric:
+                    metric.update_state(y_t, y_p, sample_weight=mask)
+            for metric, y_t, y_p in zip(compiled._flat_weighted_metrics, ys,
+                                        preds):
+                if metric:
+                    metric.update_state(y_t, y_p,
+                                        sample_weight=sample_weight)
+        logs = model.get_metrics_result()
+    updated = [scope.get_current_value(v) for v in model.metrics_variables]
+    return logs, [v.value if new is None else new
+                  for v, new in zip(model.metrics_variables, updated)]
+
+
 def _rows(batch):
     """The batch's rows (its inputs' first axis, static on JAX)."""
     return int(jax.tree_util.tree_leaves(batch[0])[0].shape[0])
@@ -418,12 +454,13 @@ class JaxClippingEngine(EngineBase):
         loss, (_, _, metrics_vars) = model.stateless_compute_loss(
             trainable, total.non_trainable, metrics_vars, x=x, y=y,
             y_pred=total.y_pred, sample_weight=sample_weight, training=True)
-        if self._expected_batch_size is not None and _mean_over_rows(model):
-            # Keras divides by every row, the padding's too: the loss of
-            # the batch as drawn divides by its own rows.
-            loss = loss * (_rows(batch) / jnp.maximum(rows, 1))
-        logs, metrics_vars = model._update_metrics_variables(
-            metrics_vars, loss, x, y, total.y_pred, sample_weight)
+        if self._expected_batch_size is not None:
+            logs, metrics_vars = _padded_batch_metrics(
+                model, metrics_vars, loss,
+                (x, y, total.y_pred, sample_weight), _rows(batch), rows)
+        else:
+            logs, metrics_vars = model._update_metrics_variables(
+                metrics_vars, loss, x, y, total.y_pred, sample_weight)
         return logs, (trainable, total.non_trainable, optimizer_vars,
                       metrics_vars), engine_state
 

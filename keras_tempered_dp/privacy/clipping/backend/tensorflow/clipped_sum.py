@@ -101,14 +101,19 @@ def _unit_norms(tap, records, grad_outputs, num_groups):
         weights = tap.layer.trainable_weights
         return NormResult(0.0, lambda factors: [tf.zeros_like(w)
                                                 for w in weights])
+    calls = [(record.inputs, dz, Recompute(tap, record))
+             for record, dz in zip(records, grad_outputs)]
     if takes_all_calls(tap.layer):
-        return norm_fn_for(tap.layer)(tap.layer, [
-            (record.inputs, dz, Recompute(tap, record))
-            for record, dz in zip(records, grad_outputs)], num_groups)
+        result = norm_fn_for(tap.layer)(tap.layer, calls, num_groups)
+        if result is not None:
+            return result
+        announce_generic(tap.layer, len(records),
+                         "its norm function does not cover these calls")
+        return calls_sq_norms(tap.layer, calls, num_groups)
     if len(records) == 1:
         fn = norm_fn_for(tap.layer)
-        args = (tap.layer, records[0].inputs, grad_outputs[0], num_groups,
-                Recompute(tap, records[0]))
+        (inputs, dz, call), = calls
+        args = (tap.layer, inputs, dz, num_groups, call)
         result = None if fn is None else fn(*args)
         if result is None:  # no function, or one that does not apply
             announce_generic(tap.layer, 1, None if fn is None else
@@ -117,9 +122,7 @@ def _unit_norms(tap, records, grad_outputs, num_groups):
             result = generic_sq_norms(*args)
         return result
     announce_generic(tap.layer, len(records))
-    return calls_sq_norms(tap.layer, [
-        (record.inputs, dz, Recompute(tap, record))
-        for record, dz in zip(records, grad_outputs)], num_groups)
+    return calls_sq_norms(tap.layer, calls, num_groups)
 
 
 def _layer_norms(taps, call_taps, records, grad_outputs, num_groups):

@@ -83,7 +83,9 @@ def factored_sq_norms(a, g, num_groups, bias=False):
             norms = ops.sum(gram_a * gram_g, axis=(1, 2))
 
         def kernel_sum(factors):
-            scaled = g * ops.cast(factors, g.dtype)[:, None, None]
+            factors = ops.cast(factors, g.dtype)[:, None, None]
+            # A group of factor 0 adds exactly 0 (0 * inf is NaN).
+            scaled = ops.where(factors != 0, g * factors, 0.0)
             return ops.einsum("pi,po->io", ops.reshape(a, (-1, d_in)),
                               ops.reshape(scaled, (-1, d_out)))
     else:

@@ -3,7 +3,7 @@
 The backend is fixed when Keras is first imported, and this process runs
 TensorFlow; so the tests marked ``jax_backend`` (the engine's reference
 tests shared with TensorFlow, tests/privacy/clipping/test_norms.py and
-test_any_model.py, KerasHub's LoRA backbones in test_keras_hub.py, and the
+test_any_model.py, KerasHub's backbones in test_keras_hub.py, and the
 JAX engine's own, test_jax_engine.py) run in a
 second pytest process with ``KERAS_BACKEND=jax``, whose report is shown
 whole when any of them fails.

@@ -249,13 +249,15 @@ class _Added(L.Layer):
 
 
 @pytest.mark.jax_backend
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 @pytest.mark.parametrize("make, head", CASES,
                          ids=lambda f: getattr(f, "__name__", ""))
-def test_lora_backbone_matches_per_example_reference_on_jax(make, head):
-    """The LoRA cases on JAX, in microbatches (the shared Dense and
-    EinsumDense functions for the adapted layers, the replay for the rest:
-    KerasHub's own layers are TensorFlow-registered)."""
+def test_backbone_matches_per_example_reference_on_jax(make, head, lora):
+    """The backbones on JAX, in microbatches: the shared Dense, EinsumDense,
+    LayerNormalization functions for their units, the replay for the rest
+    (KerasHub's own layers are TensorFlow-registered; the tied embedding,
+    called twice, is replayed with its cross terms)."""
     if keras.backend.backend() != "jax":
         pytest.skip("on TensorFlow: test_backbone_matches_per_example_"
-                    "reference[...-lora]")
-    test_backbone_matches_per_example_reference(make, head, 3, True)
+                    "reference")
+    test_backbone_matches_per_example_reference(make, head, 3, lora)

@@ -13,6 +13,14 @@ square = tf.square
 tensordot = tf.tensordot
 
 
+def any(x, axis=None, keepdims=False):  # noqa: A001 (keras.ops' name)
+    return tf.reduce_any(x, axis=axis, keepdims=keepdims)
+
+
+def ones(shape, dtype=None):
+    return tf.ones(shape, dtype or tf.float32)
+
+
 def shape(x):
     """Each axis: an int where static, a scalar tensor where not."""
     dynamic = tf.shape(x)

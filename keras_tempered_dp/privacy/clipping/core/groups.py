@@ -82,3 +82,22 @@ def examples_per_group(tensor, num_groups):
     if isinstance(num_groups, GroupsOf):
         return ops.cast(num_groups.size, tensor.dtype)
     return ops.cast(ops.shape(tensor)[0] // num_groups, tensor.dtype)
+
+
+def rows_with_weight(sample_weight, rows):
+    """``[B]`` bool: the rows of weight > 0 (every row without weights).
+
+    A row of weight 0 (the placeholder of an empty Poisson draw, the JAX
+    engine's padding) is no example: it is not counted.
+    """
+    if sample_weight is None:
+        return ops.ones((rows,), "bool")
+    return ops.any(ops.reshape(sample_weight, (rows, -1)) > 0, axis=1)
+
+
+def groups_with_weight(sample_weight, rows, num_groups):
+    """``[G]`` float32: 1 for a group holding a row of weight > 0, else 0
+    (a group of none must not count, in the quantile estimate or among
+    the non-finite groups)."""
+    grouped = regroup(rows_with_weight(sample_weight, rows), num_groups)
+    return ops.cast(ops.any(grouped, axis=1), "float32")

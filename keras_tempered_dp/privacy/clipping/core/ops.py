@@ -13,9 +13,9 @@ size), as ``keras.ops.shape`` does.
 from keras_tempered_dp import stack
 
 OPERATIONS = [  # what the core may use
-    "cast", "concatenate", "einsum", "equal", "expand_dims", "maximum", "mean",
-    "moments", "pad", "reshape", "rsqrt", "shape", "square", "sum",
-    "tensordot", "where",
+    "any", "cast", "concatenate", "einsum", "equal", "expand_dims",
+    "maximum", "mean", "moments", "ones", "pad", "reshape", "rsqrt", "shape",
+    "square", "sum", "tensordot", "where",
 ]
 
 if stack.KERAS_3:

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import keras
 
 from ...core.factors import clip_factors
+from ...core.groups import groups_with_weight, regroup, rows_with_weight
 from ...core.norm_contract import NormResult
 from ...core.registry import norm_fn_for, takes_all_calls
 from ..tensorflow.installation import refuse_regularization_losses
@@ -123,12 +124,6 @@ def _row_finite(tensor, rows):
     return jnp.all(jnp.isfinite(jnp.reshape(tensor, (rows, -1))), axis=1)
 
 
-def _regroup(tensor, num_groups):
-    """``[B, ...] -> [G, B / G, ...]`` (G = B when None)."""
-    groups = tensor.shape[0] if num_groups is None else num_groups
-    return jnp.reshape(tensor, (groups, -1) + tensor.shape[1:])
-
-
 def _bad_rows(losses, calls, num_groups):
     """``[B]`` bool: the rows of groups holding a non-finite value."""
     rows = losses.shape[0]
@@ -137,7 +132,7 @@ def _bad_rows(losses, calls, num_groups):
         if b and _is_float(t)]
     finite = jnp.all(jnp.stack([_row_finite(t, rows) for t in tensors]),
                      axis=0)
-    bad_groups = ~jnp.all(_regroup(finite, num_groups), axis=1)
+    bad_groups = ~jnp.all(regroup(finite, num_groups), axis=1)
     return jnp.repeat(bad_groups, rows // bad_groups.shape[0])
 
 
@@ -193,10 +188,10 @@ def _vectorized_sq_norms(tap, weights, calls, num_groups):
     vector-Jacobian product on each group's rows."""
     size = calls[0].dz.shape[0] // (
         calls[0].dz.shape[0] if num_groups is None else num_groups)
-    grouped = [([_regroup(t, num_groups) if b else t
+    grouped = [([regroup(t, num_groups) if b else t
                  for t, b in zip(c.arguments, c.batched)],
-                _regroup(c.dz, num_groups) / size,
-                _regroup(c.outputs, num_groups), _regroup(c.good, num_groups))
+                regroup(c.dz, num_groups) / size,
+                regroup(c.outputs, num_groups), regroup(c.good, num_groups))
                for c in calls]
     axes = [([0 if b else None for b in c.batched], 0, 0, 0) for c in calls]
 
@@ -238,14 +233,6 @@ def _unit_sum(tap, weights, calls, row_weights):
     return vjp(scaled)[0], _replays_match(zs, calls)
 
 
-def rows_with_weight(sample_weight, rows):
-    """``[B]`` float32: 1 for a row of weight > 0 (all without weights)."""
-    if sample_weight is None:
-        return jnp.ones([rows], jnp.float32)
-    weight = jnp.reshape(sample_weight, (rows, -1))
-    return jnp.any(weight > 0, axis=1).astype(jnp.float32)
-
-
 def clipped_sum(model, taps, loss_fn, state, batch, num_groups, clip,
                 options):
     """The :class:`ClippedSum` of ``batch`` = ``(x, y, sample_weight)``;
@@ -273,7 +260,7 @@ def clipped_sum(model, taps, loss_fn, state, batch, num_groups, clip,
         per_unit.append((tap, weights, unit_calls, result))
     norms = jnp.sqrt(total)
     groups = norms.shape[0]
-    bad_groups = _regroup(bad, num_groups)[:, 0]
+    bad_groups = regroup(bad, num_groups)[:, 0]
     kept = ~bad_groups & jnp.isfinite(norms)
     factors = jnp.where(kept, clip_factors(
         jnp.where(kept, norms, 0.0), clip, options.clipping, options.gamma),
@@ -298,7 +285,8 @@ def clipped_sum(model, taps, loss_fn, state, batch, num_groups, clip,
     # counted (the engine then refuses to go on: engine.py).
     sums = [jnp.where(matched, g, jnp.zeros_like(g)) for g in sums]
     counted = rows_with_weight(batch[2], rows)
-    weighted_groups = jnp.any(_regroup(counted, num_groups) > 0, axis=1)
+    weighted_groups = groups_with_weight(batch[2], rows, num_groups) > 0
     nonfinite = jnp.sum(weighted_groups & ~kept)
-    return ClippedSum(sums, y_pred, new_state, jnp.sum(counted), nonfinite,
+    return ClippedSum(sums, y_pred, new_state,
+                      jnp.sum(counted.astype(jnp.float32)), nonfinite,
                       ~matched)

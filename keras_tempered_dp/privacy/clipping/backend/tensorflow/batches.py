@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from ...core.groups import GroupsOf, regroup
+from ...core.groups import GroupsOf
 
 
 class Batch(NamedTuple):
@@ -69,18 +69,3 @@ def rows_per_group(rows, num_groups):
     if num_groups:
         return rows // num_groups
     return tf.constant(1)
-
-
-def groups_with_weight(sample_weight, rows, num_groups):
-    """``[G]`` float32: 1 for a group holding a row of weight > 0, else 0.
-
-    A row of weight 0 (the placeholder of an empty Poisson draw) is no
-    example: it must not count in the quantile estimate.
-    """
-    if sample_weight is None:
-        counted = tf.ones([rows], tf.bool)
-    else:
-        counted = tf.reduce_any(
-            tf.reshape(sample_weight, [rows, -1]) > 0, axis=1)
-    grouped = regroup(counted, num_groups)
-    return tf.cast(tf.reduce_any(grouped, axis=1), tf.float32)

@@ -286,7 +286,7 @@ def clipped_sum(model, taps, loss_fn, batch, num_groups, clip, options):
                        / tf.cast(per_group, tf.float32))
     sums = _variable_sums(taps, call_taps, records, grad_outputs,
                           layer_norms, factors, example_weights)
-    weighted = batches.groups_with_weight(sample_weight, rows, num_groups)
+    weighted = grouping.groups_with_weight(sample_weight, rows, num_groups)
     # A group left out counts as above the clip (its norm is not <= C):
     # each group still moves the count by at most 1/2.
     below, counted = count_below(

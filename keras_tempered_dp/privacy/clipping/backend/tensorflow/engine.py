@@ -50,11 +50,11 @@ import tensorflow as tf
 from keras_tempered_dp.privacy.losses import per_example_loss
 from keras_tempered_dp.validation import check_number
 from ...core.engine_base import EngineBase, checked_settings
-from ...core.groups import GroupsOf
+from ...core.groups import GroupsOf, groups_with_weight
 from .. import engine_class
 from . import installation, noise, quantile, replicas, strategies
 from .accumulation import accumulated
-from .batches import augmented_copies, Batch, groups_with_weight, repeat_rows
+from .batches import augmented_copies, Batch, repeat_rows
 from .clipped_sum import clipped_sum
 from .step_record import Drained, StepRecord
 from .tap import find_taps
